@@ -1,0 +1,3 @@
+"""Boilerhouse services: the API server and the metrics aggregator."""
+
+__version__ = "0.1.0"

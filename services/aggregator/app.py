@@ -1,0 +1,123 @@
+"""The aggregator's ASGI app: /metrics (text or OpenMetrics), /healthz and /readyz."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import redis
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .consumer import Consumer
+from .exposition import StateCollector
+from .settings import AggregatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+def make_registry(consumer: Consumer, settings: AggregatorSettings) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        StateCollector(consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.runtime_values)
+    )
+    # The aggregator's own process metrics, from the library's standard collectors.
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def _authorized(request: Request, settings: AggregatorSettings) -> bool:
+    if not (settings.metrics_bearer_token or settings.metrics_username):
+        return True
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if settings.metrics_bearer_token and scheme.lower() == "bearer":
+        return hmac.compare_digest(credentials.strip().encode(), settings.metrics_bearer_token.encode())
+    if settings.metrics_username and scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        ok_user = hmac.compare_digest(user.encode(), settings.metrics_username.encode())
+        ok_pass = hmac.compare_digest(password.encode(), (settings.metrics_password or "").encode())
+        return ok_user and ok_pass
+    return False
+
+
+def create_app(
+    settings: AggregatorSettings,
+    client: redis.Redis | None = None,
+    rebuild: bool = False,
+) -> Starlette:
+    """Build the app; the consumer thread starts and stops with the ASGI lifespan."""
+    client = client or redis.Redis.from_url(settings.redis_url, protocol=2, socket_timeout=10.0,
+                                            socket_connect_timeout=2.0, health_check_interval=30)
+    consumer = Consumer(client, settings, rebuild=rebuild)
+    registry = make_registry(consumer, settings)
+    scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
+    started = time.time()
+
+    async def metrics(request: Request) -> Response:
+        if not _authorized(request, settings):
+            return JSONResponse(
+                {"error": "unauthorized", "detail": "metrics require credentials"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="metrics"' if settings.metrics_username
+                         else "Bearer"},
+            )
+        if not scrape_slots.acquire(blocking=False):
+            return JSONResponse(
+                {"error": "too_many_scrapes",
+                 "detail": f"at most {settings.max_concurrent_scrapes} concurrent scrapes"},
+                status_code=429,
+                headers={"Retry-After": "1"},
+            )
+        try:
+            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+            body = await anyio.to_thread.run_sync(encoder, registry)
+        finally:
+            scrape_slots.release()
+        return Response(body, headers={"Content-Type": content_type})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - started, 3)})
+
+    async def readyz(request: Request) -> Response:
+        if consumer.error is not None:
+            return JSONResponse({"status": "error", "detail": str(consumer.error)}, status_code=503)
+        if not consumer.ready.is_set():
+            return JSONResponse({"status": "starting", "detail": "consumer not set up yet"}, status_code=503)
+        return JSONResponse({"status": "ready", "partitions": sorted(consumer.parts)})
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if settings.metrics_enabled:
+        routes.append(Route(settings.metrics_path, metrics, methods=["GET"]))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        consumer.start()
+        logger.info("aggregator consuming partitions %s as group %r; metrics at %s",
+                    sorted(consumer.parts), settings.group, settings.metrics_path)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(consumer.stop)
+            client.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.consumer = consumer
+    app.state.registry = registry
+    app.state.settings = settings
+    return app

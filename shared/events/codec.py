@@ -1,0 +1,173 @@
+"""msgpack encoding of event batches, and validation; every failure surfaces as EventDecodeError."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .schema import (
+    EVENT_TYPES,
+    EVENT_TYPES_BY_NAME,
+    ID_PATTERN,
+    PATH_PATTERN,
+    SCHEMA_VERSION,
+    UNMATCHED_PATH,
+    EventType,
+    Field,
+)
+
+#: The one field of a stream entry; its value is a msgpack-encoded batch.
+ENTRY_FIELD = b"b"
+MAX_ENTRY_BYTES = 1 << 20
+MAX_EVENTS_PER_BATCH = 10_000
+MAX_SRC_LEN = 200
+MAX_STR_LEN = 256
+
+
+class EventDecodeError(Exception):
+    """A stream entry or event that cannot be used. ``reason`` is a short stable token for labels."""
+
+    def __init__(self, reason: str, detail: str = "", entry_id: str | None = None) -> None:
+        super().__init__(reason, detail, entry_id)
+        self.reason = reason
+        self.detail = detail
+        self.entry_id = entry_id
+
+    def __str__(self) -> str:
+        where = f" in entry {self.entry_id}" if self.entry_id else ""
+        return f"{self.reason}{where}: {self.detail}" if self.detail else f"{self.reason}{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A decoded stream entry: the source that wrote it and its event maps (not yet validated)."""
+
+    src: str
+    version: int
+    events: list[dict[str, Any]]
+
+
+def encode_batch(src: str, events: Iterable[dict[str, Any]]) -> bytes:
+    """Encode event maps (each already holding ``type``, ``seq``, ``ts`` and its fields)."""
+    return msgpack.packb({"v": SCHEMA_VERSION, "src": src, "events": list(events)}, use_bin_type=True)
+
+
+def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
+    """Decode one entry payload; raises EventDecodeError with a reason token on any problem."""
+    if not isinstance(payload, bytes | bytearray):
+        raise EventDecodeError("missing_field", f"entry has no {ENTRY_FIELD.decode()!r} field", entry_id)
+    if len(payload) > MAX_ENTRY_BYTES:
+        raise EventDecodeError("too_large", f"{len(payload)} bytes > {MAX_ENTRY_BYTES}", entry_id)
+    try:
+        doc = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_array_len=MAX_EVENTS_PER_BATCH)
+    except (ValueError, msgpack.UnpackException, TypeError, UnicodeDecodeError) as exc:
+        raise EventDecodeError("undecodable", f"{type(exc).__name__}: {exc}", entry_id) from exc
+    if not isinstance(doc, dict):
+        raise EventDecodeError("bad_envelope", f"batch is a {type(doc).__name__}, not a map", entry_id)
+    version = doc.get("v")
+    if type(version) is not int or version < 1:
+        raise EventDecodeError("bad_envelope", f"schema version {version!r} is not a positive int", entry_id)
+    if version > SCHEMA_VERSION:
+        raise EventDecodeError(
+            "future_version", f"schema version {version} > supported {SCHEMA_VERSION}", entry_id
+        )
+    src = doc.get("src")
+    if type(src) is not str or not 0 < len(src) <= MAX_SRC_LEN:
+        raise EventDecodeError("bad_envelope", f"src {src!r:.60} is not a string of 1..{MAX_SRC_LEN}", entry_id)
+    events = doc.get("events")
+    if type(events) is not list or not events:
+        raise EventDecodeError("bad_envelope", "events is not a non-empty list", entry_id)
+    return Batch(src, version, events)
+
+
+Validator = Callable[[dict[str, Any]], str | None]
+
+
+def _field_check(f: Field) -> Callable[[Any], str | None]:
+    name = f.name
+    if f.kind in ("str", "id"):
+        choices, is_id = f.choices, f.kind == "id"
+
+        def check_str(v: Any) -> str | None:
+            if type(v) is not str:
+                return f"{name} must be a string, got {type(v).__name__}"
+            if choices is not None:
+                return None if v in choices else f"{name}={v[:40]!r} not one of {sorted(choices)}"
+            if is_id:
+                return None if ID_PATTERN.match(v) else f"{name}={v[:40]!r} is not a valid identifier"
+            return None if len(v) <= MAX_STR_LEN else f"{name} longer than {MAX_STR_LEN}"
+
+        return check_str
+    minimum, integral = f.minimum, f.kind == "int"
+
+    def check_num(v: Any) -> str | None:
+        t = type(v)
+        if t is int:
+            pass
+        elif t is float and not integral:
+            if not math.isfinite(v):
+                return f"{name}={v} is not finite"
+        else:
+            return f"{name} must be {'an int' if integral else 'a number'}, got {t.__name__}"
+        if minimum is not None and v < minimum:
+            return f"{name}={v} is below {minimum}"
+        return None
+
+    return check_num
+
+
+def _compile(et: EventType) -> Validator:
+    checks = [(f.name, f.optional, _field_check(f)) for f in et.fields]
+    if et.name == "http.request":
+        path_ok = PATH_PATTERN.match
+
+        def check_path(v: Any) -> str | None:
+            if type(v) is not str:
+                return "path must be a string"
+            if v == UNMATCHED_PATH or (len(v) <= 128 and path_ok(v)):
+                return None
+            return f"path={v[:40]!r} is not a route template"
+
+        checks = [(n, o, check_path if n == "path" else c) for n, o, c in checks]
+
+    def validate(ev: dict[str, Any]) -> str | None:
+        for name, optional, check in checks:
+            v = ev.get(name)
+            if v is None:
+                if optional:
+                    continue
+                return f"missing field {name}"
+            problem = check(v)
+            if problem:
+                return problem
+        return None
+
+    return validate
+
+
+VALIDATORS: dict[str, Validator] = {et.name: _compile(et) for et in EVENT_TYPES}
+
+
+def validate_event(ev: Any) -> tuple[str, str] | None:
+    """Check one event map; return ``(reason, detail)`` if it is invalid, else None."""
+    if type(ev) is not dict:
+        return "bad_event", f"event is a {type(ev).__name__}, not a map"
+    validator = VALIDATORS.get(ev.get("type"))  # type: ignore[arg-type]
+    if validator is None:
+        t = ev.get("type")
+        return "unknown_type", f"unknown event type {str(t)[:60]!r}"
+    seq, ts = ev.get("seq"), ev.get("ts")
+    if type(seq) is not int or seq < 1:
+        return "bad_event", f"seq {seq!r} is not a positive int"
+    if (type(ts) is not float and type(ts) is not int) or not 0 <= ts < 1e11:
+        return "bad_event", f"ts {ts!r} is not unix seconds"
+    problem = validator(ev)
+    return None if problem is None else ("invalid_field", problem)
+
+
+def event_type(name: str) -> EventType:
+    return EVENT_TYPES_BY_NAME[name]

@@ -1,0 +1,321 @@
+"""Non-blocking event publisher: ``emit()`` appends to a bounded buffer; a flusher thread batches to Redis.
+
+The hot path does no I/O, no encoding and takes no lock. A background thread assigns sequence numbers,
+encodes batches with msgpack and writes them with few XADDs. When Redis is down the buffer holds a
+bounded number of events (plus, with ``spool_dir``, any number on disk); beyond that events are dropped
+and the drop count is published as an ``events.dropped`` event once Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .codec import ENTRY_FIELD, encode_batch
+from .streams import DEFAULT_PREFIX, partition_of, stream_key
+
+logger = logging.getLogger(__name__)
+
+_time = time.time
+
+#: A pending batch: (number of events, encoded payload).
+_Pending = tuple[int, bytes]
+
+
+def make_src(service: str) -> str:
+    """A source id: one producer process life (service, host, pid and a random boot nonce)."""
+    return f"{service}:{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Publisher:
+    """Publishes events for one producer process.
+
+    Parameters:
+        redis_url: where the event bus is (``redis://`` or ``unix://``).
+        service: service name, part of the source id and of ``source.started``.
+        version: software version reported in ``source.started`` (``boilerhouse_info``).
+        partitions: number of partition streams; this source writes to one, chosen by hashing its id.
+        prefix: key prefix of the streams.
+        buffer_size: events held in memory while Redis is unreachable, before dropping.
+        batch_size: events per stream entry.
+        flush_interval_s: how often the flusher drains the buffer.
+        heartbeat_interval_s: how often ``source.heartbeat`` and the registered snapshots are sent.
+        stream_maxlen: approximate hard cap on the stream length (memory safety valve).
+        spool_dir: if set, batches that do not fit in memory during an outage are written here and sent
+            later, also by the next process life; nothing is dropped.
+        client: an already-built redis client (tests, shared connection pools); overrides ``redis_url``.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = "redis://127.0.0.1:6379/0",
+        service: str = "app",
+        *,
+        version: str = "0",
+        partitions: int = 1,
+        prefix: str = DEFAULT_PREFIX,
+        buffer_size: int = 100_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.05,
+        heartbeat_interval_s: float = 5.0,
+        stream_maxlen: int = 1_000_000,
+        spool_dir: str | os.PathLike[str] | None = None,
+        client: redis.Redis | None = None,
+        src: str | None = None,
+    ) -> None:
+        self.service = service
+        self.src = src or make_src(service)
+        self.partition = partition_of(self.src, partitions)
+        self.stream = stream_key(self.partition, prefix)
+        self._client = client or redis.Redis.from_url(
+            redis_url or "redis://127.0.0.1:6379/0",
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            protocol=2,
+        )
+        self._cap = buffer_size
+        self._batch_size = batch_size
+        self._interval = flush_interval_s
+        self._heartbeat_interval = heartbeat_interval_s
+        self._maxlen = stream_maxlen
+        self._spool = Path(spool_dir) if spool_dir else None
+        if self._spool:
+            self._spool.mkdir(parents=True, exist_ok=True)
+
+        self._buf: deque[tuple[str, float, dict[str, Any] | None]] = deque()
+        self._pending: deque[_Pending] = deque()
+        self._pending_events = 0
+        self._seq = 0
+        self._dropped = 0
+        self._dropped_reported = 0
+        self._drop_lock = threading.Lock()
+        self._snapshots: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._connected = False
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self.sent_events = 0
+        self.sent_entries = 0
+        self._thread = threading.Thread(target=self._run, name=f"event-flusher-{service}", daemon=True)
+        self.emit(
+            "source.started",
+            {
+                "service": service,
+                "version": version,
+                "host": socket.gethostname()[:200],
+                "pid": os.getpid(),
+                "start_time_s": _process_start_time(),
+            },
+        )
+        self._thread.start()
+
+    # ---- hot path -------------------------------------------------------------------------------
+
+    def emit(self, type_: str, fields: dict[str, Any] | None = None) -> None:
+        """Queue one event. Never blocks, never raises for I/O reasons; takes ownership of ``fields``."""
+        buf = self._buf
+        if len(buf) + self._pending_events >= self._cap:
+            with self._drop_lock:
+                self._dropped += 1
+            return
+        buf.append((type_, _time(), fields))
+
+    # ---- control --------------------------------------------------------------------------------
+
+    def add_snapshot(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on every heartbeat (from the flusher thread); it should emit snapshots."""
+        self._snapshots.append(callback)
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped so far because the buffer was full."""
+        return self._dropped
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def buffered(self) -> int:
+        """Events not yet written to Redis (memory only; spooled batches are not counted)."""
+        return len(self._buf) + self._pending_events
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything emitted so far is written (or ``timeout``); True if it was."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._buf and not self._pending and not self._spooled_files():
+                with self._drop_lock:
+                    if self._dropped == self._dropped_reported:
+                        return True
+            self._wake.set()
+            time.sleep(0.005)
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish ``source.stopped`` and flush, giving up after ``timeout`` seconds."""
+        if self._stop.is_set():
+            return
+        self.emit("source.stopped", {})
+        self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(max(0.1, timeout))
+        left = self.buffered()
+        if left:
+            if self._spool:
+                self._drain_into_pending()
+                while self._pending:
+                    self._spool_batch(self._pending.popleft())
+                self._pending_events = 0
+                logger.warning("event bus unreachable at shutdown: %d events spooled to %s", left, self._spool)
+            else:
+                logger.warning("event bus unreachable at shutdown: %d events lost", left)
+        self._client.close()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.close, timeout)
+
+    # ---- flusher --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_heartbeat = time.monotonic() + self._heartbeat_interval
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + self._heartbeat_interval
+                self._heartbeat()
+            try:
+                self._flush_once()
+            except Exception:  # never let the flusher die
+                logger.exception("event flusher failed; retrying")
+
+    def _heartbeat(self) -> None:
+        for callback in self._snapshots:
+            try:
+                callback()
+            except Exception:
+                logger.exception("snapshot callback %r failed", callback)
+        self.emit("source.heartbeat", {})
+
+    def _flush_once(self) -> None:
+        if time.monotonic() < self._retry_at:
+            if self._spool:  # keep memory small during an outage: everything goes to disk, in order
+                self._drain_into_pending()
+                while self._pending:
+                    self._spool_batch(self._pending.popleft())
+            return
+        with self._drop_lock:
+            unreported = self._dropped - self._dropped_reported
+        if unreported and self._connected:
+            # Bypass the cap: this single event is what makes the loss visible.
+            self._buf.append(("events.dropped", _time(), {"count": unreported}))
+            with self._drop_lock:
+                self._dropped_reported += unreported
+        self._drain_into_pending()
+        try:
+            self._send_spool()
+            while self._pending:
+                self._send(list(self._pending)[:64])
+                self._drain_into_pending()
+            if not self._connected:
+                logger.info("publishing to %s as %s", self.stream, self.src)
+            self._connected = True
+            self._backoff = 0.0
+        except (redis.RedisError, OSError) as exc:
+            if self._connected or self._backoff == 0.0:
+                logger.warning("event bus unreachable (%s); buffering up to %d events", exc, self._cap)
+            self._connected = False
+            self._backoff = min(5.0, max(0.05, self._backoff * 2))
+            self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
+
+    def _drain_into_pending(self) -> None:
+        """Move buffered events into encoded batches, assigning sequence numbers in emit order."""
+        buf, pending, size = self._buf, self._pending, self._batch_size
+        while buf:
+            events = []
+            seq = self._seq
+            while buf and len(events) < size:
+                type_, ts, fields = buf.popleft()
+                ev = fields if fields is not None else {}
+                seq += 1
+                ev["type"] = type_
+                ev["seq"] = seq
+                ev["ts"] = ts
+                events.append(ev)
+            self._seq = seq
+            pending.append((len(events), encode_batch(self.src, events)))
+            self._pending_events += len(events)
+
+    def _send(self, batch: list[_Pending]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for _, payload in batch:
+            pipe.xadd(self.stream, {ENTRY_FIELD: payload}, maxlen=self._maxlen, approximate=True)
+        pipe.execute()
+        for _ in batch:
+            n, _payload = self._pending.popleft()
+            self._pending_events -= n
+            self.sent_events += n
+            self.sent_entries += 1
+
+    # ---- spool ----------------------------------------------------------------------------------
+
+    def _spool_batch(self, item: _Pending) -> None:
+        n, payload = item
+        self._pending_events -= n
+        assert self._spool is not None
+        name = f"{time.time_ns():020d}-{os.getpid()}-{n}.batch"
+        tmp = self._spool / (name + ".tmp")
+        tmp.write_bytes(payload)
+        tmp.rename(self._spool / name)
+
+    def _spooled_files(self) -> list[Path]:
+        if not self._spool:
+            return []
+        return sorted(self._spool.glob("*.batch"))
+
+    def _send_spool(self) -> None:
+        for path in self._spooled_files():
+            claimed = path.with_suffix(f".sending-{os.getpid()}")
+            try:
+                path.rename(claimed)
+            except FileNotFoundError:
+                continue  # another process took it
+            try:
+                self._client.xadd(
+                    self.stream, {ENTRY_FIELD: claimed.read_bytes()}, maxlen=self._maxlen, approximate=True
+                )
+            except BaseException:
+                claimed.rename(path)
+                raise
+            claimed.unlink()
+            self.sent_entries += 1
+
+
+def _process_start_time() -> float:
+    """Unix time at which this process started (from /proc where available)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
