@@ -1,0 +1,31 @@
+# The two commands: `make up` runs the stack, `make test` runs the tests. Both set everything up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: up test bench docs system-deps clean
+
+up: $(STAMP)
+	$(BIN)/boilerhouse up $(ARGS)
+
+test: system-deps $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(ARGS)
+
+docs: $(STAMP)
+	$(BIN)/python -m services.aggregator.docs > docs/metrics.md
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .boilerhouse .pytest_cache

@@ -1,0 +1,1 @@
+"""Helpers for tests: processes stopped by pid, servers in threads, exposition parsing."""
