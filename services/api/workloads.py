@@ -12,6 +12,8 @@ import yaml
 from shared.events.schema import DIRECTIONS, ID_PATTERN, MODES
 
 DEFAULT_WORKLOADS_DIR = Path(__file__).parent / "workloads"
+DEFAULT_COMMAND = ("sleep", "infinity")
+DEFAULT_IMAGE = "localhost/boilerhouse-busybox:latest"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
@@ -49,8 +51,8 @@ class Workload:
     """
 
     id: str
-    command: tuple[str, ...] = ("sleep", "infinity")
-    image: str = "localhost/boilerhouse-busybox:latest"
+    command: tuple[str, ...] = DEFAULT_COMMAND
+    image: str = DEFAULT_IMAGE
     health_command: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     sync: SyncSpec | None = None
@@ -98,8 +100,8 @@ def workload_from_dict(doc: Any, source: str = "<dict>") -> Workload:
         sync = _sync_from_dict(doc["sync"], f"{source}: sync")
     return Workload(
         id=wid,
-        command=_argv(doc["command"], f"{source}: command") if "command" in doc else Workload.command,
-        image=str(doc.get("image", Workload.image)),
+        command=_argv(doc["command"], f"{source}: command") if "command" in doc else DEFAULT_COMMAND,
+        image=str(doc.get("image", DEFAULT_IMAGE)),
         health_command=_argv(doc["health_command"], f"{source}: health_command")
         if doc.get("health_command") else (),
         env={str(k): str(v) for k, v in env.items()},
