@@ -3,6 +3,12 @@
 Entries are acknowledged only inside the transaction that checkpoints the state covering them, so a
 crash at any instant followed by a restart gives exactly the metrics of a run that never crashed:
 the state comes back from the checkpoint and the unacknowledged entries are read again.
+
+Loss accounting (see docs/reliability.md): a jump in a source's ``seq`` is counted in
+``events_lost_total``. When the consumer has seen entries of its unread range disappear (trimmed or
+deleted before it read them), it opens a *trim window* for the partition: the first gap of each source
+that was known at that moment, or first appears while the window is open, is counted with
+``reason="trimmed"`` instead of ``reason="seq_gap"``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import redis
 from shared.events.codec import ENTRY_FIELD, EventDecodeError, decode_batch
 from shared.events.streams import checkpoint_key, dead_letter_key, stream_key
 
-from .fold import State, apply_batch, copy_state, merge_states, record_dead_letter, record_lost
+from .fold import (
+    LAST_SEEN,
+    State,
+    apply_batch,
+    copy_state,
+    merge_states,
+    record_dead_letter,
+    record_lost,
+)
 from .metrics import METRICS
 from .settings import AggregatorSettings
 
@@ -26,12 +40,22 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 DEAD_LETTER_MAXLEN = 100_000
+#: Upper bound on raw bytes asked for in one XREADGROUP (entries hold up to 1 MiB each).
+READ_BYTES_BUDGET = 8 << 20
+#: How often the stream is trimmed by age and checked for entries trimmed before we read them.
+MAINTENANCE_INTERVAL_S = 5.0
+#: Trim at most this often (approximate MINID trims are cheap but not free).
+TRIM_INTERVAL_S = 60.0
 
 
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:
     raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = raw.partition("-")
     return int(ms), int(seq or 0)
+
+
+def format_id(entry_id: tuple[int, int]) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
 
 
 def mapping_fingerprint() -> list[Any]:
@@ -43,6 +67,62 @@ class CheckpointMismatch(RuntimeError):
     """The checkpoint was written by a different metric mapping; run ``aggregator --rebuild``."""
 
 
+class TrimWindow:
+    """Sources whose next sequence gap is attributed to entries trimmed before they were read.
+
+    ``suspects``: sources known when the trim was detected and not seen since. ``seen``: sources whose
+    first batch after the detection was already checked. Closed (both empty) once every suspect was
+    seen again or forgotten.
+    """
+
+    __slots__ = ("suspects", "seen", "open", "handled_deleted")
+
+    def __init__(self) -> None:
+        self.suspects: set[str] = set()
+        self.seen: set[str] = set()
+        self.open = False
+        #: The stream's max-deleted-entry-id already accounted for.
+        self.handled_deleted: tuple[int, int] = (0, 0)
+
+    def start(self, known: set[str]) -> None:
+        self.suspects = set(known)
+        self.seen = set()
+        self.open = True
+
+    def check(self, src: str) -> bool:
+        """True if ``src``'s current batch is its first since the window opened."""
+        if not self.open or src in self.seen:
+            return False
+        self.seen.add(src)
+        self.suspects.discard(src)
+        if not self.suspects:
+            self.open = False
+            self.seen = set()
+        return True
+
+    def forget(self, srcs: set[str]) -> None:
+        if self.open:
+            self.suspects -= srcs
+            self.seen -= srcs
+            if not self.suspects:
+                self.open = False
+                self.seen = set()
+
+    def to_data(self) -> dict[str, Any]:
+        return {"open": self.open, "suspects": sorted(self.suspects), "seen": sorted(self.seen),
+                "handled_deleted": format_id(self.handled_deleted)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> TrimWindow:
+        w = cls()
+        if data:
+            w.open = bool(data.get("open"))
+            w.suspects = set(data.get("suspects", ()))
+            w.seen = set(data.get("seen", ()))
+            w.handled_deleted = parse_id(data.get("handled_deleted", "0-0"))
+        return w
+
+
 class PartitionConsumer:
     """State, position and pending acknowledgements of one partition."""
 
@@ -52,11 +132,17 @@ class PartitionConsumer:
         self.dead_letters = dead_letter_key(partition, settings.key_prefix)
         self.checkpoint = checkpoint_key(partition, settings.group, settings.key_prefix)
         self.state = State(settings.series_cap)
+        self.trim = TrimWindow()
+        self.reset_pending()
+        self.last_checkpoint = time.time()
+        self.position: tuple[int, int] = (0, 0)
+        #: Entries seen deleted while they were pending, or detected trimmed unread (log summaries).
+        self.trims_detected = 0
+
+    def reset_pending(self) -> None:
         self.to_ack: list[bytes] = []
         self.dead: list[dict[bytes, bytes]] = []
         self.events_since_checkpoint = 0
-        self.last_checkpoint = time.time()
-        self.position: tuple[int, int] = (0, 0)
 
 
 class Consumer:
@@ -79,6 +165,10 @@ class Consumer:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.applied_entries = 0
+        self.checkpoints = 0
+        self._bytes_per_entry = 1024.0
+        self._next_maintenance = 0.0
+        self._next_trim = time.monotonic() + min(TRIM_INTERVAL_S, settings.retention_s / 4)
 
     # ---- state access ---------------------------------------------------------------------------
 
@@ -119,6 +209,11 @@ class Consumer:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._thread is not None and self._thread.is_alive():
+            logger.warning("consumer thread still busy after %.1fs; skipping the final checkpoint", timeout)
+            return
+        if not self.ready.is_set():
+            return  # nothing restored: a checkpoint now would overwrite the saved state with an empty one
         try:
             self.checkpoint_all(force=True)
         except redis.RedisError as exc:
@@ -132,11 +227,22 @@ class Consumer:
                     self.setup()
                     self.ready.set()
                 self.poll_once()
+                self.maintain()
                 backoff = 0.1
             except CheckpointMismatch as exc:
                 self.error = exc
                 logger.error("%s", exc)
                 return
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc) and self.ready.is_set():
+                    # The stream or group vanished (Redis lost its data, or someone deleted the key):
+                    # save what we have, then create the group again and restore.
+                    logger.warning("consumer group missing (%s); checkpointing and setting up again", exc)
+                    self._resetup()
+                else:
+                    logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(5.0, backoff * 2)
             except (redis.RedisError, OSError) as exc:
                 logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
@@ -145,8 +251,17 @@ class Consumer:
                 logger.exception("consumer loop failed; retrying")
                 self._stop.wait(1.0)
 
+    def _resetup(self) -> None:
+        try:
+            self.checkpoint_all(force=True)
+        except redis.RedisError as exc:
+            logger.warning("checkpoint before set-up failed: %s", exc)
+            self._stop.wait(0.5)
+            return
+        self.ready.clear()
+
     def setup(self) -> None:
-        """Create the consumer groups and restore each partition's checkpoint."""
+        """Create the consumer groups, restore each partition's checkpoint, re-read pending entries."""
         for pc in self.parts.values():
             try:
                 self.client.xgroup_create(pc.stream, self.settings.group, id="0", mkstream=True)
@@ -161,60 +276,54 @@ class Consumer:
                         f"checkpoint {pc.checkpoint} was written by another metric mapping "
                         "(buckets or metrics changed): run `boilerhouse aggregator --rebuild`"
                     )
+                state = State.from_data(doc["state"], self.settings.series_cap)
                 with self.lock:
-                    pc.state = State.from_data(doc["state"], self.settings.series_cap)
-                pos = pc.state.positions.get(pc.partition)
+                    pc.state = state
+                    pc.trim = TrimWindow.from_data(doc.get("trim"))
+                    pc.reset_pending()
+                pos = state.positions.get(pc.partition)
                 pc.position = parse_id(pos) if pos else (0, 0)
-                logger.info("partition %d restored from checkpoint at %s", pc.partition, pos)
+                pc.last_checkpoint = float(doc.get("saved_at", time.time()))
+                logger.info("partition %d restored from checkpoint at %s (%d sources)",
+                            pc.partition, pos, len(state.last_seq))
             elif self.rebuild:
-                # Re-read everything retained: move the group back to the start of the stream.
+                # Re-read everything retained: move the group back to the start of the stream. Pending
+                # entries are delivered again by ">", so they are not drained separately.
                 self.client.xgroup_setid(pc.stream, self.settings.group, id="0")
                 logger.info("partition %d: rebuilding from the start of the stream", pc.partition)
-            self._check_trimmed(pc)
-        # Entries delivered to us before a crash but never acknowledged come first.
-        self._drain_pending()
-
-    def _check_trimmed(self, pc: PartitionConsumer) -> None:
-        """Count entries trimmed after our position before we read them (lost, reason=trimmed)."""
-        if pc.position == (0, 0):
-            return
-        try:
-            info = self.client.xinfo_stream(pc.stream)
-        except redis.ResponseError:
-            return
-        first = info.get("first-entry")
-        if first and parse_id(first[0]) > pc.position:
-            # Entries between our position and the first retained entry are gone. Their events
-            # show up as sequence gaps when their sources are next seen; mark the cause here.
-            logger.warning("partition %d: entries after %s were trimmed before they were read",
-                           pc.partition, pc.position)
+        if not self.rebuild:
+            # Entries delivered to us before a crash but never acknowledged come first.
+            self._drain_pending()
+        self.rebuild = False  # a later re-setup (group lost) restores our own checkpoint
+        self.detect_trimmed()
 
     def _drain_pending(self) -> None:
-        while not self._stop.is_set():
-            got = self._read("0")
-            if not got:
-                return
-            if not self._apply_entries(got):
-                return
+        after = {pc.stream: "0" for pc in self.parts.values()}
+        while after and not self._stop.is_set():
+            got = self._read_from(after)
+            done = set(after)
+            for pc, entries in got:
+                if entries:
+                    after[pc.stream] = entries[-1][0].decode()
+                    done.discard(pc.stream)
+            for stream in done:
+                del after[stream]
+            if got:
+                self._apply_entries(got)
+
+    def _read_from(self, ids: dict[str, str], block: int | None = None) -> list[tuple[PartitionConsumer, list[Any]]]:
+        count = max(1, min(self.settings.read_count, int(READ_BYTES_BUDGET / self._bytes_per_entry)))
+        reply = self.client.xreadgroup(self.settings.group, self.settings.consumer_name, ids,  # type: ignore[arg-type]
+                                       count=count, block=block)
+        by_stream = {pc.stream.encode(): pc for pc in self.parts.values()}
+        return [(by_stream[stream], entries) for stream, entries in reply or [] if entries]
 
     def _read(self, from_id: str, block: int | None = None) -> list[tuple[PartitionConsumer, list[Any]]]:
-        streams = {pc.stream: from_id for pc in self.parts.values()}
-        reply = self.client.xreadgroup(
-            self.settings.group,
-            self.settings.consumer_name,
-            streams,
-            count=self.settings.read_count,
-            block=block,
-        )
-        by_stream = {pc.stream.encode(): pc for pc in self.parts.values()}
-        out = []
-        for stream, entries in reply or []:
-            if entries:
-                out.append((by_stream[stream], entries))
-        return out
+        return self._read_from({pc.stream: from_id for pc in self.parts.values()}, block)
 
     def poll_once(self) -> int:
         """Read one round of new entries, fold them, checkpoint if due. Returns entries read."""
+        self.detect_trimmed()  # before reading, so the window is open when the gaps show up
         got = self._read(">", block=self.settings.block_ms)
         n = self._apply_entries(got) if got else 0
         self.checkpoint_all()
@@ -222,33 +331,43 @@ class Consumer:
 
     def _apply_entries(self, got: list[tuple[PartitionConsumer, list[Any]]]) -> int:
         n = 0
+        size = 0
         with self.lock:
             for pc, entries in got:
                 state = pc.state
                 for entry_id, fields in entries:
                     n += 1
                     pc.to_ack.append(entry_id)
-                    if fields is None:  # deleted while pending
+                    if not fields:  # deleted (trimmed) while pending: its events are lost
+                        self._trim_detected(pc, f"pending entry {entry_id.decode()} was deleted")
                         continue
                     eid = parse_id(entry_id)
                     if eid <= pc.position:
                         continue  # already covered by the checkpoint (redelivery after a crash)
                     pc.position = eid
                     state.positions[pc.partition] = entry_id.decode()
+                    payload = fields.get(ENTRY_FIELD)
+                    size += len(payload) if isinstance(payload, bytes) else 64
                     try:
-                        batch = decode_batch(fields.get(ENTRY_FIELD), entry_id.decode())
+                        batch = decode_batch(payload, entry_id.decode())
                     except EventDecodeError as exc:
                         record_dead_letter(state, exc.reason)
                         pc.dead.append(_dead_letter(entry_id, exc.reason, exc.detail, fields))
                         continue
+                    if pc.trim.check(batch.src):
+                        _count_trimmed_gap(state, batch)
                     rejected = apply_batch(state, batch)
                     pc.events_since_checkpoint += len(batch.events)
                     for reason, detail, ev in rejected:
                         record_dead_letter(state, reason)
                         payload = msgpack.packb({"src": batch.src, "event": ev}, default=repr)
                         pc.dead.append(_dead_letter(entry_id, reason, detail, {ENTRY_FIELD: payload}))
+        if n:
+            self._bytes_per_entry = max(64.0, 0.5 * self._bytes_per_entry + 0.5 * size / n)
         self.applied_entries += n
         return n
+
+    # ---- checkpoints --------------------------------------------------------------------------------
 
     def checkpoint_all(self, force: bool = False) -> None:
         now = time.time()
@@ -266,7 +385,7 @@ class Consumer:
         with self.lock:
             blob = msgpack.packb(
                 {"v": CHECKPOINT_VERSION, "mapping": mapping_fingerprint(), "saved_at": time.time(),
-                 "state": pc.state.to_data()},
+                 "state": pc.state.to_data(), "trim": pc.trim.to_data()},
                 use_bin_type=True,
             )
             ids, dead = pc.to_ack, pc.dead
@@ -286,12 +405,124 @@ class Consumer:
                 pc.dead = dead + pc.dead
             raise
         pc.last_checkpoint = time.time()
+        self.checkpoints += 1
 
-    def trim(self) -> None:
+    # ---- maintenance: trimming, trim detection, forgetting dead sources -----------------------------
+
+    def maintain(self, force: bool = False) -> None:
+        """Periodic housekeeping, run by the consumer loop between polls."""
+        now = time.monotonic()
+        if not force and now < self._next_maintenance:
+            return
+        self._next_maintenance = now + MAINTENANCE_INTERVAL_S
+        self.forget_sources()
+        if force or now >= self._next_trim:
+            self._next_trim = now + min(TRIM_INTERVAL_S, self.settings.retention_s / 4)
+            self.trim()
+
+    def detect_trimmed(self) -> None:
+        """Open a trim window if entries after the group's last delivered id were removed unread.
+
+        With the group's ``last-delivered-id`` L (everything up to L was delivered to us, so it is
+        either folded or pending), entries were lost unread when the stream's first entry is after L
+        and the group's lag (entries added minus entries read) exceeds what is left in the stream, or
+        when an entry after L was deleted (``max-deleted-entry-id`` > L).
+        """
+        for pc in self.parts.values():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xinfo_stream(pc.stream)
+            pipe.xinfo_groups(pc.stream)
+            try:
+                info, groups = pipe.execute()
+            except redis.ResponseError:
+                continue  # no stream yet
+            group = next((g for g in groups if _text(g.get("name")) == self.settings.group), None)
+            if group is None:
+                continue
+            last_delivered = parse_id(group["last-delivered-id"])
+            max_deleted = parse_id(info.get("max-deleted-entry-id") or b"0-0")
+            first = info.get("first-entry")
+            length = int(info.get("length", 0))
+            lag = group.get("lag")
+            if max_deleted > last_delivered and max_deleted > pc.trim.handled_deleted:
+                pc.trim.handled_deleted = max_deleted  # XDEL of an entry we had not read
+                with self.lock:
+                    self._trim_detected(pc, f"entry {format_id(max_deleted)} was deleted unread")
+            if first is not None and parse_id(first[0]) <= last_delivered:
+                continue  # everything removed had been delivered: folded, or pending (seen when drained)
+            added, read = info.get("entries-added"), group.get("entries-read")
+            if added is not None and read is not None:
+                lost_unread = int(added) - int(read) > length
+            else:
+                lost_unread = lag is None and length > 0 and last_delivered != (0, 0)
+            if lost_unread:
+                with self.lock:
+                    self._trim_detected(pc, f"entries after {format_id(last_delivered)} were trimmed unread")
+                # Redis keeps counting the trimmed entries as unread; move the group's read counter
+                # past them so the next check (and the lag gauge) start from the truth.
+                self.client.execute_command("XGROUP", "SETID", pc.stream, self.settings.group,
+                                            format_id(last_delivered), "ENTRIESREAD",
+                                            int(added or 0) - length)
+
+    def _trim_detected(self, pc: PartitionConsumer, why: str) -> None:
+        """Called with the lock held."""
+        pc.trims_detected += 1
+        if not pc.trim.open:
+            logger.warning("partition %d: %s; gaps of the next batch of each known source are "
+                           "counted as lost (reason=trimmed)", pc.partition, why)
+        pc.trim.start(set(pc.state.last_seq))
+        pc.events_since_checkpoint += 1  # make the next checkpoint save the window
+
+    def forget_sources(self) -> None:
+        """Drop sources silent (by their own clock) for longer than ``source_forget_s``.
+
+        Measured against the newest event time seen, so replay and crash recovery forget exactly the
+        same sources as a live run. Counters are never touched; only per-source bookkeeping goes.
+        """
+        horizon_s = self.settings.source_forget_s
+        with self.lock:
+            for pc in self.parts.values():
+                state = pc.state
+                cutoff = state.newest_ts - horizon_s
+                dead = {s for s, info in state.sources.items() if info[LAST_SEEN] < cutoff}
+                if not dead:
+                    continue
+                for src in dead:
+                    del state.sources[src]
+                    state.last_seq.pop(src, None)
+                for per_labels in state.gauges.values():
+                    for per_src in per_labels.values():
+                        for src in dead & per_src.keys():
+                            del per_src[src]
+                pc.trim.forget(dead)
+                pc.events_since_checkpoint += 1
+                logger.info("partition %d: forgot %d sources silent for over %.0fs",
+                            pc.partition, len(dead), horizon_s)
+
+    def trim(self, approximate: bool = True) -> None:
         """Trim each stream by age (the replay window)."""
         min_ms = int((time.time() - self.settings.retention_s) * 1000)
         for pc in self.parts.values():
-            self.client.xtrim(pc.stream, minid=f"{min_ms}-0", approximate=True)
+            removed = self.client.xtrim(pc.stream, minid=f"{min_ms}-0", approximate=approximate)
+            if removed:
+                logger.info("partition %d: trimmed %d entries older than %.0fs", pc.partition, removed,
+                            self.settings.retention_s)
+
+
+def _count_trimmed_gap(state: State, batch: Any) -> None:
+    """Count the gap before ``batch`` as trimmed and advance ``last_seq`` so it is not counted twice."""
+    last = state.last_seq.get(batch.src, 0)
+    for ev in batch.events:
+        seq = ev.get("seq") if type(ev) is dict else None
+        if type(seq) is int and seq > last:
+            if seq > last + 1:
+                record_lost(state, "trimmed", seq - last - 1)
+                state.last_seq[batch.src] = seq - 1
+            return
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _dead_letter(entry_id: bytes, reason: str, detail: str, fields: dict[Any, Any]) -> dict[bytes, bytes]:
@@ -307,4 +538,4 @@ def _dead_letter(entry_id: bytes, reason: str, detail: str, fields: dict[Any, An
     }
 
 
-__all__ = ["Consumer", "CheckpointMismatch", "record_lost"]
+__all__ = ["Consumer", "CheckpointMismatch", "TrimWindow", "record_lost"]

@@ -55,6 +55,8 @@ class AggregatorSettings:
     shard: int = 0
     shards: int = 1
     source_ttl_s: float = 30.0
+    #: Per-source bookkeeping (last seq for dedupe) is dropped after this much silence (producer clock).
+    source_forget_s: float = 86_400.0
     checkpoint_interval_s: float = 2.0
     checkpoint_events: int = 200_000
     retention_s: float = 7 * 24 * 3600.0
@@ -106,6 +108,7 @@ class AggregatorSettings:
             shard=env_number(env, "BOILERHOUSE_AGGREGATOR_SHARD", d.shard),
             shards=env_number(env, "BOILERHOUSE_AGGREGATOR_SHARDS", d.shards, minimum=1),
             source_ttl_s=env_number(env, "BOILERHOUSE_SOURCE_TTL_S", d.source_ttl_s, float, 0.1),
+            source_forget_s=env_number(env, "BOILERHOUSE_SOURCE_FORGET_S", d.source_forget_s, float, 1),
             checkpoint_interval_s=env_number(
                 env, "BOILERHOUSE_CHECKPOINT_INTERVAL_S", d.checkpoint_interval_s, float, 0.01
             ),
