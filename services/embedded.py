@@ -180,6 +180,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         if self._proc is not None:
             stop_pid(self._proc.pid)
+            self._proc.wait(5)  # stop_pid reaped it; let Popen record that (no ResourceWarning)
             self._proc = None
         if self._fake is not None:
             self._fake.shutdown()  # type: ignore[attr-defined]
@@ -191,6 +192,7 @@ class EmbeddedRedis:
         """SIGKILL the server (crash simulation); ``start()`` brings it back on the same port."""
         if self._proc is not None:
             stop_pid(self._proc.pid, sig=signal.SIGKILL, timeout=5)
+            self._proc.wait(5)
             self._proc = None
 
     def cleanup(self) -> None:
