@@ -1,0 +1,528 @@
+"""SyncCoordinator: moves tenant data with rclone per workload sync spec and publishes sync events.
+
+One ``sync()`` call is one operation: it waits for a slot under the workload's concurrency limit,
+runs one or two rclone processes (see docs/sync.md for what each mode/direction runs), and emits
+exactly one ``sync.finished``. ``sync.state`` is emitted whenever running/queued/periodic_jobs change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.events.schema import DIRECTIONS
+
+from .rclone import (
+    LOG_FLAGS,
+    PERMISSION_DENIED,
+    RCLONE_ERROR,
+    TIMEOUT,
+    RcloneResult,
+    classify_error,
+    kill_pid,
+    needs_resync,
+    run_rclone,
+    source_missing,
+)
+from .workloads import SyncSpec, Workload
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+#: Tenant ids become one path segment of the remote path: no slashes, no "..", no leading dot.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+
+
+class MonotonicClock(Protocol):
+    """Anything with ``monotonic()`` in seconds; ``sleep`` is used for periodic jobs when present."""
+
+    def monotonic(self) -> float: ...
+
+
+class SyncError(Exception):
+    """Base of every error this module raises."""
+
+
+class SyncNotConfigured(SyncError, LookupError):
+    """The workload is not registered or has no sync spec."""
+
+    def __init__(self, workload_id: str) -> None:
+        super().__init__(workload_id)
+        self.workload_id = workload_id
+
+    def __str__(self) -> str:
+        return f"workload {self.workload_id!r} has no sync spec registered"
+
+
+class InvalidSyncRequest(SyncError, ValueError):
+    """A sync was asked for with an unusable argument (direction, tenant id)."""
+
+    def __init__(self, field_name: str, value: object, reason: str) -> None:
+        super().__init__(field_name, value, reason)
+        self.field = field_name
+        self.value = value
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"invalid {self.field} {self.value!r}: {self.reason}"
+
+
+class SyncClosed(SyncError):
+    """The coordinator was closed; no new operations are accepted."""
+
+    def __str__(self) -> str:
+        return "sync coordinator is closed"
+
+
+class SyncFailed(SyncError):
+    """One sync operation failed.
+
+    ``error_type`` is ``rclone_error``, ``timeout``, ``permission_denied`` or ``network_error``;
+    ``exit_code`` is rclone's (None if it never ran or was killed before exiting); ``errors`` are
+    rclone's error messages (bounded), kept for diagnosis.
+    """
+
+    def __init__(
+        self,
+        workload_id: str,
+        error_type: str,
+        message: str,
+        *,
+        direction: str | None = None,
+        mode: str | None = None,
+        exit_code: int | None = None,
+        errors: Sequence[str] = (),
+    ) -> None:
+        super().__init__(workload_id, error_type, message)
+        self.workload_id = workload_id
+        self.error_type = error_type
+        self.message = message
+        self.direction = direction
+        self.mode = mode
+        self.exit_code = exit_code
+        self.errors = tuple(errors)
+
+    @property
+    def status(self) -> str:
+        """The ``status`` label value of the operation: ``timeout`` or ``failure``."""
+        return "timeout" if self.error_type == TIMEOUT else "failure"
+
+    def __str__(self) -> str:
+        what = f"{self.direction} " if self.direction else ""
+        return f"{what}sync of workload {self.workload_id!r} failed ({self.error_type}): {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """A successful operation: what rclone reported transferring and how long it took."""
+
+    bytes: int
+    files: int
+    duration_s: float
+    resynced: bool = False
+    direction: str = ""
+    mode: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Leg:
+    """One rclone run of an operation."""
+
+    verb: str
+    src: str
+    dst: str
+    flags: tuple[str, ...] = ()
+    download: bool = False
+
+
+def plan(mode: str, direction: str, local: str, remote: str) -> tuple[str, tuple[_Leg, ...]]:
+    """The rclone runs for (mode, direction) and the mode reported in events (pure)."""
+    if mode == "bisync":
+        if direction == "bidirectional":
+            return "bisync", (_Leg("bisync", local, remote),)
+        mode = "copy"  # bisync has no one-way form; a one-way request is a plain copy
+    if direction == "upload":
+        return mode, (_Leg(mode, local, remote),)
+    if direction == "download":
+        return mode, (_Leg(mode, remote, local, download=True),)
+    # bidirectional with sync/copy: merge newer remote files in, then push local out
+    up = _Leg("sync", local, remote) if mode == "sync" else _Leg("copy", local, remote, ("--update",))
+    return mode, (_Leg("copy", remote, local, ("--update",), download=True), up)
+
+
+@dataclass(slots=True)
+class _WorkloadState:
+    spec: SyncSpec
+    running: int = 0
+    queued: int = 0
+    periodic_jobs: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _PeriodicJob:
+    workload_id: str
+    tenant_id: str
+    local_dir: Path
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+    syncing: bool = False
+
+
+class _OpFailed(Exception):
+    def __init__(self, error_type: str, message: str, result: RcloneResult | None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.result = result
+
+
+class SyncCoordinator:
+    """Runs rclone for registered workloads and publishes ``sync.*`` events.
+
+    Parameters:
+        emit: ``Publisher.emit``-shaped callable; it takes ownership of each (fresh) dict.
+        rclone: the rclone binary, or a command prefix ending with it (e.g. run under ``setpriv``).
+        clock: anything with ``monotonic()`` (durations); its ``sleep()`` paces periodic jobs if present.
+        env: extra environment for rclone (e.g. ``RCLONE_CONFIG_<NAME>_TYPE`` remotes).
+        bisync_workdir: bisync's ``--workdir`` (listings); rclone's default (~/.cache/rclone/bisync) if None.
+        kill_grace_s: seconds between SIGTERM and SIGKILL when a run is stopped.
+    """
+
+    def __init__(
+        self,
+        emit: Emit,
+        *,
+        rclone: str | Sequence[str] = "rclone",
+        clock: MonotonicClock | None = None,
+        env: Mapping[str, str] | None = None,
+        bisync_workdir: str | Path | None = None,
+        kill_grace_s: float = 2.0,
+    ) -> None:
+        self._emit = emit
+        self._rclone = (rclone,) if isinstance(rclone, str) else tuple(rclone)
+        self._clock = clock
+        self._env = dict(env or {})
+        self._workdir = Path(bisync_workdir) if bisync_workdir else None
+        self._grace_s = kill_grace_s
+        self._states: dict[str, _WorkloadState] = {}
+        self._jobs: dict[str, _PeriodicJob] = {}
+        self._pids: set[int] = set()
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+        self._closed = False
+
+    # ---- configuration ---------------------------------------------------------------------
+
+    def register(self, workload: Workload) -> None:
+        """Take a workload's sync spec (workloads without one are ignored); emits its first sync.state."""
+        if workload.sync is None:
+            return
+        st = self._states.get(workload.id)
+        if st is None:
+            self._states[workload.id] = st = _WorkloadState(workload.sync)
+        else:
+            st.spec = workload.sync
+        self._emit_state(workload.id, st)
+
+    def spec(self, workload_id: str) -> SyncSpec:
+        st = self._states.get(workload_id)
+        if st is None:
+            raise SyncNotConfigured(workload_id)
+        return st.spec
+
+    def remote_path(self, workload_id: str, tenant_id: str) -> str:
+        """``{spec.remote}/{tenant_id}``: where a tenant's data lives."""
+        _check_tenant(tenant_id)
+        return f"{self.spec(workload_id).remote.rstrip('/')}/{tenant_id}"
+
+    # ---- state snapshots --------------------------------------------------------------------
+
+    def emit_state(self) -> None:
+        """Emit sync.state for every registered workload (the publisher heartbeat calls this)."""
+        for workload_id, st in list(self._states.items()):
+            self._emit_state(workload_id, st)
+
+    def state(self, workload_id: str) -> dict[str, int]:
+        st = self._states[workload_id]
+        return {"running": st.running, "queued": st.queued, "periodic_jobs": st.periodic_jobs}
+
+    def _emit_state(self, workload_id: str, st: _WorkloadState) -> None:
+        self._emit("sync.state", {"workload_id": workload_id, "running": st.running, "queued": st.queued,
+                                  "periodic_jobs": st.periodic_jobs})
+
+    # ---- one operation ----------------------------------------------------------------------
+
+    async def sync(self, workload_id: str, tenant_id: str, local_dir: Path,
+                   direction: str | None = None) -> SyncResult:
+        """Run one sync operation for a tenant; raise :class:`SyncFailed` if it fails."""
+        if self._closed:
+            raise SyncClosed()
+        spec = self.spec(workload_id)
+        direction = direction or spec.direction
+        if direction not in DIRECTIONS:
+            raise InvalidSyncRequest("direction", direction, f"not one of {sorted(DIRECTIONS)}")
+        remote = self.remote_path(workload_id, tenant_id)
+        local = Path(local_dir)
+        mode, legs = plan(spec.mode, direction, str(local), remote)
+        st = self._states[workload_id]
+        await self._acquire(workload_id, st)
+        self._enter()
+        start = self._now()
+        resynced = False
+        total_bytes = total_files = 0
+        try:
+            try:
+                deadline = asyncio.get_running_loop().time() + spec.timeout_s if spec.timeout_s > 0 else None
+                if any(leg.download or leg.verb == "bisync" for leg in legs):
+                    _make_local_dir(local)
+                for leg in legs:
+                    nbytes, nfiles, did_resync = await self._run_leg(workload_id, spec, leg, deadline)
+                    total_bytes += nbytes
+                    total_files += nfiles
+                    resynced = resynced or did_resync
+            except _OpFailed as exc:
+                nbytes = exc.result.output.bytes if exc.result else 0
+                nfiles = exc.result.output.files if exc.result else 0
+                failed = SyncFailed(workload_id, exc.error_type, exc.message, direction=direction, mode=mode,
+                                    exit_code=exc.result.exit_code if exc.result else None,
+                                    errors=exc.result.output.errors if exc.result else ())
+                self._finished(workload_id, direction, mode, failed.status, start,
+                               total_bytes + nbytes, total_files + nfiles, exc.error_type)
+                logger.warning("%s", failed)
+                raise failed from None
+            except BaseException:  # cancelled (or a bug): still exactly one sync.finished
+                self._finished(workload_id, direction, mode, "failure", start, total_bytes, total_files,
+                               RCLONE_ERROR)
+                raise
+            else:
+                duration = self._finished(workload_id, direction, mode, "success", start, total_bytes,
+                                          total_files, None)
+        finally:
+            self._leave()
+            self._release(workload_id, st)
+        logger.info("synced workload %s (%s, %s): %d bytes, %d files in %.3f s%s", workload_id, direction,
+                    mode, total_bytes, total_files, duration, " after resync" if resynced else "")
+        return SyncResult(total_bytes, total_files, duration, resynced, direction, mode)
+
+    async def _run_leg(self, workload_id: str, spec: SyncSpec, leg: _Leg,
+                       deadline: float | None) -> tuple[int, int, bool]:
+        result = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags), deadline)
+        if result.ok:
+            return result.output.bytes, result.output.files, False
+        if leg.download and source_missing(result.exit_code, result.output.errors):
+            logger.info("workload %s: %s does not exist yet; nothing to download", workload_id, leg.src)
+            return 0, 0, False
+        if leg.verb == "bisync" and not result.deadline_exceeded and needs_resync(result.output.errors):
+            logger.info("workload %s: bisync needs --resync (%s); running it", workload_id,
+                        result.output.errors[0] if result.output.errors else "no listings")
+            made = await self._run(spec, ("mkdir", leg.dst), deadline)
+            if not made.ok:
+                raise self._failure(made)
+            self._emit("sync.resynced", {"workload_id": workload_id})
+            again = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags, "--resync"), deadline)
+            if not again.ok:
+                raise self._failure(again)
+            return again.output.bytes, again.output.files, True
+        raise self._failure(result)
+
+    def _failure(self, result: RcloneResult) -> _OpFailed:
+        error_type = classify_error(result.exit_code, result.output.errors, result.deadline_exceeded)
+        message = result.describe()
+        if self._closed and not result.deadline_exceeded:
+            message = f"stopped by close(): {message}"
+        return _OpFailed(error_type, message, result)
+
+    async def _run(self, spec: SyncSpec, args: tuple[str, ...], deadline: float | None) -> RcloneResult:
+        timeout: float | None = None
+        if deadline is not None:
+            timeout = deadline - asyncio.get_running_loop().time()
+            if timeout <= 0:
+                raise _OpFailed(TIMEOUT, f"deadline of {spec.timeout_s} s passed before rclone {args[0]}", None)
+        argv = [*self._rclone, *args, *LOG_FLAGS]
+        if spec.rclone_config:
+            argv += ["--config", spec.rclone_config]
+        if args[0] == "bisync" and self._workdir is not None:
+            argv += ["--workdir", str(self._workdir)]
+        argv += spec.extra_args  # last, so a workload can override any flag above
+        try:
+            return await run_rclone(argv, timeout_s=timeout, env=self._env, grace_s=self._grace_s,
+                                    on_start=self._pids.add, on_exit=self._pids.discard)
+        except OSError as exc:  # the binary is missing or not executable
+            raise _OpFailed(RCLONE_ERROR, f"cannot run {argv[0]}: {exc}", None) from exc
+
+    def _finished(self, workload_id: str, direction: str, mode: str, status: str, start: float,
+                  nbytes: int, nfiles: int, error_type: str | None) -> float:
+        duration = max(0.0, self._now() - start)
+        self._emit("sync.finished", {
+            "workload_id": workload_id, "direction": direction, "mode": mode, "status": status,
+            "duration_s": duration, "bytes": nbytes, "files": nfiles, "error_type": error_type,
+        })
+        return duration
+
+    def _now(self) -> float:
+        return self._clock.monotonic() if self._clock is not None else time.monotonic()
+
+    # ---- concurrency limit with a FIFO queue --------------------------------------------------
+
+    async def _acquire(self, workload_id: str, st: _WorkloadState) -> None:
+        if st.running < st.spec.concurrency and not st.waiters:
+            st.running += 1
+            self._emit_state(workload_id, st)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        st.waiters.append(fut)
+        st.queued += 1
+        self._emit_state(workload_id, st)
+        try:
+            await fut  # _release hands its slot over: running stays, queued drops
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._release(workload_id, st)  # the slot was already ours: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    st.waiters.remove(fut)
+                st.queued -= 1
+                self._emit_state(workload_id, st)
+            raise
+
+    def _release(self, workload_id: str, st: _WorkloadState) -> None:
+        while st.waiters:
+            fut = st.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                st.queued -= 1
+                self._emit_state(workload_id, st)
+                return
+        st.running -= 1
+        self._emit_state(workload_id, st)
+
+    def _enter(self) -> None:
+        self._inflight += 1
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    # ---- periodic jobs ------------------------------------------------------------------------
+
+    def start_periodic(self, workload_id: str, tenant_id: str, local_dir: Path) -> bool:
+        """Sync this tenant every ``period_s`` (spec direction) until :meth:`stop_periodic`.
+
+        Returns False (and does nothing) when the spec has no period or the same job already runs.
+        Must be called from the event loop's thread.
+        """
+        if self._closed:
+            raise SyncClosed()
+        spec = self.spec(workload_id)
+        _check_tenant(tenant_id)
+        if spec.period_s <= 0:
+            return False
+        old = self._jobs.get(tenant_id)
+        if old is not None:
+            if old.workload_id == workload_id and old.local_dir == Path(local_dir) and not old.stopping:
+                return False
+            self._drop_job(old)
+            if old.task is not None and not old.syncing:
+                old.task.cancel()
+        job = _PeriodicJob(workload_id, tenant_id, Path(local_dir))
+        job.task = asyncio.get_running_loop().create_task(self._periodic(job, spec.period_s),
+                                                          name=f"sync-periodic-{workload_id}")
+        self._jobs[tenant_id] = job
+        st = self._states[workload_id]
+        st.periodic_jobs += 1
+        self._emit_state(workload_id, st)
+        logger.info("periodic sync of workload %s every %.3f s started", workload_id, spec.period_s)
+        return True
+
+    async def stop_periodic(self, tenant_id: str) -> bool:
+        """Stop the tenant's periodic job; a sync it is running is allowed to finish. False if none."""
+        job = self._jobs.get(tenant_id)
+        if job is None:
+            return False
+        self._drop_job(job)
+        if job.task is not None:
+            if not job.syncing:
+                job.task.cancel()
+            await asyncio.wait([job.task])
+        logger.info("periodic sync of workload %s stopped", job.workload_id)
+        return True
+
+    def periodic_tenants(self) -> list[str]:
+        return sorted(self._jobs)
+
+    def _drop_job(self, job: _PeriodicJob) -> None:
+        job.stopping = True
+        if self._jobs.get(job.tenant_id) is job:
+            del self._jobs[job.tenant_id]
+            st = self._states.get(job.workload_id)
+            if st is not None:
+                st.periodic_jobs -= 1
+                self._emit_state(job.workload_id, st)
+
+    async def _periodic(self, job: _PeriodicJob, period_s: float) -> None:
+        while not job.stopping:
+            await self._sleep(period_s)
+            if job.stopping:
+                return
+            job.syncing = True
+            try:
+                await self.sync(job.workload_id, job.tenant_id, job.local_dir)
+            except SyncError as exc:  # already counted in sync.finished; keep the schedule
+                logger.warning("periodic sync of workload %s: %s", job.workload_id, exc)
+            finally:
+                job.syncing = False
+
+    async def _sleep(self, seconds: float) -> None:
+        sleep = getattr(self._clock, "sleep", None)
+        if sleep is not None:
+            await sleep(seconds)
+        else:
+            await asyncio.sleep(seconds)
+
+    # ---- shutdown -----------------------------------------------------------------------------
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop every periodic job and every running rclone (by pid); wait for operations to end."""
+        self._closed = True
+        jobs = list(self._jobs.values())
+        tasks = [j.task for j in jobs if j.task is not None]
+        for job in jobs:
+            self._drop_job(job)
+        for task in tasks:
+            task.cancel()
+        pids = sorted(self._pids)
+        for pid in pids:
+            kill_pid(pid)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        if self._inflight:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+        logger.info("sync coordinator closed: %d periodic jobs stopped, %d rclone processes killed",
+                    len(jobs), len(pids))
+
+
+def _make_local_dir(local: Path) -> None:
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        kind = PERMISSION_DENIED if exc.errno in (errno.EACCES, errno.EPERM) else RCLONE_ERROR
+        raise _OpFailed(kind, f"cannot create local directory {local}: {exc}", None) from exc
+
+
+def _check_tenant(tenant_id: str) -> None:
+    if not isinstance(tenant_id, str) or not TENANT_PATTERN.match(tenant_id):
+        raise InvalidSyncRequest("tenant_id", tenant_id, f"must match {TENANT_PATTERN.pattern}")
