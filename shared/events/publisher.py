@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import redis
 
 from .codec import ENTRY_FIELD, encode_batch
@@ -78,6 +79,8 @@ class Publisher:
         self.src = src or make_src(service)
         self.partition = partition_of(self.src, partitions)
         self.stream = stream_key(self.partition, prefix)
+        self._partitions = partitions
+        self._prefix = prefix
         self._client = client or redis.Redis.from_url(
             redis_url or "redis://127.0.0.1:6379/0",
             socket_timeout=2.0,
@@ -92,6 +95,7 @@ class Publisher:
         self._spool = Path(spool_dir) if spool_dir else None
         if self._spool:
             self._spool.mkdir(parents=True, exist_ok=True)
+            recover_spool(self._spool)
 
         self._buf: deque[tuple[str, float, dict[str, Any] | None]] = deque()
         self._pending: deque[_Pending] = deque()
@@ -109,6 +113,7 @@ class Publisher:
         self._retry_at = 0.0
         self.sent_events = 0
         self.sent_entries = 0
+        self.sent_spooled_entries = 0
         self._thread = threading.Thread(target=self._run, name=f"event-flusher-{service}", daemon=True)
         self.emit(
             "source.started",
@@ -165,25 +170,54 @@ class Publisher:
         return False
 
     def close(self, timeout: float = 5.0) -> None:
-        """Publish ``source.stopped`` and flush, giving up after ``timeout`` seconds."""
+        """Publish ``source.stopped`` and flush; returns within about ``timeout`` seconds.
+
+        Whatever could not be written by then is spooled (with ``spool_dir``) or logged as lost,
+        together with an ``events.dropped`` for drops not yet reported.
+        """
         if self._stop.is_set():
             return
+        deadline = time.monotonic() + timeout
         self.emit("source.stopped", {})
-        self.flush(timeout)
+        while time.monotonic() < deadline - 0.05:
+            if self._all_sent():
+                break
+            if self._spool and not self._connected and self._retry_at > time.monotonic():
+                break  # the bus is down: the flusher spools everything on its way out
+            self._wake.set()
+            time.sleep(0.005)
         self._stop.set()
         self._wake.set()
-        self._thread.join(max(0.1, timeout))
-        left = self.buffered()
-        if left:
-            if self._spool:
-                self._drain_into_pending()
-                while self._pending:
-                    self._spool_batch(self._pending.popleft())
-                self._pending_events = 0
-                logger.warning("event bus unreachable at shutdown: %d events spooled to %s", left, self._spool)
-            else:
-                logger.warning("event bus unreachable at shutdown: %d events lost", left)
+        self._thread.join(max(0.05, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            logger.warning("event flusher still blocked on the bus at the shutdown deadline; "
+                           "%d events not written", self.buffered())
         self._client.close()
+
+    def _all_sent(self) -> bool:
+        if self._buf or self._pending or self._spooled_files():
+            return False
+        with self._drop_lock:
+            return self._dropped == self._dropped_reported
+
+    def _flush_on_exit(self) -> None:
+        """Runs on the flusher thread after close(): spool (or count as lost) what was not written."""
+        with self._drop_lock:
+            unreported = self._dropped - self._dropped_reported
+            self._dropped_reported = self._dropped
+        left = self.buffered()
+        if not left and not unreported:
+            return
+        if self._spool:
+            if unreported:
+                self._buf.append(("events.dropped", _time(), {"count": unreported}))
+            self._drain_into_pending()
+            while self._pending:
+                self._spool_batch(self._pending.popleft())
+            logger.warning("event bus unreachable at shutdown: %d events spooled to %s", left, self._spool)
+        else:
+            logger.warning("event bus unreachable at shutdown: %d events lost (%d dropped earlier, unreported)",
+                           left, unreported)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         import asyncio
@@ -205,6 +239,10 @@ class Publisher:
                 self._flush_once()
             except Exception:  # never let the flusher die
                 logger.exception("event flusher failed; retrying")
+        try:
+            self._flush_on_exit()
+        except Exception:
+            logger.exception("spooling at shutdown failed")
 
     def _heartbeat(self) -> None:
         for callback in self._snapshots:
@@ -282,7 +320,10 @@ class Publisher:
         assert self._spool is not None
         name = f"{time.time_ns():020d}-{os.getpid()}-{n}.batch"
         tmp = self._spool / (name + ".tmp")
-        tmp.write_bytes(payload)
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.rename(self._spool / name)
 
     def _spooled_files(self) -> list[Path]:
@@ -291,21 +332,78 @@ class Publisher:
         return sorted(self._spool.glob("*.batch"))
 
     def _send_spool(self) -> None:
-        for path in self._spooled_files():
-            claimed = path.with_suffix(f".sending-{os.getpid()}")
+        """Send spooled batches oldest first (also those of earlier process lives), 64 per round trip.
+
+        A file is claimed by renaming it, and deleted only after its XADD was answered: a crash in
+        between sends it again, and the aggregator skips the repeated sequence numbers.
+        """
+        files = self._spooled_files()
+        while files:
+            claimed: list[tuple[Path, Path, bytes]] = []
+            for path in files[:64]:
+                target = path.with_suffix(f".sending-{os.getpid()}")
+                try:
+                    path.rename(target)
+                except FileNotFoundError:
+                    continue  # another process took it
+                claimed.append((path, target, target.read_bytes()))
+            files = files[64:]
+            if not claimed:
+                continue
+            pipe = self._client.pipeline(transaction=False)
+            for _, _, payload in claimed:
+                pipe.xadd(self._stream_of(payload), {ENTRY_FIELD: payload}, maxlen=self._maxlen, approximate=True)
             try:
-                path.rename(claimed)
-            except FileNotFoundError:
-                continue  # another process took it
-            try:
-                self._client.xadd(
-                    self.stream, {ENTRY_FIELD: claimed.read_bytes()}, maxlen=self._maxlen, approximate=True
-                )
+                pipe.execute()
             except BaseException:
-                claimed.rename(path)
+                for path, target, _ in claimed:
+                    target.rename(path)
                 raise
-            claimed.unlink()
-            self.sent_entries += 1
+            for _, target, _ in claimed:
+                target.unlink()
+            self.sent_entries += len(claimed)
+            self.sent_spooled_entries += len(claimed)
+
+    def _stream_of(self, payload: bytes) -> str:
+        """The stream a spooled batch belongs to: its own source's partition (maybe an earlier life's)."""
+        if self._partitions <= 1:
+            return self.stream
+        try:
+            src = msgpack.unpackb(payload, raw=False).get("src")
+        except Exception:  # a damaged file still goes out, to be dead-lettered and counted
+            return self.stream
+        return stream_key(partition_of(src, self._partitions), self._prefix) if type(src) is str else self.stream
+
+
+def recover_spool(spool: Path) -> None:
+    """Return batches claimed by a process that died mid-send to the queue; drop torn writes.
+
+    ``*.tmp`` files were never completely written (the process died during the write), so the
+    batch in them never left the process: their events are lost like the rest of its memory.
+    """
+    for path in spool.glob("*.sending-*"):
+        pid = path.suffix.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        try:
+            path.rename(path.with_suffix(".batch"))
+        except FileNotFoundError:
+            continue
+    for path in spool.glob("*.batch.tmp"):
+        pid = path.name.split("-")[1] if path.name.count("-") >= 2 else ""
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _process_start_time() -> float:
