@@ -21,7 +21,15 @@ from services.api.settings import ApiSettings
 from services.embedded import free_port
 from shared.events.publisher import Publisher, _process_start_time
 from shared.events.schema import EVENT_TYPES, UNMATCHED_PATH
-from tests.aggregator.harness import aggregator, applied_total, wait_applied, wait_for
+from tests.aggregator.harness import (
+    Producer,
+    aggregator,
+    applied_total,
+    emit_every_type,
+    publisher,
+    wait_applied,
+    wait_for,
+)
 from tests.support.expo import Samples, parse, value
 
 P = "boilerhouse_"
@@ -44,71 +52,6 @@ def assert_histogram(samples: Samples, name: str, labels: dict[str, str], values
     for v in values:  # same order of additions as the fold
         total += v
     assert value(samples, f"{P}{name}_sum", **labels) == total
-
-
-class Producer:
-    """Records what a test emits so expectations are computed from the events, not typed in."""
-
-    def __init__(self, pub: Publisher) -> None:
-        self.pub = pub
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, type_: str, **fields: Any) -> None:
-        self.events.append((type_, dict(fields)))
-        self.pub.emit(type_, fields)
-
-    def of(self, type_: str, **match: Any) -> list[dict[str, Any]]:
-        return [f for t, f in self.events if t == type_ and all(f.get(k) == v for k, v in match.items())]
-
-
-def publisher(redis_url: str, service: str = "pipeline-test", **kw: Any) -> Publisher:
-    return Publisher(redis_url, service, version="9.9.9", heartbeat_interval_s=3600, flush_interval_s=0.01, **kw)
-
-
-def emit_every_type(p: Producer) -> None:
-    pool_state = dict(pending=0, min_size=2, max_size=10)
-    p.emit("pool.state", pool_id="pool-a", workload_id="echo", size=5, available=3, borrowed=2,
-           target_size=5, affinity_reservations=1, **pool_state)
-    p.emit("pool.state", pool_id="pool-b", workload_id="echo", size=1, available=1, borrowed=0,
-           target_size=1, affinity_reservations=0, **pool_state)
-    # The latest snapshot of a source wins.
-    p.emit("pool.state", pool_id="pool-a", workload_id="echo", size=6, available=3, borrowed=3,
-           target_size=6, affinity_reservations=2, **pool_state)
-    p.emit("pool.removed", pool_id="pool-b", workload_id="echo")
-    for pool, status, d, aff in [("pool-a", "success", 0.05, "hit"), ("pool-a", "success", 0.5, "miss"),
-                                 ("pool-a", "success", 3.0, "hit"), ("pool-a", "failure", 70.0, "miss"),
-                                 ("pool-b", "timeout", 1.0, "miss")]:
-        p.emit("container.acquired", pool_id=pool, status=status, duration_s=d, affinity=aff)
-    p.emit("container.released", pool_id="pool-a", status="success", duration_s=0.2)
-    p.emit("container.released", pool_id="pool-a", status="failure", duration_s=12)
-    p.emit("container.created", pool_id="pool-a", workload_id="echo", status="success", duration_s=2.5)
-    p.emit("container.created", pool_id="pool-a", workload_id="echo", status="failure", duration_s=0.3)
-    p.emit("container.destroyed", pool_id="pool-a", status="success", duration_s=0.1)
-    p.emit("container.wiped", pool_id="pool-a", status="success", duration_s=0.7)
-    p.emit("container.wiped", pool_id="pool-a", status="failure", duration_s=1.2)
-    for pool in ("pool-a", "pool-a", "pool-b"):
-        p.emit("container.health_check_failed", pool_id=pool)
-    for _ in range(3):
-        p.emit("affinity.evicted", pool_id="pool-a")
-    for direction, mode, status, d, nbytes, files, err in [
-        ("upload", "sync", "success", 12.0, 1000, 3, None),
-        ("upload", "bisync", "failure", 4.0, 10, 1, "network_error"),
-        ("download", "copy", "timeout", 600.0, 0, 0, None),
-        ("download", "sync", "failure", 700.0, 5, 0, None),
-    ]:
-        p.emit("sync.finished", workload_id="echo", direction=direction, mode=mode, status=status,
-               duration_s=d, bytes=nbytes, files=files, error_type=err)
-    p.emit("sync.resynced", workload_id="echo")
-    p.emit("sync.resynced", workload_id="echo")
-    p.emit("sync.state", workload_id="echo", running=2, queued=5, periodic_jobs=3)
-    p.emit("sync.state", workload_id="echo", running=1, queued=4, periodic_jobs=3)
-    for method, path, status, d in [("GET", "/api/v1/pools/{pool_id}", 200, 0.004),
-                                    ("GET", "/api/v1/pools/{pool_id}", 200, 0.3),
-                                    ("POST", "/api/v1/tenants/{tenant_id}/claim", 500, 11.0),
-                                    ("GET", UNMATCHED_PATH, 404, 0.001)]:
-        p.emit("http.request", method=method, path=path, status=status, duration_s=d)
-    p.emit("events.dropped", count=7)
-    p.emit("source.heartbeat")
 
 
 def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:

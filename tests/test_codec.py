@@ -1,0 +1,220 @@
+"""Codec unit tests: round trip, garbage, future versions, wrong types, limits, per-field validation."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import msgpack
+import pytest
+
+from shared.events.codec import (
+    MAX_ENTRY_BYTES,
+    MAX_EVENTS_PER_BATCH,
+    MAX_SRC_LEN,
+    MAX_STR_LEN,
+    EventDecodeError,
+    decode_batch,
+    encode_batch,
+    validate_event,
+)
+from shared.events.schema import EVENT_TYPES, SCHEMA_VERSION, UNMATCHED_PATH, EventType, Field
+
+SRC = "test:host:1:abcd"
+
+
+def valid_value(f: Field) -> Any:
+    if f.choices is not None:
+        return sorted(f.choices)[0]
+    if f.kind == "id":
+        return "pool-1"
+    if f.name == "path":
+        return "/api/v1/pools/{pool_id}"
+    if f.kind == "str":
+        return "text"
+    if f.kind == "int":
+        return int(f.minimum or 0) + 200 if f.minimum else 3
+    return 0.25
+
+
+def valid_event(et: EventType, seq: int = 1) -> dict[str, Any]:
+    return {"type": et.name, "seq": seq, "ts": time.time(), **{f.name: valid_value(f) for f in et.fields}}
+
+
+def raw(doc: Any) -> bytes:
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def reason_of(payload: Any) -> str:
+    with pytest.raises(EventDecodeError) as info:
+        decode_batch(payload, "1-0")
+    assert info.value.entry_id == "1-0"
+    assert info.value.reason in str(info.value) and "1-0" in str(info.value)
+    return info.value.reason
+
+
+# ---- envelope ----------------------------------------------------------------------------------------
+
+
+def test_round_trip_every_event_type() -> None:
+    events = [valid_event(et, i + 1) for i, et in enumerate(EVENT_TYPES)]
+    batch = decode_batch(encode_batch(SRC, events))
+    assert batch.src == SRC and batch.version == SCHEMA_VERSION
+    assert batch.events == events
+    assert all(validate_event(ev) is None for ev in batch.events)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (None, "missing_field"),
+        ("a string, not bytes", "missing_field"),
+        (b"", "undecodable"),
+        (b"\xc1", "undecodable"),  # never-used msgpack byte
+        (b"\x92\x01", "undecodable"),  # truncated array
+        (raw({"v": 1, "src": SRC, "events": [{1: "int key"}]}), "undecodable"),
+        (raw({"v": 1, "src": SRC, "events": [{"type": "ab"}]}).replace(b"\xa2ab", b"\xa2\xff\xfe"),
+         "undecodable"),  # invalid UTF-8 in a str
+        (raw([1, 2]), "bad_envelope"),
+        (raw(7), "bad_envelope"),
+        (raw({"src": SRC, "events": [{}]}), "bad_envelope"),
+        (raw({"v": 0, "src": SRC, "events": [{}]}), "bad_envelope"),
+        (raw({"v": "1", "src": SRC, "events": [{}]}), "bad_envelope"),
+        (raw({"v": True, "src": SRC, "events": [{}]}), "bad_envelope"),
+        (raw({"v": 1.0, "src": SRC, "events": [{}]}), "bad_envelope"),
+        (raw({"v": SCHEMA_VERSION + 1, "src": SRC, "events": [{}]}), "future_version"),
+        (raw({"v": 99, "src": SRC, "events": [{}]}), "future_version"),
+        (raw({"v": 1, "events": [{}]}), "bad_envelope"),
+        (raw({"v": 1, "src": "", "events": [{}]}), "bad_envelope"),
+        (raw({"v": 1, "src": "x" * (MAX_SRC_LEN + 1), "events": [{}]}), "bad_envelope"),
+        (raw({"v": 1, "src": b"bytes-src", "events": [{}]}), "bad_envelope"),
+        (raw({"v": 1, "src": SRC, "events": []}), "bad_envelope"),
+        (raw({"v": 1, "src": SRC, "events": {"a": 1}}), "bad_envelope"),
+        (raw({"v": 1, "src": SRC}), "bad_envelope"),
+    ],
+)
+def test_bad_entries_have_a_reason(payload: Any, reason: str) -> None:
+    assert reason_of(payload) == reason
+
+
+def test_limits() -> None:
+    ev = {"type": "source.heartbeat", "seq": 1, "ts": 1.0}
+    assert len(decode_batch(raw({"v": 1, "src": SRC, "events": [ev] * MAX_EVENTS_PER_BATCH})).events) == (
+        MAX_EVENTS_PER_BATCH)
+    assert reason_of(raw({"v": 1, "src": SRC, "events": [ev] * (MAX_EVENTS_PER_BATCH + 1)})) == "undecodable"
+    assert decode_batch(raw({"v": 1, "src": "s" * MAX_SRC_LEN, "events": [ev]})).src == "s" * MAX_SRC_LEN
+    big = raw({"v": 1, "src": SRC, "events": [ev], "pad": b"\0" * MAX_ENTRY_BYTES})
+    assert len(big) > MAX_ENTRY_BYTES and reason_of(big) == "too_large"
+
+
+def test_older_versions_and_unknown_keys_are_accepted() -> None:
+    batch = decode_batch(raw({"v": 1, "src": SRC, "events": [{"type": "source.heartbeat", "seq": 1, "ts": 2.0,
+                                                               "added_later": [1, 2]}], "extra": "ignored"}))
+    assert validate_event(batch.events[0]) is None
+
+
+def test_error_carries_data() -> None:
+    err = EventDecodeError("undecodable", "ValueError: x", "17-3")
+    assert (err.reason, err.detail, err.entry_id) == ("undecodable", "ValueError: x", "17-3")
+    assert str(err) == "undecodable in entry 17-3: ValueError: x"
+    assert str(EventDecodeError("too_large")) == "too_large"
+
+
+# ---- events ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ([1, 2], "bad_event"),
+        ("source.heartbeat", "bad_event"),
+        ({"seq": 1, "ts": 1.0}, "unknown_type"),
+        ({"type": "pool.exploded", "seq": 1, "ts": 1.0}, "unknown_type"),
+        ({"type": 5, "seq": 1, "ts": 1.0}, "unknown_type"),
+        ({"type": "source.heartbeat", "ts": 1.0}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": 0, "ts": 1.0}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": -3, "ts": 1.0}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": "1", "ts": 1.0}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": True, "ts": 1.0}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": 1.0, "ts": 1.0}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": 1}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": 1, "ts": -1.0}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": 1, "ts": 1e11}, "bad_event"),  # milliseconds by mistake
+        ({"type": "source.heartbeat", "seq": 1, "ts": math.nan}, "bad_event"),
+        ({"type": "source.heartbeat", "seq": 1, "ts": "now"}, "bad_event"),
+    ],
+)
+def test_bad_envelope_keys(event: Any, reason: str) -> None:
+    problem = validate_event(event)
+    assert problem is not None and problem[0] == reason, problem
+
+
+def _wrong_type(f: Field) -> Any:
+    return 12 if f.kind in ("str", "id") else "12"
+
+
+CASES: list[tuple[str, str, Any]] = []
+for _et in EVENT_TYPES:
+    for _f in _et.fields:
+        if not _f.optional:
+            CASES.append((_et.name, _f.name, None))  # missing
+        CASES.append((_et.name, _f.name, _wrong_type(_f)))
+        if _f.kind in ("str", "id"):
+            CASES.append((_et.name, _f.name, b"bytes are not str"))
+        if _f.choices is not None:
+            CASES.append((_et.name, _f.name, "not-a-choice"))
+        if _f.kind == "id":
+            CASES += [(_et.name, _f.name, "has spaces"), (_et.name, _f.name, "x" * 65),
+                      (_et.name, _f.name, "-leading-dash"), (_et.name, _f.name, "")]
+        if _f.kind == "str" and _f.choices is None and _f.name != "path":
+            CASES.append((_et.name, _f.name, "x" * (MAX_STR_LEN + 1)))
+        if _f.kind in ("int", "float"):
+            CASES += [(_et.name, _f.name, True), (_et.name, _f.name, (_f.minimum or 0) - 1)]
+        if _f.kind == "int":
+            CASES.append((_et.name, _f.name, 3.0))
+        if _f.kind == "float":
+            CASES += [(_et.name, _f.name, math.inf), (_et.name, _f.name, math.nan)]
+
+
+@pytest.mark.parametrize(("type_", "field", "bad"), CASES, ids=[f"{t}.{f}={b!r:.20}" for t, f, b in CASES])
+def test_every_field_is_validated(type_: str, field: str, bad: Any) -> None:
+    et = next(e for e in EVENT_TYPES if e.name == type_)
+    ev = valid_event(et)
+    assert validate_event(ev) is None
+    if bad is None:
+        del ev[field]
+    else:
+        ev[field] = bad
+    problem = validate_event(ev)
+    assert problem is not None and problem[0] == "invalid_field", (ev, problem)
+    assert field in problem[1]
+
+
+def test_numbers_accept_ints_for_floats_and_optional_nil() -> None:
+    ev = valid_event(next(e for e in EVENT_TYPES if e.name == "sync.finished"))
+    ev["duration_s"] = 3
+    ev["error_type"] = None
+    assert validate_event(ev) is None
+    del ev["error_type"]
+    assert validate_event(ev) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/", True),
+        ("/api/v1/tenants/{tenant_id}/claim", True),
+        (UNMATCHED_PATH, True),
+        ("/api/v1/tenants/abc?x=1", False),
+        ("/with space", False),
+        ("relative/path", False),
+        ("/" + "a" * 200, False),
+        ("/a" * 17, False),
+    ],
+)
+def test_http_path_must_be_a_route_template(path: str, ok: bool) -> None:
+    ev = {"type": "http.request", "seq": 1, "ts": 1.0, "method": "GET", "path": path, "status": 200,
+          "duration_s": 0.1}
+    problem = validate_event(ev)
+    assert (problem is None) == ok, problem
