@@ -9,6 +9,7 @@ the entries added since. Stop the other aggregators of the same consumer group f
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -88,14 +89,33 @@ def rebuild_partition(client: redis.Redis, settings: AggregatorSettings, partiti
 
 
 def rebuild(client: redis.Redis, settings: AggregatorSettings, show_progress: bool = True,
-            stream: TextIO | None = None) -> list[RebuildResult]:
-    """Rebuild every partition of this shard; a progress bar per partition on stderr."""
+            stream: TextIO | None = None, progress_delay_s: float = 1.0) -> list[RebuildResult]:
+    """Rebuild every partition of this shard; a progress bar per partition on stderr (after a second)."""
     results = []
     for p in settings.my_partitions:
-        progress = Progress(f"rebuild partition {p}", 0, "entries", stream=stream, enabled=show_progress)
+        progress = Progress(f"rebuild partition {p}", 0, "entries", stream=stream, enabled=show_progress,
+                            delay_s=progress_delay_s)
         results.append(rebuild_partition(client, settings, p, progress))
         progress.finish()
     return results
 
 
-__all__ = ["RebuildResult", "rebuild", "rebuild_partition"]
+__all__ = ["RebuildResult", "rebuild", "rebuild_offline", "rebuild_partition"]
+
+
+def rebuild_offline(settings: AggregatorSettings, show_progress: bool = True) -> list[RebuildResult]:
+    """``aggregator --rebuild``: rebuild before serving; a summary per partition on stderr.
+
+    An unreachable bus ends the process with a message (exit status 1), never a traceback.
+    """
+    client = redis.Redis.from_url(settings.redis_url, protocol=2, socket_timeout=30.0, socket_connect_timeout=5.0)
+    try:
+        results = rebuild(client, settings, show_progress)
+    except redis.RedisError as exc:
+        raise SystemExit(f"boilerhouse: error: rebuild failed: {exc}") from None
+    finally:
+        client.close()
+    for r in results:
+        print(f"rebuild: partition {r.partition}: {r.entries} entries, {r.events} events folded in "
+              f"{r.seconds:.2f}s; checkpoint at {r.position or 'the start'}", file=sys.stderr, flush=True)
+    return results

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from shared.events.codec import ENTRY_FIELD, encode_batch
-from shared.events.streams import stream_key
+from shared.events.streams import DEFAULT_PREFIX, stream_key
 
 #: 2025-11-27T00:00:00Z
 BASE_S = 1764201600
@@ -73,13 +73,16 @@ def entry_id(offset_s: int, base_s: int = BASE_S) -> str:
     return f"{(base_s + offset_s) * 1000}-0"
 
 
-def load(client: redis.Redis, base_s: int = BASE_S, until_s: int | None = None, partition: int = 0) -> int:
-    """XADD the history (entries with offset <= ``until_s``); returns the entries written."""
-    key = stream_key(partition)
+def load(client: redis.Redis, base_s: int = BASE_S, until_s: int | None = None, partition: int = 0,
+         prefix: str = DEFAULT_PREFIX, after_s: int | None = None) -> int:
+    """XADD the history (entries with ``after_s`` < offset <= ``until_s``); returns the entries written."""
+    key = stream_key(partition, prefix)
     n = 0
     for offset, src, events in HISTORY:
         if until_s is not None and offset > until_s:
             break
+        if after_s is not None and offset <= after_s:
+            continue
         if src is None:
             payload = events
         else:
