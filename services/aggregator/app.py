@@ -56,6 +56,12 @@ def _authorized(request: Request, settings: AggregatorSettings) -> bool:
     return False
 
 
+def _auth_mode(settings: AggregatorSettings) -> str:
+    modes = [name for name, on in (("basic", settings.metrics_username), ("bearer", settings.metrics_bearer_token))
+             if on]
+    return "+".join(modes) or "none"
+
+
 def create_app(
     settings: AggregatorSettings,
     client: redis.Redis | None = None,
@@ -71,6 +77,10 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         if not _authorized(request, settings):
+            # Who asked and how, never what they sent: the header may hold a near-miss of the secret.
+            scheme = request.headers.get("authorization", "").partition(" ")[0] or "none"
+            logger.info("metrics: rejected scrape from %s (authorization scheme: %s)",
+                        request.client.host if request.client else "?", scheme[:16])
             return JSONResponse(
                 {"error": "unauthorized", "detail": "metrics require credentials"},
                 status_code=401,
@@ -108,8 +118,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         consumer.start()
-        logger.info("aggregator consuming partitions %s as group %r; metrics at %s",
-                    sorted(consumer.parts), settings.group, settings.metrics_path)
+        logger.info("aggregator consuming partitions %s as group %r; metrics at %s (auth: %s, "
+                    "at most %d concurrent scrapes)", sorted(consumer.parts), settings.group,
+                    settings.metrics_path, _auth_mode(settings), settings.max_concurrent_scrapes)
         try:
             yield
         finally:

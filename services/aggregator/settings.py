@@ -39,6 +39,25 @@ def env_number(environ: Mapping[str, str], name: str, default: Any, kind: type =
     return value
 
 
+def env_secret(environ: Mapping[str, str], name: str) -> str | None:
+    """A secret from ``NAME``, or read from the file named by ``NAME_FILE`` (Docker/Kubernetes secrets).
+
+    Error messages name the variable and the file, never the value.
+    """
+    value = environ.get(name)
+    if value:
+        return value
+    path = environ.get(name + "_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"{name}_FILE={path!r}: cannot read it ({exc.strerror})") from None
+    return value or None
+
+
 @dataclass(frozen=True)
 class AggregatorSettings:
     """Everything the aggregator needs. Secrets are excluded from ``repr``."""
@@ -118,6 +137,6 @@ class AggregatorSettings:
                 env, "BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES", d.max_concurrent_scrapes, minimum=1
             ),
             metrics_username=env.get("BOILERHOUSE_METRICS_USERNAME") or None,
-            metrics_password=env.get("BOILERHOUSE_METRICS_PASSWORD") or None,
-            metrics_bearer_token=env.get("BOILERHOUSE_METRICS_BEARER_TOKEN") or None,
+            metrics_password=env_secret(env, "BOILERHOUSE_METRICS_PASSWORD"),
+            metrics_bearer_token=env_secret(env, "BOILERHOUSE_METRICS_BEARER_TOKEN"),
         )

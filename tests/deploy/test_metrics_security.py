@@ -1,0 +1,268 @@
+"""The metrics endpoint's security settings, through real uvicorn servers: auth, bind address, scrape limit."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.aggregator.app import create_app
+from services.aggregator.settings import AggregatorSettings, SettingsError
+from services.embedded import free_port
+from shared.events.publisher import Publisher
+from tests.support.expo import parse
+from tests.support.procs import ThreadServer, boilerhouse, wait_http
+from tests.support.prometheus import Prometheus
+
+PASSWORD = "pw-7c1e-not-in-any-log"
+TOKEN = "tok-51aa-not-in-any-log"
+USER = "prometheus"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def serve(redis_url: str) -> Iterator[object]:
+    """``serve(**settings)`` starts the aggregator app on a real uvicorn server; all are stopped after."""
+    servers: list[ThreadServer] = []
+
+    def start(**overrides: object) -> ThreadServer:
+        settings = AggregatorSettings(redis_url=redis_url, block_ms=50, **overrides)  # type: ignore[arg-type]
+        server = ThreadServer(create_app(settings)).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+def status(url: str, headers: dict[str, str] | None = None) -> int:
+    return httpx.get(url, headers=headers or {}, timeout=10).status_code
+
+
+def test_open_by_default(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve()
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 200
+    assert "# TYPE boilerhouse_pool_size gauge" in r.text
+    # Credentials sent to an open endpoint are ignored, not rejected.
+    assert status(server.url + "/metrics", bearer("anything")) == 200
+
+
+def test_basic_auth(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve(metrics_username=USER, metrics_password=PASSWORD)
+    url = server.url + "/metrics"
+    r = httpx.get(url)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Basic realm="metrics"'
+    assert r.json()["error"] == "unauthorized"
+    assert status(url, basic(USER, PASSWORD)) == 200
+    assert status(url, basic(USER, PASSWORD + "x")) == 401
+    assert status(url, basic("someone", PASSWORD)) == 401
+    assert status(url, basic(USER, "")) == 401
+    assert status(url, bearer(PASSWORD)) == 401          # basic only: a bearer token is not accepted
+    assert status(url, {"Authorization": "Basic %%%not-base64"}) == 401
+    assert status(url, {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:x").decode()}) == 401
+    # Health and readiness stay open for orchestrators.
+    assert status(server.url + "/healthz") == 200
+    wait_http(server.url + "/readyz")
+
+
+def test_bearer_token(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve(metrics_bearer_token=TOKEN)
+    url = server.url + "/metrics"
+    r = httpx.get(url)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert status(url, bearer(TOKEN)) == 200
+    assert status(url, {"Authorization": f"bearer {TOKEN}"}) == 200   # the scheme is case-insensitive
+    assert status(url, bearer(TOKEN[:-1])) == 401
+    assert status(url, bearer(TOKEN + "x")) == 401
+    assert status(url, basic(USER, TOKEN)) == 401
+    assert status(server.url + "/healthz") == 200
+
+
+def test_basic_and_bearer_together(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve(metrics_username=USER, metrics_password=PASSWORD, metrics_bearer_token=TOKEN)
+    url = server.url + "/metrics"
+    assert status(url) == 401
+    assert status(url, basic(USER, PASSWORD)) == 200
+    assert status(url, bearer(TOKEN)) == 200
+    assert status(url, bearer(PASSWORD)) == 401
+
+
+def test_metrics_disabled_leaves_health_endpoints(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve(metrics_enabled=False)
+    assert status(server.url + "/metrics") == 404
+    assert status(server.url + "/healthz") == 200
+
+
+def test_secrets_come_from_env_or_files_and_stay_out_of_repr(tmp_path: Path) -> None:
+    env = {"BOILERHOUSE_METRICS_USERNAME": USER, "BOILERHOUSE_METRICS_PASSWORD": PASSWORD,
+           "BOILERHOUSE_METRICS_BEARER_TOKEN": TOKEN}
+    settings = AggregatorSettings.from_env(env)
+    assert (settings.metrics_username, settings.metrics_password, settings.metrics_bearer_token) == (
+        USER, PASSWORD, TOKEN)
+    for text in (repr(settings), str(settings), repr(settings.with_(port=1234))):
+        assert PASSWORD not in text and TOKEN not in text
+        assert USER in text  # the user name is not a secret and helps debugging
+    # *_FILE variants (Docker and Kubernetes secrets); the trailing newline of the file is not part of it.
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    (tmp_path / "tok").write_text(TOKEN + "\n")
+    from_files = AggregatorSettings.from_env({
+        "BOILERHOUSE_METRICS_USERNAME": USER, "BOILERHOUSE_METRICS_PASSWORD_FILE": str(tmp_path / "pw"),
+        "BOILERHOUSE_METRICS_BEARER_TOKEN_FILE": str(tmp_path / "tok")})
+    assert (from_files.metrics_password, from_files.metrics_bearer_token) == (PASSWORD, TOKEN)
+    with pytest.raises(SettingsError, match="BOILERHOUSE_METRICS_PASSWORD_FILE") as missing:
+        AggregatorSettings.from_env({"BOILERHOUSE_METRICS_USERNAME": USER,
+                                     "BOILERHOUSE_METRICS_PASSWORD_FILE": str(tmp_path / "nope")})
+    assert PASSWORD not in str(missing.value)
+    with pytest.raises(SettingsError, match="go together") as half:
+        AggregatorSettings.from_env({"BOILERHOUSE_METRICS_PASSWORD": PASSWORD})
+    assert PASSWORD not in str(half.value)
+
+
+def test_secrets_never_logged(serve, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)
+    server = serve(metrics_username=USER, metrics_password=PASSWORD, metrics_bearer_token=TOKEN)
+    url = server.url + "/metrics"
+    # Near misses and the real secrets, in every place a client can put them.
+    for headers in (basic(USER, PASSWORD + "1"), bearer(TOKEN + "1"), bearer(PASSWORD),
+                    basic(USER, PASSWORD), bearer(TOKEN), {}):
+        httpx.get(url, headers=headers, timeout=10)
+    server.__exit__(None, None, None)
+    # Everything the server side logged (the test's own HTTP client logs what it sends; it is not ours).
+    text = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("httpx", "httpcore")))
+    assert "rejected scrape" in text           # rejections are logged ...
+    assert "auth: basic+bearer" in text        # ... and so is the mode at start-up ...
+    assert PASSWORD not in text and TOKEN not in text   # ... but never a secret
+
+
+def test_aggregator_process_binds_configured_host_and_keeps_secrets_out_of_its_log(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """``boilerhouse aggregator`` with BOILERHOUSE_METRICS_HOST=127.0.0.2: reachable there only."""
+    port = free_port("127.0.0.2")
+    env = {"BOILERHOUSE_REDIS_URL": redis_url, "BOILERHOUSE_METRICS_HOST": "127.0.0.2",
+           "BOILERHOUSE_METRICS_PORT": str(port), "BOILERHOUSE_METRICS_USERNAME": USER,
+           "BOILERHOUSE_METRICS_PASSWORD": PASSWORD, "BOILERHOUSE_METRICS_BEARER_TOKEN": TOKEN}
+    proc = boilerhouse(["--log-level", "DEBUG", "aggregator", "--pidfile", str(tmp_path / "agg.pid")],
+                       tmp_path, "aggregator", env)
+    try:
+        wait_http(f"http://127.0.0.2:{port}/readyz", proc=proc)
+        assert status(f"http://127.0.0.2:{port}/metrics", basic(USER, PASSWORD)) == 200
+        assert status(f"http://127.0.0.2:{port}/metrics", bearer(TOKEN + "!")) == 401
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert (tmp_path / "agg.pid").read_text().strip() == str(proc.pid)
+    finally:
+        proc.stop()
+    log = proc.output()
+    assert "127.0.0.2" in log and "rejected scrape" in log
+    assert PASSWORD not in log and TOKEN not in log
+
+
+def test_prometheus_scrapes_with_basic_auth(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The documented scrape config works against a protected aggregator, and wrong credentials show as down."""
+    server = serve(metrics_username=USER, metrics_password=PASSWORD)
+    (tmp_path / "pw").write_text(PASSWORD)
+    (tmp_path / "bad").write_text("wrong")
+    target = f"127.0.0.1:{server.port}"
+    good = Prometheus(tmp_path / "good", [target], rule_files=[],
+                      auth={"basic_auth": {"username": USER, "password_file": str(tmp_path / "pw")}})
+    bad = Prometheus(tmp_path / "bad-prom", [target], rule_files=[],
+                     auth={"basic_auth": {"username": USER, "password_file": str(tmp_path / "bad")}})
+    with good, bad:
+        up = 'up{job="boilerhouse-aggregator"}'
+        good.wait_for(up, lambda r: [s.value for s in r] == [1.0])
+        bad.wait_for(up, lambda r: [s.value for s in r] == [0.0])
+        assert good.value("count(boilerhouse_aggregator_checkpoint_age_seconds)") == 1.0
+        assert bad.query("boilerhouse_aggregator_checkpoint_age_seconds") == []
+
+
+def _fill_state(redis_url: str, server_url: str, series: int) -> None:
+    """Give the aggregator ``series`` HTTP histogram series so that one scrape takes a while to render."""
+    pub = Publisher(redis_url, "load", heartbeat_interval_s=3600, flush_interval_s=0.01)
+    try:
+        for i in range(series):
+            pub.emit("http.request", {"method": "GET", "path": f"/load/{i}", "status": 200, "duration_s": 0.01})
+        assert pub.flush(30)
+    finally:
+        pub.close()
+    name = "boilerhouse_http_requests_total"
+    for _ in range(200):
+        samples = parse(httpx.get(server_url + "/metrics", timeout=30).text)
+        if sum(1 for n, _ in samples if n == name) >= series:
+            return
+    raise AssertionError("events were not folded")
+
+
+def _concurrent_scrapes(url: str, n: int) -> list[httpx.Response]:
+    barrier = threading.Barrier(n)
+    responses: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def scrape() -> None:
+        with httpx.Client(timeout=60) as client:
+            barrier.wait()
+            r = client.get(url)
+        with lock:
+            responses.append(r)
+
+    threads = [threading.Thread(target=scrape) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert len(responses) == n
+    return responses
+
+
+def test_concurrent_scrape_limit(serve, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    limited = serve(max_concurrent_scrapes=1)
+    _fill_state(redis_url, limited.url, 3000)
+    responses = _concurrent_scrapes(limited.url + "/metrics", 6)
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 1 and codes.count(429) >= 1, codes
+    assert set(codes) == {200, 429}
+    for r in responses:
+        if r.status_code == 429:
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"] == "too_many_scrapes"
+    # Slots are given back: sequential scrapes all succeed, and health checks never count against the limit.
+    assert [status(limited.url + "/metrics") for _ in range(3)] == [200, 200, 200]
+    assert status(limited.url + "/healthz") == 200
+
+    # With as many slots as concurrent scrapers, nobody is turned away (same events, own consumer group).
+    roomy = serve(max_concurrent_scrapes=4, group="roomy")
+    wait_http(roomy.url + "/readyz")
+    _wait_same_series(roomy.url, 3000)
+    assert sorted(r.status_code for r in _concurrent_scrapes(roomy.url + "/metrics", 4)) == [200] * 4
+
+
+def _wait_same_series(url: str, series: int) -> None:
+    for _ in range(200):
+        samples = parse(httpx.get(url + "/metrics", timeout=30).text)
+        if sum(1 for n, _ in samples if n == "boilerhouse_http_requests_total") >= series:
+            return
+    raise AssertionError("second aggregator did not fold the stream")
+
+
+def test_scrape_limit_setting_from_env() -> None:
+    assert AggregatorSettings.from_env({}).max_concurrent_scrapes == 4
+    assert AggregatorSettings.from_env({"BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES": "2"}).max_concurrent_scrapes == 2
+    with pytest.raises(SettingsError, match="BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES"):
+        AggregatorSettings.from_env({"BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES": "0"})
+    assert AggregatorSettings.from_env({"BOILERHOUSE_METRICS_HOST": "0.0.0.0"}).host == "0.0.0.0"
