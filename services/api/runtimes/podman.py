@@ -111,7 +111,7 @@ class PodmanRuntime:
         if container_id in self._boxes:
             raise ContainerRuntimeError(container_id, "create", "a container with this id already exists")
         name = self.container_name(container_id)
-        args = ["run", "-d", "--name", name, "--network", self.network]
+        args = ["run", "-d", "--pull", "never", "--name", name, "--network", self.network]
         for ulimit in self.ulimits:
             args += ["--ulimit", ulimit]
         args += ["-v", f"{data_dir.resolve()}:{CONTAINER_DATA_DIR}", "-w", CONTAINER_DATA_DIR,
@@ -133,7 +133,7 @@ class PodmanRuntime:
             if podman_id or "already in use" not in result.stderr:
                 await self.run("rm", "-f", "-t", "0", podman_id or name)  # half-created container
             hint = ""
-            if "image not known" in result.stderr or "pull" in result.stderr:
+            if "image not known" in result.stderr or "unable to find" in result.stderr.lower():
                 hint = f" (build the image with scripts/build-busybox-image.sh: {workload.image})"
             raise ContainerRuntimeError(
                 container_id, "create", f"podman run exited {result.returncode}: {result.stderr.strip()}{hint}"
