@@ -76,7 +76,11 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         partitions=args.partitions,
     )
     _write_pidfile(args.pidfile)
-    app = create_app(settings, rebuild=args.rebuild)
+    if args.rebuild:  # fold the retained stream into fresh checkpoints (progress bar); the consumer restores them
+        from services.aggregator.rebuild import rebuild_offline  # noqa: PLC0415
+
+        rebuild_offline(settings)
+    app = create_app(settings, rebuild=False)
     print(f"aggregator: metrics at http://{settings.host}:{settings.port}{settings.metrics_path}", flush=True)
     asyncio.run(serve_all([_uvicorn(app, settings.host, settings.port)]))
     return 0
@@ -88,10 +92,21 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = ApiSettings.from_env().with_(redis_url=args.redis_url, host=args.host, port=args.port,
                                             workloads_dir=args.workloads, data_dir=args.data_dir)
     _write_pidfile(args.pidfile)
-    app = create_app(settings)
-    print(f"api: http://{settings.host}:{settings.port}/api/v1", flush=True)
+    app = _build_api(create_app, settings, args.demo)
+    print(f"api: http://{settings.host}:{settings.port}/api/v1" + (" (demo traffic on)" if args.demo else ""),
+          flush=True)
     asyncio.run(serve_all([_uvicorn(app, settings.host, settings.port)]))
     return 0
+
+
+def _build_api(create_app: Any, settings: ApiSettings, demo: bool) -> Any:
+    from services.api.runtimes import UnknownRuntime  # noqa: PLC0415
+    from services.api.workloads import WorkloadError  # noqa: PLC0415
+
+    try:
+        return create_app(settings, demo=demo)
+    except (WorkloadError, UnknownRuntime) as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -111,7 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         api_settings = ApiSettings.from_env().with_(redis_url=redis_url, host=args.host, port=args.api_port,
                                                     workloads_dir=args.workloads, data_dir=args.data_dir)
         _write_pidfile(args.pidfile)
-        api_app = create_api(api_settings)
+        api_app = _build_api(create_api, api_settings, args.demo)
         servers = [
             _uvicorn(create_aggregator(agg_settings), agg_settings.host, agg_settings.port),
             _uvicorn(api_app, api_settings.host, api_settings.port),
@@ -122,7 +137,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  api:        http://{api_settings.host}:{api_settings.port}/api/v1\n"
             f"  metrics:    http://{agg_settings.host}:{agg_settings.port}{agg_settings.metrics_path}\n"
             f"  event bus:  {bus}\n"
-            "Press Ctrl-C to stop.",
+            + ("  demo:       pools demo-* with generated traffic; every metric moves within a minute\n"
+               if args.demo else "")
+            + "Press Ctrl-C to stop.",
             flush=True,
         )
         asyncio.run(serve_all(servers))
@@ -172,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=_port, help="port (default 8080, $BOILERHOUSE_API_PORT)")
     api.add_argument("--workloads", help="directory of workload YAML files")
     api.add_argument("--data-dir", help="where containers keep data")
+    api.add_argument("--demo", action="store_true", help="create demo pools and drive traffic through them")
     api.set_defaults(func=cmd_api)
 
     agg = sub.add_parser("aggregator", help="run the aggregator (consumes events, serves /metrics)")

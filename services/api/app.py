@@ -1,11 +1,14 @@
-"""The API server's app factory: routes, the request-events middleware and the publisher's lifespan."""
+"""The API server's app factory: routes, error handlers, the request-events middleware and the lifespan."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import yaml
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -15,8 +18,17 @@ from starlette.routing import Route
 from services import __version__
 from shared.events.publisher import Publisher
 
+from .clock import Clock, SystemClock
+from .containers import ContainerManager
+from .demo import DemoDriver
+from .errors import exception_handlers
 from .middleware import EventsMiddleware
+from .platform import Boilerhouse
+from .routes import api_routes, pool_spec
+from .runtimes import ContainerRuntime, make_runtime
 from .settings import ApiSettings
+from .sync import SyncCoordinator
+from .workloads import Workload, WorkloadError, load_workloads
 
 logger = logging.getLogger(__name__)
 
@@ -34,25 +46,82 @@ def make_publisher(settings: ApiSettings, service: str = "api") -> Publisher:
     )
 
 
-def create_app(settings: ApiSettings, publisher: Publisher | None = None) -> Starlette:
-    """Build the API app. The publisher is closed (flushed) when the app shuts down."""
+def load_pools_file(path: str) -> list[dict[str, Any]]:
+    """Pool-creation bodies from a YAML file (a list of mappings, or ``{pools: [...]}``)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise WorkloadError(f"{path}: cannot read pools file: {exc}") from exc
+    if isinstance(doc, dict) and "pools" in doc:
+        doc = doc["pools"]
+    if not isinstance(doc, list) or not all(isinstance(p, dict) for p in doc):
+        raise WorkloadError(f"{path}: expected a list of pool mappings")
+    return doc
+
+
+def create_app(
+    settings: ApiSettings,
+    publisher: Publisher | None = None,
+    *,
+    demo: bool = False,
+    workloads: dict[str, Workload] | None = None,
+    runtime: ContainerRuntime | None = None,
+    clock: Clock | None = None,
+) -> Starlette:
+    """Build the API app.
+
+    The platform (pools, containers, sync) is built and started in the ASGI lifespan and closed with
+    it; so is the publisher (flushed). ``runtime`` overrides the container runtime named in settings;
+    ``demo`` starts the traffic driver of :mod:`services.api.demo` once the app is up.
+    """
     pub = publisher or make_publisher(settings)
+    defs = workloads if workloads is not None else load_workloads(settings.workloads_dir)
+    pools = load_pools_file(settings.pools_file) if settings.pools_file else []
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "events_buffered": pub.buffered(), "bus_connected": pub.connected})
+        platform = getattr(request.app.state, "platform", None)
+        return JSONResponse({
+            "status": "ok" if platform is not None else "starting",
+            "pools": len(platform.pools_info()) if platform is not None else 0,
+            "events_buffered": pub.buffered(),
+            "bus_connected": pub.connected,
+        })
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        data_dir = Path(settings.data_dir)
+        the_clock = clock or SystemClock()
+        rt = runtime if runtime is not None else make_runtime(settings.runtime, data_dir)
+        manager = ContainerManager(rt, pub.emit, data_dir / "containers", the_clock)
+        syncer = SyncCoordinator(pub.emit, rclone=settings.rclone, bisync_workdir=data_dir / "bisync")
+        platform = Boilerhouse(defs, pub.emit, manager, syncer, the_clock)
+        driver: DemoDriver | None = None
         try:
+            await platform.start()
+            for body in pools:
+                await platform.create_pool(pool_spec(body, settings))
+            app.state.platform = platform
+            pub.add_snapshot(platform.snapshot)
+            if demo:
+                driver = DemoDriver(app, platform, settings)
+                await driver.start()
+            logger.info("api up: %d workloads, %d pools, runtime %s", len(defs), len(pools), settings.runtime)
             yield
         finally:
+            if driver is not None:
+                await driver.stop()
+            await platform.close()
+            app.state.platform = None
             await pub.aclose()
 
     app = Starlette(
-        routes=[Route("/healthz", healthz)],
+        routes=[Route("/healthz", healthz), *api_routes()],
         middleware=[Middleware(EventsMiddleware, emit=pub.emit)],
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
     app.state.publisher = pub
     app.state.settings = settings
+    app.state.platform = None
     return app
+

@@ -26,6 +26,14 @@ class ApiSettings:
     workloads_dir: str | None = None
     data_dir: str = ".boilerhouse/data"
     runtime: str = "process"
+    # Pool and sync defaults; a pool-creation request may override each per pool.
+    affinity_timeout_s: float = 60.0
+    acquire_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    health_interval_s: float = 10.0
+    rclone: str = "rclone"
+    #: YAML file of pools created at start-up (a list of pool-creation bodies).
+    pools_file: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -51,4 +59,10 @@ class ApiSettings:
             workloads_dir=env.get("BOILERHOUSE_WORKLOADS_DIR") or None,
             data_dir=env.get("BOILERHOUSE_DATA_DIR", d.data_dir),
             runtime=env.get("BOILERHOUSE_RUNTIME", d.runtime),
+            affinity_timeout_s=env_number(env, "BOILERHOUSE_AFFINITY_TIMEOUT_S", d.affinity_timeout_s, float),
+            acquire_timeout_s=env_number(env, "BOILERHOUSE_ACQUIRE_TIMEOUT_S", d.acquire_timeout_s, float),
+            idle_timeout_s=env_number(env, "BOILERHOUSE_IDLE_TIMEOUT_S", d.idle_timeout_s, float),
+            health_interval_s=env_number(env, "BOILERHOUSE_HEALTH_INTERVAL_S", d.health_interval_s, float, 0.01),
+            rclone=env.get("BOILERHOUSE_RCLONE", d.rclone),
+            pools_file=env.get("BOILERHOUSE_POOLS_FILE") or None,
         )

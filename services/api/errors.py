@@ -1,0 +1,148 @@
+"""Domain errors mapped to HTTP responses, once: the table the app factory installs as exception handlers."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import platform, pool, sync
+from .runtimes.base import ContainerRuntimeError
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A request that cannot be served as asked.
+
+    Parameters:
+        detail: what is wrong, for a person (goes into the JSON body).
+        error: a stable machine-readable code; the class default if None.
+        status: the HTTP status; the class default if None.
+    """
+
+    status = 400
+    error = "bad_request"
+
+    def __init__(self, detail: str, *, error: str | None = None, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if error is not None:
+            self.error = error
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ApiError):
+    """The request body or a path parameter is malformed (400)."""
+
+
+class NotFound(ApiError):
+    """A named pool, workload or tenant does not exist (404)."""
+
+    status = 404
+    error = "not_found"
+
+
+class Conflict(ApiError):
+    """The request clashes with the current state (409)."""
+
+    status = 409
+    error = "conflict"
+
+
+def error_body(error: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"error": error, "detail": detail, **extra}
+
+
+def json_error(status: int, error: str, detail: str, headers: dict[str, str] | None = None,
+               **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(error, detail, **extra), status_code=status, headers=headers)
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return json_error(exc.status, exc.error, exc.detail)
+
+
+def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return json_error(exc.status_code, error, str(detail), headers=dict(exc.headers or {}))
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
+    return json_error(500, "internal_error", f"unexpected {type(exc).__name__}; see the server log")
+
+
+def _status(status: int, error: str) -> Callable[[Request, Exception], Response]:
+    def handle(request: Request, exc: Exception) -> Response:
+        return json_error(status, error, str(exc))
+
+    return handle
+
+
+def _pool_exhausted(request: Request, exc: Exception) -> Response:
+    retry_after = max(1, math.ceil(float(getattr(exc, "retry_after_s", 1) or 1)))
+    return json_error(503, "pool_exhausted", str(exc), headers={"Retry-After": str(retry_after)},
+                      pool_id=getattr(exc, "pool_id", None), retry_after_s=retry_after)
+
+
+def _sync_failed(request: Request, exc: Exception) -> Response:
+    # The remote (or the transfer to it) failed, not the request: a gateway error, 504 if it timed out.
+    error_type = getattr(exc, "error_type", "rclone_error")
+    status = 504 if error_type == "timeout" else 502
+    return json_error(status, "sync_failed", str(exc), error_type=error_type,
+                      workload_id=getattr(exc, "workload_id", None))
+
+
+def _container_failed(request: Request, exc: Exception) -> Response:
+    logger.error("container runtime failure serving %s %s: %s", request.method, request.url.path, exc)
+    return json_error(500, "container_runtime_error", str(exc))
+
+
+def _sync(handler: Callable[[Request, Exception], Response]) -> Handler:
+    async def run(request: Request, exc: Exception) -> Response:
+        return handler(request, exc)
+
+    return run
+
+
+def exception_handlers() -> dict[Any, Handler]:
+    """Every domain error the API can raise, with its status and error code (one place)."""
+
+    table: dict[Any, Callable[[Request, Exception], Response]] = {
+        ApiError: _api_error,
+        HTTPException: _http_exception,
+        platform.UnknownPool: _status(404, "pool_not_found"),
+        platform.UnknownWorkload: _status(404, "workload_not_found"),
+        platform.UnknownTenant: _status(404, "tenant_not_found"),
+        platform.PoolExists: _status(409, "pool_exists"),
+        platform.TenantBusy: _status(409, "tenant_busy"),
+        platform.InvalidPool: _status(400, "invalid_pool"),
+        ContainerRuntimeError: _container_failed,
+        pool.PoolExhausted: _pool_exhausted,
+        pool.TenantNotClaimed: _status(409, "tenant_not_claimed"),
+        pool.TenantAlreadyClaimed: _status(409, "tenant_already_claimed"),
+        pool.PoolClosed: _status(409, "pool_closed"),
+        sync.SyncFailed: _sync_failed,
+        sync.SyncNotConfigured: _status(409, "sync_not_configured"),
+        sync.InvalidSyncRequest: _status(400, "invalid_sync_request"),
+        sync.SyncClosed: _status(503, "shutting_down"),
+        Exception: _unexpected,
+    }
+    return {cls: _sync(h) for cls, h in table.items()}
