@@ -1,0 +1,181 @@
+"""ContainerManager: every operation runs on a real runtime, is timed with the injected clock and emits its event."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.api.clock import ManualClock, SystemClock
+from services.api.containers import Container, ContainerManager
+from services.api.runtimes import ContainerRuntimeError, PodmanRuntime, ProcessRuntime
+from services.api.workloads import DEFAULT_IMAGE, Workload
+from shared.events.codec import validate_event
+
+pytestmark = pytest.mark.anyio
+
+SLEEPER = Workload(id="sleeper", command=("sleep", "1000"))
+
+
+class SteppingClock(ManualClock):
+    """Each reading moves time on by ``step`` seconds, so every measured duration is exactly ``step``."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__(100.0)
+        self.step = step
+
+    def monotonic(self) -> float:
+        now = super().monotonic()
+        self.advance(self.step)
+        return now
+
+
+class Events:
+    """A plain list-appending ``emit`` that also validates every event against the catalogue."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, type_: str, fields: dict[str, Any]) -> None:
+        problem = validate_event({**fields, "type": type_, "seq": len(self.items) + 1, "ts": time.time()})
+        assert problem is None, f"{type_} {fields}: {problem}"
+        self.items.append((type_, fields))
+
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        return [f for t, f in self.items if t == type_]
+
+    def types(self) -> list[str]:
+        return [t for t, _ in self.items]
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+async def manager(tmp_path: Path, events: Events) -> AsyncIterator[ContainerManager]:
+    m = ContainerManager(ProcessRuntime(log_dir=tmp_path / "logs"), events, tmp_path / "data", SteppingClock(0.25))
+    yield m
+    await m.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_create_emits_created_with_the_measured_duration(manager: ContainerManager, events: Events,
+                                                               tmp_path: Path) -> None:
+    c = await manager.create("pool-a", SLEEPER)
+    assert isinstance(c, Container)
+    assert (c.pool_id, c.workload_id, c.runtime, c.tenant_id) == ("pool-a", "sleeper", "process", None)
+    assert c.id.startswith("pool-a-")
+    assert c.data_dir == tmp_path / "data" / "pool-a" / c.id and c.data_dir.is_dir()
+    assert c.pid is not None and _alive(c.pid)
+    assert events.items == [("container.created", {"pool_id": "pool-a", "workload_id": "sleeper",
+                                                   "status": "success", "duration_s": 0.25})]
+    assert manager.containers() == [c]
+    assert await manager.health_check(c) is True
+    assert events.of("container.health_check_failed") == []
+
+
+async def test_create_failure_emits_failure_and_raises(manager: ContainerManager, events: Events,
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(ContainerRuntimeError) as info:
+        await manager.create("pool-a", Workload(id="broken", command=("/no/such/binary",)))
+    assert info.value.operation == "create" and info.value.container_id.startswith("pool-a-")
+    assert events.items == [("container.created", {"pool_id": "pool-a", "workload_id": "broken",
+                                                   "status": "failure", "duration_s": 0.25})]
+    assert manager.containers() == []
+    assert list((tmp_path / "data" / "pool-a").iterdir()) == []  # no data dir left behind
+
+
+async def test_wipe_clears_data_and_emits_wiped(manager: ContainerManager, events: Events) -> None:
+    c = await manager.create("pool-a", SLEEPER)
+    (c.data_dir / "tenant-file").write_text("data")
+    (c.data_dir / "sub").mkdir()
+    await manager.wipe(c)
+    assert list(c.data_dir.iterdir()) == []
+    assert c.pid is not None and _alive(c.pid)
+    assert events.of("container.wiped") == [{"pool_id": "pool-a", "status": "success", "duration_s": 0.25}]
+
+
+async def test_wipe_failure_emits_failure(manager: ContainerManager, events: Events) -> None:
+    c = await manager.create("pool-a", SLEEPER)
+    await manager.runtime.destroy(c.id)  # the runtime lost it behind the manager's back
+    with pytest.raises(ContainerRuntimeError, match="wipe"):
+        await manager.wipe(c)
+    assert events.of("container.wiped") == [{"pool_id": "pool-a", "status": "failure", "duration_s": 0.25}]
+
+
+async def test_destroy_stops_removes_and_emits(manager: ContainerManager, events: Events) -> None:
+    c = await manager.create("pool-b", SLEEPER)
+    pid = c.pid
+    assert pid is not None
+    (c.data_dir / "x").write_text("x")
+    await manager.destroy(c)
+    assert not _alive(pid)
+    assert not c.data_dir.exists()
+    assert manager.containers() == []
+    assert events.of("container.destroyed") == [{"pool_id": "pool-b", "status": "success", "duration_s": 0.25}]
+
+
+async def test_failed_health_check_emits_event(manager: ContainerManager, events: Events) -> None:
+    w = Workload(id="checked", command=("sleep", "1000"), health_command=("test", "-f", "ready"))
+    c = await manager.create("pool-c", w)
+    assert await manager.health_check(c) is False
+    (c.data_dir / "ready").write_text("")
+    assert await manager.health_check(c) is True
+    assert c.pid is not None
+    os.kill(c.pid, 9)  # our own child, by pid: the container dies
+    assert await manager.health_check(c) is False
+    assert events.of("container.health_check_failed") == [{"pool_id": "pool-c"}, {"pool_id": "pool-c"}]
+
+
+async def test_close_destroys_everything_left(tmp_path: Path, events: Events) -> None:
+    m = ContainerManager(ProcessRuntime(), events, tmp_path, ManualClock())
+    cs = [await m.create("p", SLEEPER) for _ in range(3)]
+    pids = [c.pid for c in cs]
+    await m.close()
+    assert not any(_alive(p) for p in pids if p is not None)
+    assert [f["status"] for f in events.of("container.destroyed")] == ["success"] * 3
+    assert events.of("container.destroyed")[0]["duration_s"] == 0.0  # a ManualClock that nobody advanced
+
+
+async def test_manager_on_podman(tmp_path: Path, events: Events, busybox_image_built: None) -> None:
+    runtime = PodmanRuntime()
+    m = ContainerManager(runtime, events, tmp_path, SystemClock())
+    try:
+        c = await m.create("pod-pool", Workload(id="busy", image=DEFAULT_IMAGE, command=("sleep", "1000")))
+        assert c.runtime == "podman" and runtime.podman_id(c.id)
+        (c.data_dir / "f").write_text("x")
+        await m.wipe(c)
+        assert list(c.data_dir.iterdir()) == []
+        assert await m.health_check(c) is True
+        await m.destroy(c)
+        assert runtime.podman_id(c.id) is None
+    finally:
+        await m.close()
+    assert events.types() == ["container.created", "container.wiped", "container.destroyed"]
+    assert all(f["status"] == "success" and 0 < f["duration_s"] < 30 for _, f in events.items)
+
+
+@pytest.fixture(scope="module")
+def busybox_image_built() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run ./scripts/install-system-deps.sh")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build-busybox-image.sh"
+    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
