@@ -257,6 +257,10 @@ class SyncCoordinator:
         st = self._states[workload_id]
         return {"running": st.running, "queued": st.queued, "periodic_jobs": st.periodic_jobs}
 
+    def running_pids(self) -> list[int]:
+        """Pids of the rclone processes running now."""
+        return sorted(self._pids)
+
     def _emit_state(self, workload_id: str, st: _WorkloadState) -> None:
         self._emit("sync.state", {"workload_id": workload_id, "running": st.running, "queued": st.queued,
                                   "periodic_jobs": st.periodic_jobs})
