@@ -33,6 +33,8 @@ _TIMEOUT = re.compile(
 _NETWORK = re.compile(
     r"connection refused|connection reset|no route to host|network is unreachable|\bdial tcp\b|\bdial udp\b"
     r"|no such host|broken pipe|server misbehaving", re.I)
+#: rclone's plain (non-JSON) log format, used for its final "Failed to ..." / "Fatal error" line.
+_PLAIN_LOG = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
 _RESYNC = re.compile(r"must run --resync", re.I)
 _SOURCE_MISSING = re.compile(r"error reading source root directory: directory not found", re.I)
 
@@ -83,9 +85,10 @@ class RcloneOutput:
             return
         self.tail.append(line)
         record = _json_record(line)
-        if record is None:  # plain text: rclone's final fatal message, or a Go panic
-            self._error(line)
-            return
+        if record is None:
+            if _PLAIN_LOG.match(line) or line.startswith("panic:"):  # the final fatal message, or a crash
+                self._error(line)
+            return  # usage text and the like stay in the tail only
         stats = record.get("stats")
         if isinstance(stats, dict):
             self.stats = stats

@@ -233,6 +233,10 @@ class SyncCoordinator:
             self._states[workload.id] = st = _WorkloadState(workload.sync)
         else:
             st.spec = workload.sync
+            while st.waiters and st.running < st.spec.concurrency:  # a raised limit admits waiters now
+                st.running += 1
+                st.queued -= 1
+                st.waiters.popleft().set_result(None)
         self._emit_state(workload.id, st)
 
     def spec(self, workload_id: str) -> SyncSpec:
@@ -281,6 +285,9 @@ class SyncCoordinator:
         mode, legs = plan(spec.mode, direction, str(local), remote)
         st = self._states[workload_id]
         await self._acquire(workload_id, st)
+        if self._closed:  # closed while this operation waited in the queue: it never runs
+            self._release(workload_id, st)
+            raise SyncClosed()
         self._enter()
         start = self._now()
         resynced = False

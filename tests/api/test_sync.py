@@ -511,6 +511,26 @@ async def test_a_cancelled_waiter_leaves_the_queue(tmp_path: Path, events: list[
     assert len(finished(events)) == 1  # the cancelled waiter never ran: no sync.finished
 
 
+@pytest.mark.anyio
+async def test_raising_the_limit_admits_waiters_and_close_rejects_the_queue(
+        tmp_path: Path, events: list[Event]) -> None:
+    remote = tmp_path / "remote"
+    write_tree(remote / "t0", {"big.bin": os.urandom(256 << 10)})
+    slow = {"mode": "copy", "direction": "download", "extra_args": ("--bwlimit", "256k")}
+    async with coordinator(events, tmp_path, workload("w", remote, concurrency=1, **slow)) as coord:
+        tasks = [asyncio.create_task(coord.sync("w", "t0", tmp_path / f"l{i}")) for i in range(4)]
+        await wait_until(lambda: coord.state("w")["queued"] == 3)
+        coord.register(workload("w", remote, concurrency=2, **slow))
+        assert coord.state("w") == {"running": 2, "queued": 2, "periodic_jobs": 0}
+        await wait_until(lambda: len(coord.running_pids()) == 2)
+        await coord.close()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["SyncFailed", "SyncFailed", "SyncClosed", "SyncClosed"]
+    assert all("close()" in o.message for o in outcomes[:2] if isinstance(o, SyncFailed))
+    assert [f["error_type"] for f in finished(events)] == ["rclone_error", "rclone_error"]  # queued ones never ran
+    assert coord.state("w") == {"running": 0, "queued": 0, "periodic_jobs": 0}
+
+
 # ---- periodic jobs, state snapshots, close -------------------------------------------------------
 
 
@@ -684,6 +704,22 @@ def test_classify_captured_failures(name: str) -> None:
     expected = name.removesuffix("_eperm")
     assert classify_error(1, out.errors) == expected
     assert classify_error(None, out.errors, deadline_exceeded=True) == "timeout"
+
+
+CAPTURED_USAGE_ERROR = "\n".join([
+    "Error: unknown flag: --no-such-flag",
+    "Usage:",
+    "  rclone sync source:path dest:path [flags]",
+    'Use "rclone help backends" for a list of supported services.',
+    "2026/11/27 03:54:49 Fatal error: unknown flag: --no-such-flag",
+])
+
+
+def test_usage_text_is_not_an_error_message_but_the_fatal_line_is() -> None:
+    out = parse_output(CAPTURED_USAGE_ERROR)
+    assert out.errors == ["2026/11/27 03:54:49 Fatal error: unknown flag: --no-such-flag"]
+    assert len(out.tail) == 5
+    assert classify_error(1, out.errors) == "rclone_error"
 
 
 def test_resync_and_missing_source_detection() -> None:
