@@ -328,6 +328,12 @@ class SyncCoordinator:
 
     async def _run_leg(self, workload_id: str, spec: SyncSpec, leg: _Leg,
                        deadline: float | None) -> tuple[int, int, bool]:
+        if leg.verb == "bisync" and _is_empty_dir(Path(leg.src)):
+            # An empty local dir is a first run or a wiped container: listings from an earlier run would
+            # make bisync delete the tenant's remote files, and rclone refuses empty listings anyway.
+            logger.info("workload %s: local %s is empty; bisync --resync (union, never deletes)",
+                        workload_id, leg.src)
+            return await self._resync(workload_id, spec, leg, deadline)
         result = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags), deadline)
         if result.ok:
             return result.output.bytes, result.output.files, False
@@ -337,15 +343,19 @@ class SyncCoordinator:
         if leg.verb == "bisync" and not result.deadline_exceeded and needs_resync(result.output.errors):
             logger.info("workload %s: bisync needs --resync (%s); running it", workload_id,
                         result.output.errors[0] if result.output.errors else "no listings")
-            made = await self._run(spec, ("mkdir", leg.dst), deadline)
-            if not made.ok:
-                raise self._failure(made)
-            self._emit("sync.resynced", {"workload_id": workload_id})
-            again = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags, "--resync"), deadline)
-            if not again.ok:
-                raise self._failure(again)
-            return again.output.bytes, again.output.files, True
+            return await self._resync(workload_id, spec, leg, deadline)
         raise self._failure(result)
+
+    async def _resync(self, workload_id: str, spec: SyncSpec, leg: _Leg,
+                      deadline: float | None) -> tuple[int, int, bool]:
+        made = await self._run(spec, ("mkdir", leg.dst), deadline)  # bisync needs both sides to exist
+        if not made.ok:
+            raise self._failure(made)
+        self._emit("sync.resynced", {"workload_id": workload_id})
+        again = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags, "--resync"), deadline)
+        if not again.ok:
+            raise self._failure(again)
+        return again.output.bytes, again.output.files, True
 
     def _failure(self, result: RcloneResult) -> _OpFailed:
         error_type = classify_error(result.exit_code, result.output.errors, result.deadline_exceeded)
@@ -524,6 +534,13 @@ class SyncCoordinator:
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
         logger.info("sync coordinator closed: %d periodic jobs stopped, %d rclone processes killed",
                     len(jobs), len(pids))
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        return next(path.iterdir(), None) is None
+    except OSError:
+        return False  # let rclone report what is wrong with it
 
 
 def _make_local_dir(local: Path) -> None:

@@ -268,8 +268,17 @@ async def test_bisync_first_run_resyncs_then_syncs_both_ways(
         assert (second.bytes, second.files) == (len(b"changed remotely, longer") + len(b"new locally"), 2)
         assert len(of_type(events, "sync.resynced")) == 1
         assert [(f["mode"], f["status"]) for f in finished(events)] == [("bisync", "success")] * 2
+
+        # the container is wiped and handed back to the tenant: an empty local dir must not make
+        # bisync delete the tenant's remote files; it resyncs (a union) instead
+        everything = read_tree(remote_dir / "t1")
+        shutil.rmtree(local)
+        third = await coord.sync("bi", "t1", local)
+        assert third.resynced is True
+        assert read_tree(local) == everything == read_tree(remote_dir / "t1")
+        assert (third.bytes, third.files) == (size(everything), len(everything))
     types = [t for t, _ in events if t != "sync.state"]
-    assert types == ["sync.resynced", "sync.finished", "sync.finished"]
+    assert types == ["sync.resynced", "sync.finished", "sync.finished", "sync.resynced", "sync.finished"]
 
 
 @pytest.mark.anyio
@@ -437,9 +446,9 @@ async def test_rclone_errors(tmp_path: Path, events: list[Event], webdav: WebDav
     async with coordinator(events, tmp_path, workload("bi", "DAV:bis", mode="bisync"), env=plain) as coord:
         with pytest.raises(SyncFailed) as bisync:
             await coord.sync("bi", "t1", tmp_path / "bl")
-    # rclone checks modtime support before listings: no resync is attempted
+    # the local dir is empty, so the resync ran (and counted) and failed on the modtime check
     assert "modification time support is missing" in " ".join(bisync.value.errors)
-    assert of_type(events, "sync.resynced") == []
+    assert of_type(events, "sync.resynced") == [{"workload_id": "bi"}]
     for exc in (flag.value, missing.value, bisync.value):
         assert exc.error_type == "rclone_error"
         assert classify_error(exc.exit_code, exc.errors) == "rclone_error"
