@@ -240,6 +240,8 @@ class ContainerPool:
             await asyncio.gather(self._maintenance, return_exceptions=True)
         await self.settle()
         # Containers being released are destroyed by their release when it finishes.
+        for tenant in list(self._borrowed):
+            await self._stop_periodic(tenant)
         held = [c for c in self._borrowed.values() if c.state == BORROWED]
         doomed = [*self._free, *self._reserved.values(), *held]
         self._free.clear()
@@ -285,6 +287,7 @@ class ContainerPool:
             self._lend(reserved, tenant_id)
             self._emit_acquired(start, "success", "hit")
             self._after_change()
+            self._start_periodic(tenant_id, reserved)
             return reserved
         self._claiming.add(tenant_id)
         try:
@@ -315,6 +318,7 @@ class ContainerPool:
             self._claiming.discard(tenant_id)
         self._emit_acquired(start, "success", "miss")
         self._after_change()
+        self._start_periodic(tenant_id, container)
         return container
 
     async def release(self, tenant_id: str) -> None:
@@ -328,6 +332,7 @@ class ContainerPool:
         start = self.clock.monotonic()
         container.state = PENDING  # being released: still counted as borrowed
         status = "success"
+        await self._stop_periodic(tenant_id)
         direction = sync_direction(self.workload.sync, "release") if self.workload.sync else None
         if direction is not None and self.sync is not None:
             try:
@@ -349,6 +354,26 @@ class ContainerPool:
             self._wiping.add(container)
             await self._recycle(container)
             self.emit("container.released", self._timed(start, status))
+
+    def _start_periodic(self, tenant_id: str, container: Container) -> None:
+        """Start the tenant's periodic sync job if the workload has a period and the coordinator runs jobs."""
+        spec = self.workload.sync
+        start_periodic = getattr(self.sync, "start_periodic", None)
+        if spec is None or spec.period_s <= 0 or start_periodic is None:
+            return
+        try:
+            start_periodic(self.workload.id, tenant_id, container.data_dir)
+        except Exception as exc:
+            logger.warning("pool %s: periodic sync not started: %s", self.pool_id, exc)
+
+    async def _stop_periodic(self, tenant_id: str) -> None:
+        stop_periodic = getattr(self.sync, "stop_periodic", None)
+        if self.workload.sync is None or self.workload.sync.period_s <= 0 or stop_periodic is None:
+            return
+        try:
+            await stop_periodic(tenant_id)
+        except Exception as exc:
+            logger.warning("pool %s: periodic sync not stopped: %s", self.pool_id, exc)
 
     async def _take(self, start: float) -> Container:
         """A free, wiped container for a new claim: free, newly created, or a taken-over reservation."""
