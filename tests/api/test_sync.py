@@ -15,6 +15,10 @@ from typing import Any
 
 import pytest
 
+from prometheus_client import CollectorRegistry, generate_latest
+
+from services.aggregator.exposition import StateCollector
+from services.aggregator.fold import State, apply_batch
 from services.api.clock import ManualClock
 from services.api.rclone import classify_error, needs_resync, parse_output, source_missing
 from services.api.sync import (
@@ -27,7 +31,8 @@ from services.api.sync import (
 )
 from services.api.workloads import SyncSpec, Workload
 from services.embedded import free_port, wait_for_port
-from shared.events.codec import validate_event
+from shared.events.codec import decode_batch, encode_batch, validate_event
+from tests.support.expo import parse, value
 from tests.support.procs import Proc
 
 Event = tuple[str, dict[str, Any]]
@@ -627,6 +632,46 @@ async def test_bad_requests_emit_nothing(tmp_path: Path, events: list[Event]) ->
         with pytest.raises(InvalidSyncRequest, match="direction"):
             await coord.sync("w", "t1", tmp_path, direction="sideways")
         assert events == []
+
+
+@pytest.mark.anyio
+async def test_emitted_events_fold_into_the_seed_sync_metrics(tmp_path: Path, events: list[Event]) -> None:
+    """The aggregator's own fold and exposition turn this coordinator's events into the seed's metrics."""
+    local = tmp_path / "local"
+    write_tree(local, FILES)
+    w = workload("fold", tmp_path / "remote", mode="bisync", direction="bidirectional")
+    bad = workload("bad", tmp_path / "r2", direction="upload", extra_args=("--no-such-flag",))
+    async with coordinator(events, tmp_path, w, bad) as coord:
+        res = await coord.sync("fold", "t1", local)
+        with pytest.raises(SyncFailed):
+            await coord.sync("bad", "t1", local)
+    src = "sync-test:host:1:abcd"
+    now = time.time()
+    started = {"type": "source.started", "service": "sync-test", "version": "0", "host": "host", "pid": 1,
+               "start_time_s": now}
+    evs = [started, *({"type": t, **f} for t, f in events)]
+    batch = decode_batch(encode_batch(src, [{**e, "seq": i, "ts": now} for i, e in enumerate(evs, 1)]))
+    state = State()
+    assert apply_batch(state, batch) == []
+    registry = CollectorRegistry()
+    registry.register(StateCollector(lambda: state, clock=lambda: now))
+    samples = parse(generate_latest(registry).decode())
+    p = "boilerhouse_sync_"
+    assert value(samples, p + "operations_total", workload_id="fold", direction="bidirectional",
+                 status="success") == 1
+    assert value(samples, p + "bytes_transferred_total", workload_id="fold", direction="bidirectional") == res.bytes
+    assert value(samples, p + "files_transferred_total", workload_id="fold", direction="bidirectional") == len(FILES)
+    assert value(samples, p + "duration_seconds_count", workload_id="fold", direction="bidirectional",
+                 mode="bisync") == 1
+    assert value(samples, p + "duration_seconds_sum", workload_id="fold", direction="bidirectional",
+                 mode="bisync") == pytest.approx(res.duration_s)
+    assert value(samples, p + "bisync_resync_total", workload_id="fold") == 1
+    assert value(samples, p + "errors_total", workload_id="bad", error_type="rclone_error") == 1
+    assert value(samples, p + "operations_total", workload_id="bad", direction="upload", status="failure") == 1
+    for wid in ("fold", "bad"):
+        assert value(samples, p + "concurrent_operations", workload_id=wid) == 0
+        assert value(samples, p + "queue_length", workload_id=wid) == 0
+        assert value(samples, p + "periodic_jobs_active", workload_id=wid) == 0
 
 
 # ---- pure parts: plan, output parsing and classification on captured rclone 1.60 output ----------
