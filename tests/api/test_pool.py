@@ -393,6 +393,7 @@ async def test_failing_containers_are_destroyed_and_replaced(env: Env) -> None:
     await pool.release("tnt-a")
     await pool.settle()
     os.kill(c.pid or 0, 9)
+    await until(lambda: not _alive(c.pid), "killed container gone")
     env.clock.advance(10)
     await pool.tick()
     assert env.events.count("container.health_check_failed") == 2
