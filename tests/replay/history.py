@@ -42,6 +42,8 @@ def sync_state(seq: int, running: int) -> dict[str, Any]:
             "periodic_jobs": 1}
 
 
+UNDECODABLE = b"\xc1 not msgpack"
+
 #: (offset s, source, events) — or (offset s, None, raw payload) for an undecodable entry.
 HISTORY: list[tuple[int, str | None, Any]] = [
     (0, API, [{"type": "source.started", "seq": 1, "service": "api", "version": "1.4.2", "host": "host-a",
@@ -63,7 +65,7 @@ HISTORY: list[tuple[int, str | None, Any]] = [
                  "error_type": "network_error"}]),
     (75, API, [{"type": "container.released", "seq": 19, "pool_id": "web", "status": "success",
                 "duration_s": 1.2}, pool(20, 1, 2)]),
-    (80, None, b"\xc1 not msgpack"),
+    (80, None, UNDECODABLE),
     (90, SYNC, [{"type": "source.stopped", "seq": 6}]),
     (100, API, [acquired(21, "success", 0.2, "hit"), pool(22, 0, 3), http(23, 200, 0.21)]),
 ]
