@@ -117,7 +117,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or os.environ.get("BOILERHOUSE_REDIS_URL")
     embedded: EmbeddedRedis | None = None
     if not redis_url:
-        state_dir = Path(args.data_dir or ".boilerhouse") / "redis"
+        state_dir = (Path(args.data_dir or ".boilerhouse") / "redis").resolve()  # redis-server chdirs
         embedded = EmbeddedRedis(workdir=state_dir, appendonly=True).start()
         redis_url = embedded.url
     try:

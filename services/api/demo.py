@@ -146,9 +146,9 @@ class DemoDriver:
         return f"demo-tenant-{self._next_tenant:04d}"
 
     async def normal_step(self) -> None:
-        rng = self.rng
+        rng, now = self.rng, time.monotonic()
         roll = rng.random()
-        if self._held and (roll < 0.35 or len(self._held) >= 5):
+        if self._held and (roll < 0.4 or len(self._held) >= 6):
             tenant = rng.choice(sorted(self._held))
             pool = self._held[tenant]
             if pool != "demo-web" and rng.random() < 0.5:
@@ -156,14 +156,23 @@ class DemoDriver:
             r = await self._call("POST", f"{API}/tenants/{tenant}/release")
             if r.status_code == 200:
                 del self._held[tenant]
-                self._released[tenant] = (pool, time.monotonic())
+                self._released[tenant] = (pool, now)
             return
-        recent = [t for t, (_, at) in self._released.items() if time.monotonic() - at < 30]
-        if recent and roll < 0.7:
-            tenant = rng.choice(sorted(recent))  # comes back: a hit within the affinity timeout
+        affinity = float(DEMO_TIMINGS["affinity_timeout_s"])
+        for t in [t for t, (_, at) in self._released.items() if now - at > 4 * affinity]:
+            del self._released[t]
+        quick = sorted(t for t, (_, at) in self._released.items() if now - at < 0.7 * affinity)
+        late = sorted(t for t, (_, at) in self._released.items() if now - at > 1.5 * affinity)
+        if quick and roll < 0.7:
+            tenant = rng.choice(quick)  # back within the affinity timeout: a hit
+            pool = self._released.pop(tenant)[0]
+        elif late and roll < 0.8:
+            tenant = rng.choice(late)  # back after its reservation was evicted: a miss
             pool = self._released.pop(tenant)[0]
         else:
-            tenant, pool = self._new_tenant(), rng.choice(TRAFFIC_POOLS)
+            tenant, pool = self._new_tenant(), TRAFFIC_POOLS[self._next_tenant % len(TRAFFIC_POOLS)]
+        if pool == "demo-web" and sum(1 for p in self._held.values() if p == pool) >= 3:
+            pool = "demo-notes"  # leave room in demo-web; its exhaustion is the burst's job
         r = await self._call("POST", f"{API}/tenants/{tenant}/claim", {"pool_id": pool})
         if r.status_code == 200:
             self._held[tenant] = pool
