@@ -519,6 +519,7 @@ class ContainerPool:
         except Exception:
             self._creating -= 1
             self.emit_state()
+            self._wake()  # a waiting claim may now try to create one itself
             raise
         self._creating -= 1
         if self._closed:

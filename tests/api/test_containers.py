@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -69,8 +70,11 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # reaped meanwhile
+        return False
 
 
 async def test_create_emits_created_with_the_measured_duration(manager: ContainerManager, events: Events,
@@ -137,6 +141,9 @@ async def test_failed_health_check_emits_event(manager: ContainerManager, events
     assert await manager.health_check(c) is True
     assert c.pid is not None
     os.kill(c.pid, 9)  # our own child, by pid: the container dies
+    deadline = time.monotonic() + 10
+    while _alive(c.pid) and time.monotonic() < deadline:  # the OS needs a moment to finish it
+        await asyncio.sleep(0.01)
     assert await manager.health_check(c) is False
     assert events.of("container.health_check_failed") == [{"pool_id": "pool-c"}, {"pool_id": "pool-c"}]
 

@@ -90,11 +90,23 @@ class RuntimeContract:
         data = tmp_path / "c1"
         cid = self.cid()
         await runtime.create(cid, self.workload(command=STARTING, env={"GREETING": "hello"}), data)
-        await eventually(lambda: (data / "nofile").exists(), what="container start marker")
+        await eventually(lambda: _nonempty(data / "nofile"), what="container start marker")
         assert (data / "started").read_text().strip() == "hello"
         assert int((data / "nofile").read_text().strip()) > 0
         assert await runtime.healthy(cid) is True
         assert self.exists(runtime, cid)
+
+    async def test_server_environment_does_not_leak_into_containers(
+        self, runtime: ContainerRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("BOILERHOUSE_TEST_SECRET", "do-not-leak")
+        data = tmp_path / "pool:with:colons" / "c"  # pool ids may hold ':'
+        cid = self.cid()
+        script = 'echo "${BOILERHOUSE_TEST_SECRET:-none} $BOILERHOUSE_WORKLOAD_ID" > "$BOILERHOUSE_DATA_DIR/env.tmp"; ' \
+                 'mv "$BOILERHOUSE_DATA_DIR/env.tmp" "$BOILERHOUSE_DATA_DIR/env"; exec sleep 1000'
+        await runtime.create(cid, self.workload(command=_sh(script)), data)
+        await eventually(lambda: (data / "env").exists(), what="env marker")
+        assert (data / "env").read_text().split() == ["none", "contract"]
 
     async def test_destroy_stops_the_container_and_is_idempotent(self, runtime: ContainerRuntime,
                                                                 tmp_path: Path) -> None:
@@ -250,7 +262,7 @@ class TestPodmanRuntime(RuntimeContract):
         out = subprocess.run(["podman", "inspect", "--format", fmt, podman_id], capture_output=True, text=True,
                              timeout=30)
         assert out.stdout.split() == ["runc", runtime.container_name(cid), "/data"]
-        await eventually(lambda: (data / "nofile").exists(), what="start marker")
+        await eventually(lambda: _nonempty(data / "nofile"), what="start marker")
         assert (data / "nofile").read_text().strip() == "1024"
 
     async def test_names_are_unique_per_runtime_instance(self, runtime: ContainerRuntime) -> None:
@@ -266,6 +278,10 @@ class TestPodmanRuntime(RuntimeContract):
             await runtime.create(cid, Workload(id="w", image="localhost/no-such-image:latest"), tmp_path / "c")
         assert time.monotonic() - start < 10  # --pull never: no registry round trips
         assert not self.exists(runtime, cid)
+
+
+def _nonempty(path: Path) -> bool:
+    return path.exists() and path.read_text().strip() != ""
 
 
 def _alive(pid: int) -> bool:

@@ -114,7 +114,9 @@ class PodmanRuntime:
         args = ["run", "-d", "--pull", "never", "--name", name, "--network", self.network]
         for ulimit in self.ulimits:
             args += ["--ulimit", ulimit]
-        args += ["-v", f"{data_dir.resolve()}:{CONTAINER_DATA_DIR}", "-w", CONTAINER_DATA_DIR,
+        # --mount, not -v: pool ids (and so data paths) may contain ':'.
+        args += ["--mount", f"type=bind,source={data_dir.resolve()},destination={CONTAINER_DATA_DIR}",
+                 "-w", CONTAINER_DATA_DIR,
                  "--label", f"boilerhouse.container_id={container_id}",
                  "--label", f"boilerhouse.workload_id={workload.id}",
                  "-e", f"BOILERHOUSE_DATA_DIR={CONTAINER_DATA_DIR}",

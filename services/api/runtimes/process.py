@@ -16,6 +16,9 @@ from .base import ContainerRuntimeError, clear_directory
 
 logger = logging.getLogger(__name__)
 
+#: The only variables a container inherits from the server (its secrets, e.g. the Redis URL, stay out).
+INHERITED_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"})
+
 
 @dataclass
 class _Child:
@@ -56,7 +59,7 @@ class ProcessRuntime:
         if container_id in self._children:
             raise ContainerRuntimeError(container_id, "create", "a container with this id already exists")
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k in INHERITED_ENV},
             **workload.env,
             "BOILERHOUSE_DATA_DIR": str(data_dir),
             "BOILERHOUSE_CONTAINER_ID": container_id,
