@@ -1,4 +1,4 @@
-"""The container manager: creates, destroys, wipes and health-checks containers, timing each and emitting events."""
+"""The container manager: creates, destroys, wipes and health-checks containers; times and reports each."""
 
 from __future__ import annotations
 
@@ -47,8 +47,15 @@ class Container:
 
     def info(self) -> dict[str, Any]:
         """A JSON-able view for the API."""
-        return {"id": self.id, "pool_id": self.pool_id, "workload_id": self.workload_id, "state": self.state,
-                "tenant_id": self.tenant_id, "data_dir": str(self.data_dir), "runtime": self.runtime}
+        return {
+            "id": self.id,
+            "pool_id": self.pool_id,
+            "workload_id": self.workload_id,
+            "state": self.state,
+            "tenant_id": self.tenant_id,
+            "data_dir": str(self.data_dir),
+            "runtime": self.runtime,
+        }
 
 
 class ContainerManager:
@@ -61,7 +68,9 @@ class ContainerManager:
         clock: measures operation durations (monotonic).
     """
 
-    def __init__(self, runtime: ContainerRuntime, emit: Emit, data_root: Path, clock: Clock | None = None) -> None:
+    def __init__(
+        self, runtime: ContainerRuntime, emit: Emit, data_root: Path, clock: Clock | None = None
+    ) -> None:
         self.runtime = runtime
         self.emit = emit
         self.data_root = Path(data_root)
@@ -86,8 +95,9 @@ class ContainerManager:
                 raise ContainerRuntimeError(container_id, "create", f"{type(exc).__name__}: {exc}") from exc
             raise
         self._emit_op("container.created", pool_id, start, "success", workload_id=workload.id)
-        container = Container(container_id, pool_id, workload.id, data_dir, self.runtime.name,
-                              created_at=self.clock.monotonic())
+        container = Container(
+            container_id, pool_id, workload.id, data_dir, self.runtime.name, created_at=self.clock.monotonic()
+        )
         pid = getattr(self.runtime, "pid", None)
         if callable(pid):
             container.pid = pid(container_id)

@@ -18,7 +18,9 @@ logger = logging.getLogger(__name__)
 class TenantSync(Protocol):
     """What the pool needs from the sync coordinator: one sync that raises on failure."""
 
-    async def sync(self, workload_id: str, tenant_id: str, local_dir: Path, direction: str | None = None) -> Any: ...
+    async def sync(
+        self, workload_id: str, tenant_id: str, local_dir: Path, direction: str | None = None
+    ) -> Any: ...
 
 
 class PoolError(Exception):
@@ -38,8 +40,10 @@ class PoolExhausted(PoolError):
         self.waited_s = waited_s
 
     def __str__(self) -> str:
-        return (f"pool {self.pool_id!r} is exhausted: no container became free within {self.waited_s:g}s; "
-                f"retry after {self.retry_after_s:g}s")
+        return (
+            f"pool {self.pool_id!r} is exhausted: no container became free within {self.waited_s:g}s; "
+            f"retry after {self.retry_after_s:g}s"
+        )
 
 
 class TenantNotClaimed(PoolError):
@@ -197,12 +201,23 @@ class ContainerPool:
 
     def containers(self) -> list[Container]:
         """Every container of the pool that exists now (not those still being created)."""
-        return [*self._free, *self._reserved.values(), *self._borrowed.values(), *self._wiping,
-                *self._destroying]
+        return [
+            *self._free,
+            *self._reserved.values(),
+            *self._borrowed.values(),
+            *self._wiping,
+            *self._destroying,
+        ]
 
     def _size(self) -> int:
-        return (len(self._free) + len(self._reserved) + len(self._borrowed) + len(self._wiping)
-                + len(self._destroying) + self._creating)
+        return (
+            len(self._free)
+            + len(self._reserved)
+            + len(self._borrowed)
+            + len(self._wiping)
+            + len(self._destroying)
+            + self._creating
+        )
 
     def _live_size(self) -> int:
         """Containers that stay: those being destroyed are not counted."""
@@ -532,7 +547,9 @@ class ContainerPool:
 
     def _needs_reconcile(self) -> bool:
         live = self._live_size()
-        return not self._closed and (live < self.target_size or (live > self.target_size and bool(self._free)))
+        return not self._closed and (
+            live < self.target_size or (live > self.target_size and bool(self._free))
+        )
 
     async def _reconcile(self) -> list[BaseException]:
         """Create containers up to the target and destroy free ones above it; returns creation errors.
@@ -587,8 +604,13 @@ class ContainerPool:
                 logger.info("pool %s: %d affinity reservations expired", self.pool_id, len(evictions))
                 await asyncio.gather(*evictions)
             if not self._in_demand() and self.target_size > self.min_size:
-                logger.info("pool %s: no claim for %.0fs, scaling target down %d -> %d", self.pool_id,
-                            now - self._last_demand, self.target_size, self.min_size)
+                logger.info(
+                    "pool %s: no claim for %.0fs, scaling target down %d -> %d",
+                    self.pool_id,
+                    now - self._last_demand,
+                    self.target_size,
+                    self.min_size,
+                )
                 self.target_size = self.min_size
                 self.emit_state()
             else:

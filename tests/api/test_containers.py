@@ -1,4 +1,4 @@
-"""ContainerManager: every operation runs on a real runtime, is timed with the injected clock and emits its event."""
+"""ContainerManager on a real runtime: each operation is timed by the injected clock and emits its event."""
 
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ def events() -> Events:
 
 @pytest.fixture
 async def manager(tmp_path: Path, events: Events) -> AsyncIterator[ContainerManager]:
-    m = ContainerManager(ProcessRuntime(log_dir=tmp_path / "logs"), events, tmp_path / "data", SteppingClock(0.25))
+    m = ContainerManager(
+        ProcessRuntime(log_dir=tmp_path / "logs"), events, tmp_path / "data", SteppingClock(0.25)
+    )
     yield m
     await m.close()
 
@@ -77,28 +79,38 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def test_create_emits_created_with_the_measured_duration(manager: ContainerManager, events: Events,
-                                                               tmp_path: Path) -> None:
+async def test_create_emits_created_with_the_measured_duration(
+    manager: ContainerManager, events: Events, tmp_path: Path
+) -> None:
     c = await manager.create("pool-a", SLEEPER)
     assert isinstance(c, Container)
     assert (c.pool_id, c.workload_id, c.runtime, c.tenant_id) == ("pool-a", "sleeper", "process", None)
     assert c.id.startswith("pool-a-")
     assert c.data_dir == tmp_path / "data" / "pool-a" / c.id and c.data_dir.is_dir()
     assert c.pid is not None and _alive(c.pid)
-    assert events.items == [("container.created", {"pool_id": "pool-a", "workload_id": "sleeper",
-                                                   "status": "success", "duration_s": 0.25})]
+    assert events.items == [
+        (
+            "container.created",
+            {"pool_id": "pool-a", "workload_id": "sleeper", "status": "success", "duration_s": 0.25},
+        )
+    ]
     assert manager.containers() == [c]
     assert await manager.health_check(c) is True
     assert events.of("container.health_check_failed") == []
 
 
-async def test_create_failure_emits_failure_and_raises(manager: ContainerManager, events: Events,
-                                                       tmp_path: Path) -> None:
+async def test_create_failure_emits_failure_and_raises(
+    manager: ContainerManager, events: Events, tmp_path: Path
+) -> None:
     with pytest.raises(ContainerRuntimeError) as info:
         await manager.create("pool-a", Workload(id="broken", command=("/no/such/binary",)))
     assert info.value.operation == "create" and info.value.container_id.startswith("pool-a-")
-    assert events.items == [("container.created", {"pool_id": "pool-a", "workload_id": "broken",
-                                                   "status": "failure", "duration_s": 0.25})]
+    assert events.items == [
+        (
+            "container.created",
+            {"pool_id": "pool-a", "workload_id": "broken", "status": "failure", "duration_s": 0.25},
+        )
+    ]
     assert manager.containers() == []
     assert list((tmp_path / "data" / "pool-a").iterdir()) == []  # no data dir left behind
 
@@ -130,7 +142,9 @@ async def test_destroy_stops_removes_and_emits(manager: ContainerManager, events
     assert not _alive(pid)
     assert not c.data_dir.exists()
     assert manager.containers() == []
-    assert events.of("container.destroyed") == [{"pool_id": "pool-b", "status": "success", "duration_s": 0.25}]
+    assert events.of("container.destroyed") == [
+        {"pool_id": "pool-b", "status": "success", "duration_s": 0.25}
+    ]
 
 
 async def test_failed_health_check_emits_event(manager: ContainerManager, events: Events) -> None:

@@ -31,8 +31,11 @@ pytestmark = pytest.mark.anyio
 
 SLEEPER = Workload(id="sleeper", command=("sleep", "1000"))
 #: Healthy while the file ``healthy`` exists in its data dir (created at start).
-CHECKED = Workload(id="checked", command=("sh", "-c", "touch healthy; exec sleep 1000"),
-                   health_command=("test", "-f", "healthy"))
+CHECKED = Workload(
+    id="checked",
+    command=("sh", "-c", "touch healthy; exec sleep 1000"),
+    health_command=("test", "-f", "healthy"),
+)
 TENANT_MARK = "tnt-"  # every tenant id in these tests holds it; no event may
 
 
@@ -130,10 +133,20 @@ def _alive(pid: int | None) -> bool:
 
 async def test_start_fills_to_min_size_and_close_destroys_everything(env: Env) -> None:
     pool = await env.pool(min_size=2, max_size=4)
-    assert pool.stats() == {"size": 2, "available": 2, "borrowed": 0, "pending": 0, "min_size": 2,
-                            "max_size": 4, "target_size": 2, "affinity_reservations": 0}
+    assert pool.stats() == {
+        "size": 2,
+        "available": 2,
+        "borrowed": 0,
+        "pending": 0,
+        "min_size": 2,
+        "max_size": 4,
+        "target_size": 2,
+        "affinity_reservations": 0,
+    }
     assert_state(pool, env.events)
-    assert env.events.count("container.created", status="success", workload_id="sleeper", pool_id="pool-1") == 2
+    assert (
+        env.events.count("container.created", status="success", workload_id="sleeper", pool_id="pool-1") == 2
+    )
     # While they were being created the pool said so.
     assert any(s["pending"] == 2 and s["size"] == 2 for s in env.events.of("pool.state"))
     pids = [c.pid for c in pool.containers()]
@@ -156,7 +169,8 @@ async def test_start_failure_raises_and_reports_the_failed_create(env: Env) -> N
     with pytest.raises(ContainerRuntimeError, match="create"):
         await env.pool(broken, min_size=1, max_size=2)
     assert env.events.of("container.created") == [
-        {"pool_id": "pool-1", "workload_id": "broken", "status": "failure", "duration_s": 0.0}]
+        {"pool_id": "pool-1", "workload_id": "broken", "status": "failure", "duration_s": 0.0}
+    ]
     pool = env.pools[-1]
     assert_state(pool, env.events, size=0, pending=0)
 
@@ -231,8 +245,12 @@ async def test_affinity_hit_returns_the_tenants_container_with_its_data(env: Env
     again = await pool.acquire("tnt-alice")
     assert again is first and (again.data_dir / "work.txt").read_text() == "in progress"
     assert [(e["status"], e["affinity"]) for e in env.events.of("container.acquired")] == [
-        ("success", "miss"), ("success", "hit")]
-    assert env.events.of("container.released") == [{"pool_id": "pool-1", "status": "success", "duration_s": 0.0}]
+        ("success", "miss"),
+        ("success", "hit"),
+    ]
+    assert env.events.of("container.released") == [
+        {"pool_id": "pool-1", "status": "success", "duration_s": 0.0}
+    ]
     assert_state(pool, env.events, borrowed=1, affinity_reservations=0)
     assert env.events.count("container.wiped") == 0
 
@@ -267,8 +285,12 @@ async def test_full_pool_takes_over_the_oldest_reservation(env: Env) -> None:
     assert c is a and list(c.data_dir.iterdir()) == []
     assert pool.reservations() == {"tnt-b": b}
     assert env.events.count("affinity.evicted") == 1
-    assert env.events.of("container.acquired")[-1] == {"pool_id": "pool-1", "status": "success",
-                                                       "duration_s": 0.0, "affinity": "miss"}
+    assert env.events.of("container.acquired")[-1] == {
+        "pool_id": "pool-1",
+        "status": "success",
+        "duration_s": 0.0,
+        "affinity": "miss",
+    }
     assert_state(pool, env.events, size=2, borrowed=1, available=1, affinity_reservations=1)
 
 
@@ -299,8 +321,12 @@ async def test_exhausted_acquire_waits_then_times_out(env: Env) -> None:
     err = info.value
     assert (err.pool_id, err.retry_after_s, err.waited_s) == ("pool-1", 30.0, 30.0)
     assert "exhausted" in str(err) and "retry after 30s" in str(err)
-    assert env.events.of("container.acquired")[-1] == {"pool_id": "pool-1", "status": "timeout",
-                                                       "duration_s": 30.0, "affinity": "miss"}
+    assert env.events.of("container.acquired")[-1] == {
+        "pool_id": "pool-1",
+        "status": "timeout",
+        "duration_s": 30.0,
+        "affinity": "miss",
+    }
     assert_state(pool, env.events, size=1, borrowed=1, available=0)
     assert env.clock.sleepers == 0
     assert "tnt-b" not in pool.tenants()
@@ -315,8 +341,12 @@ async def test_waiting_acquire_gets_the_container_freed_by_a_release(env: Env) -
     await pool.release("tnt-a")
     b = await waiting
     assert b is a and b.tenant_id == "tnt-b"
-    assert env.events.of("container.acquired")[-1] == {"pool_id": "pool-1", "status": "success",
-                                                       "duration_s": 5.0, "affinity": "miss"}
+    assert env.events.of("container.acquired")[-1] == {
+        "pool_id": "pool-1",
+        "status": "success",
+        "duration_s": 5.0,
+        "affinity": "miss",
+    }
     assert env.events.count("affinity.evicted") == 1 and env.events.count("container.wiped") == 1
     assert env.clock.sleepers == 0
     assert_state(pool, env.events, borrowed=1, affinity_reservations=0)
@@ -333,7 +363,9 @@ async def test_concurrent_acquires_get_distinct_containers_up_to_max(env: Env) -
     env.clock.advance(10)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert sum(isinstance(r, PoolExhausted) for r in results) == 2
-    assert sorted(e["status"] for e in env.events.of("container.acquired")) == ["success"] * 3 + ["timeout"] * 2
+    assert (
+        sorted(e["status"] for e in env.events.of("container.acquired")) == ["success"] * 3 + ["timeout"] * 2
+    )
     await pool.settle()
     assert env.events.count("container.created") == 3
     assert_state(pool, env.events, size=3, borrowed=3, available=0, target_size=3)
@@ -384,7 +416,10 @@ async def test_failing_containers_are_destroyed_and_replaced(env: Env) -> None:
     mark = env.events.mark()
     await pool.tick()
     assert [t for t, _ in env.events.since(mark) if t != "pool.state"] == [
-        "container.health_check_failed", "container.destroyed", "container.created"]
+        "container.health_check_failed",
+        "container.destroyed",
+        "container.created",
+    ]
     assert env.events.of("container.health_check_failed") == [{"pool_id": "pool-1"}]
     assert first not in pool.containers() and second in pool.containers() and not _alive(first.pid)
     assert_state(pool, env.events, size=2, available=2, pending=0)
@@ -446,8 +481,9 @@ async def test_acquire_downloads_and_release_uploads_with_rclone(env: Env) -> No
     remote = env.tmp / "remote"
     (remote / "tnt-alice").mkdir(parents=True)
     (remote / "tnt-alice" / "saved.txt").write_text("from last time")
-    pool, coordinator = await _sync_pool(env, SyncSpec(str(remote), "sync", "bidirectional"), min_size=1,
-                                         max_size=2)
+    pool, coordinator = await _sync_pool(
+        env, SyncSpec(str(remote), "sync", "bidirectional"), min_size=1, max_size=2
+    )
     try:
         c = await pool.acquire("tnt-alice")
         assert (c.data_dir / "saved.txt").read_text() == "from last time"
@@ -455,7 +491,10 @@ async def test_acquire_downloads_and_release_uploads_with_rclone(env: Env) -> No
         await pool.release("tnt-alice")
         assert (remote / "tnt-alice" / "new.txt").read_text() == "written in the container"
         finished = env.events.of("sync.finished")
-        assert [(f["direction"], f["status"]) for f in finished] == [("download", "success"), ("upload", "success")]
+        assert [(f["direction"], f["status"]) for f in finished] == [
+            ("download", "success"),
+            ("upload", "success"),
+        ]
         assert env.events.of("container.released")[-1]["status"] == "success"
         assert env.events.of("container.acquired")[-1]["status"] == "success"
     finally:
@@ -463,13 +502,15 @@ async def test_acquire_downloads_and_release_uploads_with_rclone(env: Env) -> No
 
 
 async def test_failed_download_fails_the_acquire_and_returns_the_container(env: Env) -> None:
-    pool, coordinator = await _sync_pool(env, SyncSpec("nosuchremote:bucket", "sync", "bidirectional"),
-                                         min_size=1, max_size=1)
+    pool, coordinator = await _sync_pool(
+        env, SyncSpec("nosuchremote:bucket", "sync", "bidirectional"), min_size=1, max_size=1
+    )
     try:
         with pytest.raises(SyncFailed):
             await pool.acquire("tnt-alice")
         assert env.events.of("container.acquired") == [
-            {"pool_id": "pool-1", "status": "failure", "duration_s": 0.0, "affinity": "miss"}]
+            {"pool_id": "pool-1", "status": "failure", "duration_s": 0.0, "affinity": "miss"}
+        ]
         assert env.events.of("sync.finished")[-1]["status"] == "failure"
         assert pool.tenants() == {}
         assert_state(pool, env.events, size=1, available=1, borrowed=0, pending=0)
@@ -480,13 +521,15 @@ async def test_failed_download_fails_the_acquire_and_returns_the_container(env: 
 
 
 async def test_failed_upload_still_releases(env: Env) -> None:
-    pool, coordinator = await _sync_pool(env, SyncSpec("nosuchremote:bucket", "copy", "upload"),
-                                         min_size=1, max_size=1)
+    pool, coordinator = await _sync_pool(
+        env, SyncSpec("nosuchremote:bucket", "copy", "upload"), min_size=1, max_size=1
+    )
     try:
         await pool.acquire("tnt-alice")  # upload-only: nothing is downloaded
         await pool.release("tnt-alice")
-        assert env.events.of("container.released") == [{"pool_id": "pool-1", "status": "failure",
-                                                        "duration_s": 0.0}]
+        assert env.events.of("container.released") == [
+            {"pool_id": "pool-1", "status": "failure", "duration_s": 0.0}
+        ]
         [finished] = env.events.of("sync.finished")
         assert (finished["direction"], finished["status"]) == ("upload", "failure")
         assert pool.tenants() == {} and list(pool.reservations()) == ["tnt-alice"]

@@ -34,8 +34,10 @@ def _sh(script: str) -> tuple[str, ...]:
 
 
 #: Writes a marker (with the env it sees) into its data dir, then runs until stopped.
-STARTING = _sh('echo "$GREETING" > "$BOILERHOUSE_DATA_DIR/started"; ulimit -n > "$BOILERHOUSE_DATA_DIR/nofile"; '
-               "exec sleep 1000")
+STARTING = _sh(
+    'echo "$GREETING" > "$BOILERHOUSE_DATA_DIR/started"; ulimit -n > "$BOILERHOUSE_DATA_DIR/nofile"; '
+    "exec sleep 1000"
+)
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -47,7 +49,9 @@ async def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str
         await asyncio.sleep(0.02)
 
 
-async def eventually_async(check: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+async def eventually_async(
+    check: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not await check():  # type: ignore[misc]
         if time.monotonic() > deadline:
@@ -85,8 +89,9 @@ class RuntimeContract:
     def cid() -> str:
         return f"t-{secrets.token_hex(4)}"
 
-    async def test_create_runs_the_command_with_its_data_dir_and_env(self, runtime: ContainerRuntime,
-                                                                    tmp_path: Path) -> None:
+    async def test_create_runs_the_command_with_its_data_dir_and_env(
+        self, runtime: ContainerRuntime, tmp_path: Path
+    ) -> None:
         data = tmp_path / "c1"
         cid = self.cid()
         await runtime.create(cid, self.workload(command=STARTING, env={"GREETING": "hello"}), data)
@@ -102,14 +107,18 @@ class RuntimeContract:
         monkeypatch.setenv("BOILERHOUSE_TEST_SECRET", "do-not-leak")
         data = tmp_path / "pool:with:colons" / "c"  # pool ids may hold ':'
         cid = self.cid()
-        script = 'echo "${BOILERHOUSE_TEST_SECRET:-none} $BOILERHOUSE_WORKLOAD_ID" > "$BOILERHOUSE_DATA_DIR/env.tmp"; ' \
-                 'mv "$BOILERHOUSE_DATA_DIR/env.tmp" "$BOILERHOUSE_DATA_DIR/env"; exec sleep 1000'
+        script = (
+            'cd "$BOILERHOUSE_DATA_DIR"; '
+            'echo "${BOILERHOUSE_TEST_SECRET:-none} $BOILERHOUSE_WORKLOAD_ID" > env.tmp; '
+            "mv env.tmp env; exec sleep 1000"
+        )
         await runtime.create(cid, self.workload(command=_sh(script)), data)
         await eventually(lambda: (data / "env").exists(), what="env marker")
         assert (data / "env").read_text().split() == ["none", "contract"]
 
-    async def test_destroy_stops_the_container_and_is_idempotent(self, runtime: ContainerRuntime,
-                                                                tmp_path: Path) -> None:
+    async def test_destroy_stops_the_container_and_is_idempotent(
+        self, runtime: ContainerRuntime, tmp_path: Path
+    ) -> None:
         cid = self.cid()
         await runtime.create(cid, self.workload(command=("sleep", "1000")), tmp_path / "c")
         assert self.exists(runtime, cid)
@@ -125,7 +134,9 @@ class RuntimeContract:
         data = tmp_path / "c"
         cid = self.cid()
         # The health command writes through the container's own view of its data dir.
-        w = self.workload(command=("sleep", "1000"), health_command=_sh('touch "$BOILERHOUSE_DATA_DIR/probe"'))
+        w = self.workload(
+            command=("sleep", "1000"), health_command=_sh('touch "$BOILERHOUSE_DATA_DIR/probe"')
+        )
         await runtime.create(cid, w, data)
         (data / "tenant.txt").write_text("secret")
         (data / "nested" / "deeper").mkdir(parents=True)
@@ -211,12 +222,16 @@ class TestProcessRuntime(RuntimeContract):
             return False
         return _alive(pid)
 
-    async def test_destroy_stops_the_whole_process_group(self, runtime: ContainerRuntime, tmp_path: Path) -> None:
+    async def test_destroy_stops_the_whole_process_group(
+        self, runtime: ContainerRuntime, tmp_path: Path
+    ) -> None:
         data = tmp_path / "c"
         cid = self.cid()
         await runtime.create(cid, self.workload(command=_sh("sleep 1000 & echo $! > child.pid; wait")), data)
-        await eventually(lambda: (data / "child.pid").exists() and (data / "child.pid").read_text().strip() != "",
-                         what="grandchild pid file")
+        await eventually(
+            lambda: (data / "child.pid").exists() and (data / "child.pid").read_text().strip() != "",
+            what="grandchild pid file",
+        )
         grandchild = int((data / "child.pid").read_text())
         assert _alive(grandchild)
         await runtime.destroy(cid)
@@ -224,7 +239,9 @@ class TestProcessRuntime(RuntimeContract):
 
     async def test_logs_go_to_the_log_dir(self, runtime: ContainerRuntime, tmp_path: Path) -> None:
         cid = self.cid()
-        await runtime.create(cid, self.workload(command=_sh("echo to-the-log; exec sleep 1000")), tmp_path / "c")
+        await runtime.create(
+            cid, self.workload(command=_sh("echo to-the-log; exec sleep 1000")), tmp_path / "c"
+        )
         log = tmp_path / "logs" / f"{cid}.log"
         await eventually(lambda: log.exists() and "to-the-log" in log.read_text(), what="log line")
 
@@ -250,8 +267,9 @@ class TestPodmanRuntime(RuntimeContract):
             podman_id = runtime.container_name(container_id)
         return subprocess.run(["podman", "container", "exists", podman_id], timeout=30).returncode == 0
 
-    async def test_runs_under_runc_with_the_explicit_ulimits(self, runtime: ContainerRuntime,
-                                                            tmp_path: Path) -> None:
+    async def test_runs_under_runc_with_the_explicit_ulimits(
+        self, runtime: ContainerRuntime, tmp_path: Path
+    ) -> None:
         assert isinstance(runtime, PodmanRuntime)
         data = tmp_path / "c"
         cid = self.cid()
@@ -259,8 +277,9 @@ class TestPodmanRuntime(RuntimeContract):
         podman_id = runtime.podman_id(cid)
         assert podman_id
         fmt = "{{.OCIRuntime}} {{.Name}} {{.Config.WorkingDir}}"
-        out = subprocess.run(["podman", "inspect", "--format", fmt, podman_id], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["podman", "inspect", "--format", fmt, podman_id], capture_output=True, text=True, timeout=30
+        )
         assert out.stdout.split() == ["runc", runtime.container_name(cid), "/data"]
         await eventually(lambda: _nonempty(data / "nofile"), what="start marker")
         assert (data / "nofile").read_text().strip() == "1024"
@@ -271,11 +290,15 @@ class TestPodmanRuntime(RuntimeContract):
         assert runtime.container_name("p-1") != other.container_name("p-1")
         assert PodmanRuntime(name_prefix="x").container_name("pool:a/b") == "x-pool_a_b"
 
-    async def test_missing_image_fails_fast_with_a_hint(self, runtime: ContainerRuntime, tmp_path: Path) -> None:
+    async def test_missing_image_fails_fast_with_a_hint(
+        self, runtime: ContainerRuntime, tmp_path: Path
+    ) -> None:
         cid = self.cid()
         start = time.monotonic()
-        with pytest.raises(ContainerRuntimeError, match="build-busybox-image.sh"):
-            await runtime.create(cid, Workload(id="w", image="localhost/no-such-image:latest"), tmp_path / "c")
+        with pytest.raises(ContainerRuntimeError, match=r"build-busybox-image\.sh"):
+            await runtime.create(
+                cid, Workload(id="w", image="localhost/no-such-image:latest"), tmp_path / "c"
+            )
         assert time.monotonic() - start < 10  # --pull never: no registry round trips
         assert not self.exists(runtime, cid)
 
@@ -303,7 +326,9 @@ def test_make_runtime(tmp_path: Path) -> None:
     assert process.log_dir == tmp_path / "_logs"
     podman = make_runtime("podman", tmp_path)
     assert isinstance(podman, PodmanRuntime) and podman.name == "podman"
-    with pytest.raises(UnknownRuntime, match="unknown container runtime 'docker'; choose one of process, podman"):
+    with pytest.raises(
+        UnknownRuntime, match="unknown container runtime 'docker'; choose one of process, podman"
+    ):
         make_runtime("docker", tmp_path)
 
 

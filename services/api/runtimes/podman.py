@@ -1,4 +1,4 @@
-"""The ``podman`` runtime: each container is a real OCI container (podman + runc) with a bind-mounted data dir."""
+"""The ``podman`` runtime: each container is a real OCI container (podman + runc), data dir bind-mounted."""
 
 from __future__ import annotations
 
@@ -105,7 +105,9 @@ class PodmanRuntime:
                 proc.kill()  # our own child, by its pid
                 await proc.wait()
             raise
-        return CommandResult(argv, proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+        return CommandResult(
+            argv, proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        )
 
     async def create(self, container_id: str, workload: Workload, data_dir: Path) -> None:
         if container_id in self._boxes:
@@ -115,13 +117,22 @@ class PodmanRuntime:
         for ulimit in self.ulimits:
             args += ["--ulimit", ulimit]
         # --mount, not -v: pool ids (and so data paths) may contain ':'.
-        args += ["--mount", f"type=bind,source={data_dir.resolve()},destination={CONTAINER_DATA_DIR}",
-                 "-w", CONTAINER_DATA_DIR,
-                 "--label", f"boilerhouse.container_id={container_id}",
-                 "--label", f"boilerhouse.workload_id={workload.id}",
-                 "-e", f"BOILERHOUSE_DATA_DIR={CONTAINER_DATA_DIR}",
-                 "-e", f"BOILERHOUSE_CONTAINER_ID={container_id}",
-                 "-e", f"BOILERHOUSE_WORKLOAD_ID={workload.id}"]
+        args += [
+            "--mount",
+            f"type=bind,source={data_dir.resolve()},destination={CONTAINER_DATA_DIR}",
+            "-w",
+            CONTAINER_DATA_DIR,
+            "--label",
+            f"boilerhouse.container_id={container_id}",
+            "--label",
+            f"boilerhouse.workload_id={workload.id}",
+            "-e",
+            f"BOILERHOUSE_DATA_DIR={CONTAINER_DATA_DIR}",
+            "-e",
+            f"BOILERHOUSE_CONTAINER_ID={container_id}",
+            "-e",
+            f"BOILERHOUSE_WORKLOAD_ID={workload.id}",
+        ]
         for key, value in workload.env.items():
             args += ["-e", f"{key}={value}"]
         args += [workload.image, *workload.command]
@@ -138,7 +149,9 @@ class PodmanRuntime:
             if "image not known" in result.stderr or "unable to find" in result.stderr.lower():
                 hint = f" (build the image with scripts/build-busybox-image.sh: {workload.image})"
             raise ContainerRuntimeError(
-                container_id, "create", f"podman run exited {result.returncode}: {result.stderr.strip()}{hint}"
+                container_id,
+                "create",
+                f"podman run exited {result.returncode}: {result.stderr.strip()}{hint}",
             )
         self._boxes[container_id] = _Box(podman_id, name, workload, data_dir)
         logger.debug("container %s is podman %s (%s)", container_id, podman_id[:12], name)
@@ -176,8 +189,9 @@ class PodmanRuntime:
                 return False
             if not box.workload.health_command:
                 return True
-            probe = await self.run("exec", box.podman_id, *box.workload.health_command,
-                                   timeout=self.health_timeout_s)
+            probe = await self.run(
+                "exec", box.podman_id, *box.workload.health_command, timeout=self.health_timeout_s
+            )
         except (OSError, TimeoutError) as exc:
             logger.info("health check of %s failed: %s", container_id, exc)
             return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -74,13 +75,16 @@ class ProcessRuntime:
             else:
                 popen = self._spawn(workload, data_dir, env, subprocess.DEVNULL)
         except OSError as exc:
-            raise ContainerRuntimeError(container_id, "create", f"cannot start {list(workload.command)}: {exc}") \
-                from exc
+            raise ContainerRuntimeError(
+                container_id, "create", f"cannot start {list(workload.command)}: {exc}"
+            ) from exc
         self._children[container_id] = _Child(popen, workload, data_dir, env)
         logger.debug("container %s started as pid %d", container_id, popen.pid)
 
     @staticmethod
-    def _spawn(workload: Workload, data_dir: Path, env: dict[str, str], out: object) -> subprocess.Popen[bytes]:
+    def _spawn(
+        workload: Workload, data_dir: Path, env: dict[str, str], out: object
+    ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(workload.command),
             cwd=data_dir,
@@ -114,7 +118,9 @@ class ProcessRuntime:
         try:
             await asyncio.to_thread(clear_directory, child.data_dir)
         except OSError as exc:
-            raise ContainerRuntimeError(container_id, "wipe", f"cannot clear {child.data_dir}: {exc}") from exc
+            raise ContainerRuntimeError(
+                container_id, "wipe", f"cannot clear {child.data_dir}: {exc}"
+            ) from exc
 
     async def healthy(self, container_id: str) -> bool:
         child = self._children.get(container_id)
@@ -148,7 +154,5 @@ class ProcessRuntime:
 
 def _signal_group(pgid: int, sig: int) -> None:
     """Signal the session a container runs in; its leader's pid is the group id (we started it)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
