@@ -83,7 +83,7 @@ def rebuild_partition(client: redis.Redis, settings: AggregatorSettings, partiti
     pipe.execute_command(*setid)
     pipe.execute()
     result = RebuildResult(partition, entries, events, position, time.monotonic() - started)
-    logger.info("partition %d rebuilt: %d entries, %d events folded in %.2fs; checkpoint at %s",
+    logger.debug("partition %d rebuilt: %d entries, %d events folded in %.2fs; checkpoint at %s",
                 partition, entries, events, result.seconds, position)
     return result
 
