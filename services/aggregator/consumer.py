@@ -167,6 +167,7 @@ class Consumer:
         self.applied_entries = 0
         self.checkpoints = 0
         self._bytes_per_entry = 1024.0
+        self._redrain = False
         self._next_maintenance = 0.0
         self._next_trim = time.monotonic() + min(TRIM_INTERVAL_S, settings.retention_s / 4)
 
@@ -226,6 +227,11 @@ class Consumer:
                 if not self.ready.is_set():
                     self.setup()
                     self.ready.set()
+                elif self._redrain:
+                    # A read whose reply was lost (connection reset, timeout, Redis restarted) still
+                    # moved its entries into our pending list; ">" never returns them again.
+                    self._drain_pending()
+                    self._redrain = False
                 self.poll_once()
                 self.maintain()
                 backoff = 0.1
@@ -245,6 +251,7 @@ class Consumer:
                     backoff = min(5.0, backoff * 2)
             except (redis.RedisError, OSError) as exc:
                 logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                self._redrain = True
                 self._stop.wait(backoff)
                 backoff = min(5.0, backoff * 2)
             except Exception:

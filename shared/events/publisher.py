@@ -8,6 +8,7 @@ and the drop count is published as an ``events.dropped`` event once Redis is bac
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -268,7 +269,12 @@ class Publisher:
                 self._dropped_reported += unreported
         self._drain_into_pending()
         try:
-            self._send_spool()
+            if not self._send_spool():
+                # Another publisher is sending the spool, maybe with batches of ours in it: ours must
+                # follow them, so this round they join the spool too (nothing waits, nothing drops).
+                while self._pending:
+                    self._spool_batch(self._pending.popleft())
+                return
             while self._pending:
                 self._send(list(self._pending)[:64])
                 self._drain_into_pending()
@@ -331,12 +337,28 @@ class Publisher:
             return []
         return sorted(self._spool.glob("*.batch"))
 
-    def _send_spool(self) -> None:
+    def _send_spool(self) -> bool:
         """Send spooled batches oldest first (also those of earlier process lives), 64 per round trip.
 
-        A file is claimed by renaming it, and deleted only after its XADD was answered: a crash in
-        between sends it again, and the aggregator skips the repeated sequence numbers.
+        One sender at a time (an flock on ``.lock`` in the spool directory), so each source's batches
+        reach the stream in order even when several publishers share the directory. A file is deleted
+        only after its XADD was answered: a crash in between sends it again, and the aggregator skips
+        the repeated sequence numbers. Returns False if another publisher holds the lock.
         """
+        if not self._spool or not self._spooled_files():
+            return True
+        fd = os.open(self._spool / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._send_spool_locked()
+            return True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _send_spool_locked(self) -> None:
         files = self._spooled_files()
         while files:
             claimed: list[tuple[Path, Path, bytes]] = []

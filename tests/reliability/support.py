@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
-from services.embedded import free_port
+from services.embedded import EmbeddedRedis, free_port
 from shared.events.streams import stream_key
 from tests.support.expo import Samples, parse
 from tests.support.procs import Proc, boilerhouse, wait_http
@@ -162,3 +164,12 @@ def diff(a: Samples, b: Samples, limit: int = 20) -> str:
     return f"{len(lines)} samples differ:\n" + "\n".join(lines[:limit])
 
 
+
+
+def private_redis(workdir: Path, aof: bool = True) -> EmbeddedRedis:
+    """A redis-server of the test's own (to kill and restart); AOF with fsync on every write."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run ./scripts/install-system-deps.sh")
+    extra = ("--appendfsync", "always") if aof else ()
+    return EmbeddedRedis(workdir=workdir, binary=binary, allow_fake=False, appendonly=aof, extra_args=extra)
