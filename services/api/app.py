@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,19 @@ def load_pools_file(path: str) -> list[dict[str, Any]]:
     return doc
 
 
+DATA_DIR_VAR = "${BOILERHOUSE_DATA_DIR}"
+
+
+def with_data_dir(workloads: dict[str, Workload], data_dir: str) -> dict[str, Workload]:
+    """Workloads whose sync remote contains ``${BOILERHOUSE_DATA_DIR}``, with it replaced by ``data_dir``."""
+    out = {}
+    for wid, w in workloads.items():
+        if w.sync is not None and DATA_DIR_VAR in w.sync.remote:
+            w = replace(w, sync=replace(w.sync, remote=w.sync.remote.replace(DATA_DIR_VAR, data_dir)))
+        out[wid] = w
+    return out
+
+
 def create_app(
     settings: ApiSettings,
     publisher: Publisher | None = None,
@@ -75,7 +89,8 @@ def create_app(
     ``demo`` starts the traffic driver of :mod:`services.api.demo` once the app is up.
     """
     pub = publisher or make_publisher(settings)
-    defs = workloads if workloads is not None else load_workloads(settings.workloads_dir)
+    defs = with_data_dir(workloads if workloads is not None else load_workloads(settings.workloads_dir),
+                         settings.data_dir)
     pools = load_pools_file(settings.pools_file) if settings.pools_file else []
 
     async def healthz(request: Request) -> Response:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import redis
@@ -374,8 +375,6 @@ async def test_snapshots_go_out_on_every_heartbeat(api: Api) -> None:
     await api.create_pool("p1", "plain")
     before = sum(1 for e in api.stream_events() if e["type"] == "pool.state")
     heartbeats = sum(1 for e in api.stream_events() if e["type"] == "source.heartbeat")
-    import anyio  # noqa: PLC0415
-
     await anyio.sleep(0.7)  # a few 0.2 s heartbeats
     events = api.stream_events()
     assert sum(1 for e in events if e["type"] == "source.heartbeat") > heartbeats
@@ -415,3 +414,33 @@ async def test_pools_file_creates_pools_at_startup(tmp_path: Path, redis_url: st
     for pid in pids:  # shutting the app down destroyed its containers
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_shipped_workloads_run_out_of_the_box(tmp_path: Path, redis_url: str) -> None:
+    """The example workloads (no workloads dir given) run on the process runtime and sync locally."""
+    data = tmp_path / "data"
+    settings = ApiSettings(redis_url=redis_url, data_dir=str(data))
+    app = create_app(settings, Publisher(redis_url, "api-test"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            workloads = {w["id"]: w for w in (await client.get(f"{API}/workloads")).json()["workloads"]}
+            assert {"echo", "notes", "journal"} <= set(workloads)
+            assert workloads["notes"]["sync"]["remote"] == f"{data}/remote/notes"
+            for pool, workload in (("n", "notes"), ("j", "journal"), ("e", "echo")):
+                r = await client.post(f"{API}/pools", json={"pool_id": pool, "workload_id": workload,
+                                                            "min_size": 1, "max_size": 1})
+                assert r.status_code == 201, r.text
+                assert (await client.post(f"{API}/tenants/t-{pool}/claim", json={"pool_id": pool})).status_code == 200
+            # the notes container writes notes.txt in its working directory, every 2 s
+            notes_dir = Path((await client.get(f"{API}/tenants/t-n")).json()["container"]["data_dir"])
+            for _ in range(100):
+                if (notes_dir / "notes.txt").exists():
+                    break
+                await anyio.sleep(0.05)
+            r = await client.post(f"{API}/tenants/t-n/sync")
+            assert r.status_code == 200 and r.json()["files"] == 1 and r.json()["bytes"] > 0, r.text
+            r = await client.post(f"{API}/tenants/t-j/sync")
+            assert r.status_code == 200 and r.json()["mode"] == "bisync", r.text
+            assert (await client.post(f"{API}/tenants/t-n/release")).status_code == 200
+    assert (data / "remote" / "notes" / "t-n" / "notes.txt").is_file()
