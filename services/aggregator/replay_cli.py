@@ -30,7 +30,7 @@ from .replay import (
     Replayer,
     StreamReader,
     TimePoint,
-    format_id,
+    decode_entry,
     format_ts,
     parse_duration_ms,
     parse_id,
@@ -48,6 +48,8 @@ MAX_STEPS = 200_000
 #: Rows buffered to size the table's columns before streaming the rest with the same widths.
 TABLE_BLOCK = 500
 TYPE_WIDTH = max(len(n) for n in EVENT_TYPES_BY_NAME)
+#: Entries per XREAD while following.
+PAGE_FOLLOW = 500
 
 
 class UsageError(Exception):
@@ -305,20 +307,15 @@ def _tail(args: argparse.Namespace, settings: AggregatorSettings, client: redis.
         return 0
     printer.header_now()
     out.flush()
-    from .replay import decode_entry  # noqa: PLC0415
-
+    by_key = {reader.key(p).encode(): p for p in reader.partitions}
     while True:
         reply = client.xread({reader.key(p): last[p] for p in reader.partitions}, count=PAGE_FOLLOW, block=1000)
-        by_key = {reader.key(p).encode(): p for p in reader.partitions}
         for key, rows in reply or []:
             p = by_key[key]
             for raw_id, fields in rows:
                 last[p] = raw_id.decode()
                 for e, ev in _events_of([decode_entry(p, raw_id, fields)], flt):
                     printer.add(e, ev)
-
-
-PAGE_FOLLOW = 500
 
 
 def _range(args: argparse.Namespace, settings: AggregatorSettings, client: redis.Redis) -> int:
@@ -604,4 +601,4 @@ def _fold_before(replayer: Replayer, bounds: tuple[tuple[int, int], tuple[int, i
 
 cmd_replay = _guard(_replay)
 
-__all__ = ["register", "format_id"]
+__all__ = ["register"]

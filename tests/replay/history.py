@@ -76,9 +76,11 @@ def entry_id(offset_s: int, base_s: int = BASE_S) -> str:
 
 
 def load(client: redis.Redis, base_s: int = BASE_S, until_s: int | None = None, partition: int = 0,
-         prefix: str = DEFAULT_PREFIX, after_s: int | None = None) -> int:
-    """XADD the history (entries with ``after_s`` < offset <= ``until_s``); returns the entries written."""
-    key = stream_key(partition, prefix)
+         prefix: str = DEFAULT_PREFIX, after_s: int | None = None, partitions: dict[str, int] | None = None) -> int:
+    """XADD the history (entries with ``after_s`` < offset <= ``until_s``); returns the entries written.
+
+    ``partitions`` sends a source's entries to another partition than ``partition``.
+    """
     n = 0
     for offset, src, events in HISTORY:
         if until_s is not None and offset > until_s:
@@ -90,6 +92,7 @@ def load(client: redis.Redis, base_s: int = BASE_S, until_s: int | None = None, 
         else:
             stamped = [{**ev, "ts": base_s + offset - 0.01} for ev in events]
             payload = encode_batch(src, stamped)
+        key = stream_key((partitions or {}).get(src or "", partition), prefix)
         client.xadd(key, {ENTRY_FIELD: payload}, id=entry_id(offset, base_s))
         n += 1
     return n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import redis
@@ -14,7 +15,7 @@ from shared.events.streams import stream_key
 from tests.support.expo import parse, value
 
 from .conftest import Run
-from .history import BASE_S, HISTORY, load
+from .history import BASE_S, HISTORY, SYNC, load
 
 INSTANTS = [0, 1, 9, 10, 30, 44, 45, 55, 60, 70, 80, 90, 100, 131]
 
@@ -104,3 +105,36 @@ def test_replay_at_openmetrics_format_and_file(history: int, run: Run, tmp_path:
     written = target.read_text()
     assert 'boilerhouse_pool_available{pool_id="web",workload_id="echo"} 0.0 1764201660.000\n' in written
     assert written.endswith("# EOF\n")
+
+
+def test_two_partitions_replay_like_a_live_aggregator_of_both(run: Run, redis_url: str,
+                                                              redis_client: redis.Redis) -> None:
+    """The sync worker writes to partition 1: replay merges the partitions as the aggregator does."""
+    load(redis_client, partitions={SYNC: 1})
+    load(redis_client, prefix="live", partitions={SYNC: 1})
+    settings = AggregatorSettings(redis_url=redis_url, key_prefix="live", partitions=2, block_ms=10)
+    consumer = Consumer(redis_client, settings)
+    consumer.setup()
+    while consumer.poll_once():
+        pass
+    code, out, _ = run("replay", "--partitions", "2", "--at", str(BASE_S + 131))
+    assert code == 0
+    assert out == _live_exposition(consumer, settings, BASE_S + 131)
+    code, one_partition, _ = run("replay", "--at", str(BASE_S + 131))
+    assert value(parse(one_partition), "boilerhouse_sync_operations_total", workload_id="echo",
+                 direction="download", status="success") is None
+    assert value(parse(out), "boilerhouse_sync_operations_total", workload_id="echo", direction="download",
+                 status="success") == 1
+    # events of both partitions come out in stream-id order
+    code, out, _ = run("events", "range", "--partitions", "2", "--to", "2025-11-27T00:00:25Z", "--json")
+    assert [(e["id"], e["partition"], e["type"]) for e in map(json.loads, out.splitlines())] == [
+        ("1764201600000-0", 0, "source.started"), ("1764201600000-0", 0, "pool.state"),
+        ("1764201601000-0", 1, "source.started"), ("1764201601000-0", 1, "sync.state"),
+        ("1764201610000-0", 0, "container.acquired"), ("1764201610000-0", 0, "pool.state"),
+        ("1764201610000-0", 0, "http.request"), ("1764201620000-0", 0, "container.acquired"),
+        ("1764201620000-0", 0, "pool.state"), ("1764201620000-0", 0, "http.request"),
+        ("1764201625000-0", 1, "sync.finished"), ("1764201625000-0", 1, "sync.state"),
+    ]
+    code, out, _ = run("events", "tail", "--partitions", "2", "-n", "2", "--source", "sync", "--json")
+    assert [(e["partition"], e["type"]) for e in map(json.loads, out.splitlines())] == [
+        (1, "sync.finished"), (1, "source.stopped")]
