@@ -323,9 +323,9 @@ class ContainerPool:
                     await self.sync.sync(self.workload.id, tenant_id, container.data_dir, direction)
                     self._check_open()
                 except BaseException:
-                    if self._borrowed.get(tenant_id) is container:
+                    self._emit_acquired(start, "failure", "miss")
+                    if self._borrowed.get(tenant_id) is container:  # else close() destroyed it
                         del self._borrowed[tenant_id]
-                        self._emit_acquired(start, "failure", "miss")
                         self._wiping.add(container)
                         await self._recycle(container)
                     raise

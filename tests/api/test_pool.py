@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.api.clock import ManualClock
-from services.api.containers import Container, ContainerManager
+from services.api.containers import ContainerManager
 from services.api.pool import (
     ContainerPool,
     PoolClosed,
@@ -22,9 +24,9 @@ from services.api.pool import (
     TenantNotClaimed,
     sync_direction,
 )
-from services.api.runtimes import ContainerRuntimeError, ProcessRuntime
+from services.api.runtimes import ContainerRuntimeError, PodmanRuntime, ProcessRuntime
 from services.api.sync import SyncCoordinator, SyncFailed
-from services.api.workloads import SyncSpec, Workload
+from services.api.workloads import DEFAULT_IMAGE, SyncSpec, Workload
 from shared.events.codec import validate_event
 
 pytestmark = pytest.mark.anyio
@@ -537,5 +539,64 @@ async def test_failed_upload_still_releases(env: Env) -> None:
         await coordinator.close()
 
 
-def _container_ids(containers: list[Container]) -> set[str]:
-    return {c.id for c in containers}
+# ---- the clock and a real OCI runtime ---------------------------------------------------------------
+
+
+async def test_manual_clock_wakes_sleepers_when_their_time_passes() -> None:
+    clock = ManualClock(start=100.0)
+    woke: list[str] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(f"{name}@{clock.monotonic():g}")
+
+    tasks = [asyncio.create_task(sleeper("b", 5)), asyncio.create_task(sleeper("a", 2))]
+    await until(lambda: clock.sleepers == 2, "both asleep")
+    clock.advance(1.5)
+    await asyncio.sleep(0)
+    assert woke == []
+    clock.advance(4)
+    await asyncio.gather(*tasks)
+    assert woke == ["a@105.5", "b@105.5"] and clock.sleepers == 0
+    await clock.sleep(0)  # yields, returns at once
+    with pytest.raises(ValueError, match="cannot go back"):
+        clock.advance(-1)
+
+
+async def test_pool_on_podman(tmp_path: Path) -> None:
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run ./scripts/install-system-deps.sh")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build-busybox-image.sh"
+    assert subprocess.run([str(script)], capture_output=True, timeout=120).returncode == 0
+    events, clock = Events(), ManualClock()
+    manager = ContainerManager(PodmanRuntime(), events, tmp_path / "data", clock)
+    workload = Workload(
+        id="busy", image=DEFAULT_IMAGE, command=("sleep", "1000"), health_command=("test", "-d", "/data")
+    )
+    pool = ContainerPool(
+        "pod-pool",
+        workload,
+        manager,
+        events,
+        min_size=1,
+        max_size=2,
+        affinity_timeout_s=30,
+        health_interval_s=10,
+        clock=clock,
+    )
+    try:
+        await pool.start(maintenance=False)
+        c = await pool.acquire("tnt-a")
+        (c.data_dir / "state").write_text("tenant data")
+        await pool.release("tnt-a")
+        clock.advance(30)
+        await pool.tick()  # evicts (wipes through the bind mount) and health-checks via podman exec
+        assert list(c.data_dir.iterdir()) == []
+        assert events.count("container.health_check_failed") == 0
+        assert events.count("affinity.evicted") == 1
+        assert_state(pool, events, size=2, available=2, pending=0)
+    finally:
+        await pool.close()
+        await manager.close()
+    assert events.items[-1][0] == "pool.removed"
+    assert events.count("container.destroyed", status="success") == events.count("container.created")
