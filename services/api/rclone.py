@@ -12,6 +12,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -29,12 +30,14 @@ RCLONE_ERROR, TIMEOUT, PERMISSION_DENIED, NETWORK_ERROR = (
 _PERMISSION = re.compile(r"permission denied|operation not permitted|\beacces\b|\beperm\b", re.I)
 _TIMEOUT = re.compile(
     r"i/o timeout|context deadline exceeded|timeout awaiting|tls handshake timeout|client\.timeout exceeded"
-    r"|connection timed out|\btimed out\b", re.I)
+    r"|connection timed out|\btimed out\b|max transfer duration reached", re.I)
 _NETWORK = re.compile(
     r"connection refused|connection reset|no route to host|network is unreachable|\bdial tcp\b|\bdial udp\b"
     r"|no such host|broken pipe|server misbehaving", re.I)
 #: rclone's plain (non-JSON) log format, used for its final "Failed to ..." / "Fatal error" line.
 _PLAIN_LOG = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
+_QUEUED_TO_PATH1 = re.compile(r"Queue copy to Path1\s+- (.+)$")
+_LOCK = re.compile(r"prior lock file found: (\S+\.lck)")
 _RESYNC = re.compile(r"must run --resync", re.I)
 _SOURCE_MISSING = re.compile(r"error reading source root directory: directory not found", re.I)
 
@@ -62,6 +65,27 @@ def needs_resync(messages: Iterable[str]) -> bool:
     return any(_RESYNC.search(m) for m in messages)
 
 
+def stale_lock(messages: Iterable[str]) -> Path | None:
+    """bisync's lock file named in a "prior lock file found" error, if its owner (pid inside) is gone."""
+    for m in messages:
+        found = _LOCK.search(m)
+        if found is None:
+            continue
+        lock = Path(found.group(1))
+        try:
+            pid = int(lock.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return lock
+        except PermissionError:  # alive, someone else's
+            return None
+        return None
+    return None
+
+
 def source_missing(exit_code: int | None, messages: Iterable[str]) -> bool:
     """True when rclone failed only because the source directory does not exist (yet)."""
     return exit_code == EXIT_DIR_NOT_FOUND and any(_SOURCE_MISSING.search(m) for m in messages)
@@ -75,9 +99,13 @@ class RcloneOutput:
     """
 
     max_errors: int = 50
+    #: bisync only: remember copies queued to Path1 (the local side) and every completed copy
+    track_transfers: bool = False
     stats: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    queued_to_path1: list[str] = field(default_factory=list)
+    completed: set[str] = field(default_factory=set)
 
     def feed(self, line: str) -> None:
         line = line.rstrip("\r\n")
@@ -96,6 +124,13 @@ class RcloneOutput:
             if isinstance(last, str) and last:
                 self._error(last)
         level = str(record.get("level", "")).lower()
+        if self.track_transfers and level == "info":
+            msg = str(record.get("msg", ""))
+            queued = _QUEUED_TO_PATH1.search(msg)
+            if queued:
+                self.queued_to_path1.append(queued.group(1))
+            elif msg.startswith("Copied (") and record.get("object"):
+                self.completed.add(str(record["object"]))
         if level in ("error", "critical", "fatal", "panic"):
             msg = str(record.get("msg", ""))
             obj = record.get("object")
@@ -161,6 +196,7 @@ async def run_rclone(
     grace_s: float = 2.0,
     on_start: Callable[[int], None] | None = None,
     on_exit: Callable[[int], None] | None = None,
+    track_transfers: bool = False,
 ) -> RcloneResult:
     """Run rclone to completion, killing it by pid at ``timeout_s`` (SIGTERM, then SIGKILL).
 
@@ -174,7 +210,7 @@ async def run_rclone(
     pid = proc.pid
     if on_start:
         on_start(pid)
-    output = RcloneOutput()
+    output = RcloneOutput(track_transfers=track_transfers)
     deadline_exceeded = False
     logger.debug("rclone pid %d: %s", pid, " ".join(argv))
 

@@ -32,6 +32,7 @@ from .rclone import (
     needs_resync,
     run_rclone,
     source_missing,
+    stale_lock,
 )
 from .workloads import SyncSpec, Workload
 
@@ -327,20 +328,32 @@ class SyncCoordinator:
         return SyncResult(total_bytes, total_files, duration, resynced, direction, mode)
 
     async def _run_leg(self, workload_id: str, spec: SyncSpec, leg: _Leg,
-                       deadline: float | None) -> tuple[int, int, bool]:
+                       deadline: float | None, retry_lock: bool = True) -> tuple[int, int, bool]:
         if leg.verb == "bisync" and _is_empty_dir(Path(leg.src)):
             # An empty local dir is a first run or a wiped container: listings from an earlier run would
             # make bisync delete the tenant's remote files, and rclone refuses empty listings anyway.
             logger.info("workload %s: local %s is empty; bisync --resync (union, never deletes)",
                         workload_id, leg.src)
             return await self._resync(workload_id, spec, leg, deadline)
+        started = time.time()
         result = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags), deadline)
         if result.ok:
             return result.output.bytes, result.output.files, False
+        if leg.verb == "bisync" and (result.exit_code is None or result.exit_code < 0 or result.deadline_exceeded):
+            _remove_partial_copies(workload_id, Path(leg.src), result, started)
         if leg.download and source_missing(result.exit_code, result.output.errors):
             logger.info("workload %s: %s does not exist yet; nothing to download", workload_id, leg.src)
             return 0, 0, False
-        if leg.verb == "bisync" and not result.deadline_exceeded and needs_resync(result.output.errors):
+        lock = stale_lock(result.output.errors) if leg.verb == "bisync" and retry_lock else None
+        if lock is not None:
+            # left by an rclone that was SIGKILLed (ours after the grace period, or a crash)
+            logger.warning("workload %s: removing stale bisync lock %s", workload_id, lock)
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            return await self._run_leg(workload_id, spec, leg, deadline, retry_lock=False)
+        if (leg.verb == "bisync" and needs_resync(result.output.errors)
+                and classify_error(result.exit_code, result.output.errors, result.deadline_exceeded) == RCLONE_ERROR):
+            # not after a timeout, network or permission failure: the next operation resyncs instead
             logger.info("workload %s: bisync needs --resync (%s); running it", workload_id,
                         result.output.errors[0] if result.output.errors else "no listings")
             return await self._resync(workload_id, spec, leg, deadline)
@@ -371,6 +384,11 @@ class SyncCoordinator:
             if timeout <= 0:
                 raise _OpFailed(TIMEOUT, f"deadline of {spec.timeout_s} s passed before rclone {args[0]}", None)
         argv = [*self._rclone, *args, *LOG_FLAGS]
+        if timeout is not None:
+            # rclone stops itself a little before our kill: a cancelled transfer removes its partial
+            # file ("Removing partially written file on error"), which SIGTERM/SIGKILL would leave
+            own = max(0.001, timeout - min(self._grace_s, 0.3 * timeout))
+            argv += ["--max-duration", f"{int(own * 1000)}ms", "--cutoff-mode", "hard"]
         if spec.rclone_config:
             argv += ["--config", spec.rclone_config]
         if args[0] == "bisync" and self._workdir is not None:
@@ -378,7 +396,8 @@ class SyncCoordinator:
         argv += spec.extra_args  # last, so a workload can override any flag above
         try:
             return await run_rclone(argv, timeout_s=timeout, env=self._env, grace_s=self._grace_s,
-                                    on_start=self._pids.add, on_exit=self._pids.discard)
+                                    on_start=self._pids.add, on_exit=self._pids.discard,
+                                    track_transfers=args[0] == "bisync")
         except OSError as exc:  # the binary is missing or not executable
             raise _OpFailed(RCLONE_ERROR, f"cannot run {argv[0]}: {exc}", None) from exc
 
@@ -534,6 +553,35 @@ class SyncCoordinator:
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
         logger.info("sync coordinator closed: %d periodic jobs stopped, %d rclone processes killed",
                     len(jobs), len(pids))
+
+
+def _remove_partial_copies(workload_id: str, local: Path, result: RcloneResult, started_wall: float) -> int:
+    """After a killed bisync, remove the local files it was still copying in.
+
+    rclone 1.60 writes local files in place and only a graceful stop removes a partial one; the next
+    run is a --resync, in which the local side wins, so a partial file would overwrite the tenant's
+    good remote copy. A file qualifies only if bisync queued it for copying to the local side, never
+    logged it as copied, and it was modified during the run (a copy in progress has no final mtime).
+    """
+    removed = 0
+    for queued in result.output.queued_to_path1:
+        path = Path(queued)
+        try:
+            rel = str(path.relative_to(local.absolute()))
+        except ValueError:
+            continue
+        if rel in result.output.completed:
+            continue
+        try:
+            if path.is_file() and path.stat().st_mtime >= started_wall - 1:
+                path.unlink()
+                removed += 1
+        except OSError:
+            logger.warning("workload %s: cannot remove partial copy %s", workload_id, path, exc_info=True)
+    if removed:
+        logger.warning("workload %s: removed %d partial copies left by the killed bisync in %s",
+                       workload_id, removed, local)
+    return removed
 
 
 def _is_empty_dir(path: Path) -> bool:

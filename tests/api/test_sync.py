@@ -287,6 +287,46 @@ async def test_bisync_first_run_resyncs_then_syncs_both_ways(
 
 
 @pytest.mark.anyio
+async def test_bisync_recovers_after_a_killed_run(tmp_path: Path, events: list[Event]) -> None:
+    """Killed at our deadline (SIGTERM: rclone marks its listings bad) or SIGKILLed (a stale lock)."""
+    remote = tmp_path / "remote"
+    local = tmp_path / "local"
+    workdir = tmp_path / "bisync-state"
+    write_tree(local, {"a.txt": b"a"})
+    fast = workload("bi", remote, mode="bisync")
+    # --max-duration 1h overrides the coordinator's own, so our deadline kills rclone mid-transfer
+    slow = workload("slow", remote, mode="bisync", timeout_s=0.5,
+                    extra_args=("--bwlimit", "64k", "--max-duration", "1h"))
+    big = os.urandom(1 << 20)
+    async with coordinator(events, tmp_path, fast, slow, bisync_workdir=workdir) as coord:
+        assert (await coord.sync("bi", "t1", local)).resynced
+        write_tree(remote / "t1", {"big1.bin": big})
+        with pytest.raises(SyncFailed) as info:
+            await coord.sync("slow", "t1", local)
+        assert info.value.error_type == "timeout" and "killed at our deadline" in info.value.message
+        # the partial big1.bin was removed, or the resync below (local side wins) would upload it
+        assert read_tree(local) == {"a.txt": b"a"}
+        after_term = await coord.sync("bi", "t1", local)
+        assert after_term.resynced and (local / "big1.bin").read_bytes() == big
+
+        write_tree(remote / "t1", {"big2.bin": big})
+        killed = Proc([rclone_binary(), "bisync", str(local), str(remote / "t1"), "--workdir", str(workdir),
+                       "--bwlimit", "64k"], tmp_path, "bisync-to-kill")
+        await wait_until(lambda: (local / "big2.bin").exists())  # mid-transfer
+        killed.kill()  # SIGKILL by pid: rclone can neither remove its lock nor its partial file
+        (lock,) = workdir.glob("*.lck")
+        assert lock.read_text().strip() == str(killed.pid)
+        after_kill = await coord.sync("bi", "t1", local)
+        assert not lock.exists()
+        # the partial file is new on both sides to bisync: a conflict, both versions kept
+        assert read_tree(local) == read_tree(remote / "t1")
+        assert read_tree(remote / "t1")["big2.bin..path2"] == big
+        assert len(read_tree(remote / "t1")["big2.bin..path1"]) < len(big)
+        assert after_kill.files >= 1
+    assert [f["status"] for f in finished(events)] == ["success", "timeout", "success", "success"]
+
+
+@pytest.mark.anyio
 async def test_bisync_spec_with_one_way_direction_runs_copy(tmp_path: Path, events: list[Event]) -> None:
     local = tmp_path / "local"
     write_tree(local, FILES)
@@ -385,15 +425,15 @@ async def test_permission_denied_writing_into_an_immutable_local_dir(tmp_path: P
 
 
 @pytest.mark.anyio
-async def test_timeout_when_our_deadline_kills_rclone(tmp_path: Path, events: list[Event]) -> None:
+async def test_timeout_rclone_stops_itself_before_our_deadline(tmp_path: Path, events: list[Event]) -> None:
     remote = tmp_path / "remote"
-    big = os.urandom(2 << 20)
+    big = os.urandom(16 << 20)
     write_tree(remote / "t1", {"big.bin": big})
     local = tmp_path / "local"
     write_tree(local, {"keep.txt": b"tenant data"})
-    # 2 MiB at 64 KiB/s needs ~30 s; the deadline is 0.5 s
-    w = workload("w", remote, mode="sync", direction="download", timeout_s=0.5,
-                 extra_args=("--bwlimit", "64k"))
+    # 16 MiB at 1 MiB/s needs ~16 s; the deadline is 1.5 s (rclone gets --max-duration 1050ms)
+    w = workload("w", remote, mode="sync", direction="download", timeout_s=1.5,
+                 extra_args=("--bwlimit", "1M"))
     retry = workload("retry", remote, mode="copy", direction="download")
     async with coordinator(events, tmp_path, w, retry) as coord:
         started = time.monotonic()
@@ -402,14 +442,43 @@ async def test_timeout_when_our_deadline_kills_rclone(tmp_path: Path, events: li
         elapsed = time.monotonic() - started
         assert coord.running_pids() == []
         fin = assert_one_failure(events, info.value, "timeout")
-        assert 0.5 <= fin["duration_s"] < 10 and elapsed < 10
-        assert "deadline" in info.value.message
-        assert (local / "keep.txt").read_bytes() == b"tenant data"  # nothing deleted
-        # rclone 1.60's local backend writes in place: the killed transfer leaves a short big.bin
-        assert len((local / "big.bin").read_bytes()) < len(big)
-        res = await coord.sync("retry", "t1", local)  # the next sync replaces it (size differs)
+        assert 1.0 <= fin["duration_s"] < 1.5 and elapsed < 10
+        assert "max transfer duration reached" in info.value.message
+        assert info.value.exit_code == 7  # rclone's fatal error, not our kill
+        assert classify_error(info.value.exit_code, info.value.errors) == "timeout"
+        # the graceful stop removed the partial big.bin; nothing of the tenant's was deleted
+        assert read_tree(local) == {"keep.txt": b"tenant data"}
+        res = await coord.sync("retry", "t1", local)
         assert (res.bytes, res.files) == (len(big), 1)
         assert read_tree(local) == {"big.bin": big, "keep.txt": b"tenant data"}
+
+
+@pytest.mark.anyio
+async def test_timeout_when_our_deadline_kills_rclone(tmp_path: Path, events: list[Event]) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # rclone connects and then waits for an answer that never comes
+    try:
+        port = silent.getsockname()[1]
+        env = {"RCLONE_CONFIG_MUTE_TYPE": "webdav", "RCLONE_CONFIG_MUTE_URL": f"http://127.0.0.1:{port}"}
+        w = workload("w", "MUTE:base", direction="upload", timeout_s=0.5,
+                     extra_args=("--timeout", "1m", "--contimeout", "1m"))
+        local = tmp_path / "local"
+        write_tree(local, FILES)
+        async with coordinator(events, tmp_path, w, env=env, kill_grace_s=5) as coord:
+            task = asyncio.create_task(coord.sync("w", "t1", local))
+            await wait_until(lambda: len(coord.running_pids()) == 1)
+            (pid,) = coord.running_pids()
+            with pytest.raises(SyncFailed) as info:
+                await task
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # killed by pid and reaped
+    finally:
+        silent.close()
+    fin = assert_one_failure(events, info.value, "timeout")
+    assert 0.5 <= fin["duration_s"] < 5
+    assert "killed at our deadline" in info.value.message
+    assert read_tree(local) == FILES
 
 
 @pytest.mark.anyio
