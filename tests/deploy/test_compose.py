@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -118,3 +119,15 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
         assert _dockerignored(unwanted)
     assert any(line.startswith("USER ") and "root" not in line for line in lines), "run as a non-root user"
     assert "rclone" in (REPO / "Dockerfile").read_text(), "the sync coordinator needs rclone in the image"
+
+
+def test_operations_guide_documents_every_setting() -> None:
+    """Every BOILERHOUSE_* variable either service reads is in docs/operations.md."""
+    docs = (REPO / "docs" / "operations.md").read_text()
+    sources = [REPO / "services" / "aggregator" / "settings.py", REPO / "services" / "api" / "settings.py",
+               REPO / "services" / "cli.py"]
+    variables = {v for path in sources for v in re.findall(r'"(BOILERHOUSE_[A-Z_]+)"', path.read_text())}
+    variables |= {f"{v}_FILE" for v in ("BOILERHOUSE_METRICS_PASSWORD", "BOILERHOUSE_METRICS_BEARER_TOKEN")}
+    assert len(variables) > 20
+    missing = sorted(v for v in variables if f"`{v}`" not in docs)
+    assert not missing, f"not in docs/operations.md: {missing}"
