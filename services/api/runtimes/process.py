@@ -10,6 +10,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from services.api.workloads import Workload
 
@@ -83,14 +84,14 @@ class ProcessRuntime:
 
     @staticmethod
     def _spawn(
-        workload: Workload, data_dir: Path, env: dict[str, str], out: object
+        workload: Workload, data_dir: Path, env: dict[str, str], out: int | IO[bytes]
     ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(workload.command),
             cwd=data_dir,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=out,  # type: ignore[arg-type]
+            stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
