@@ -16,9 +16,9 @@ SCHEMA_VERSION = 1
 ENVELOPE_KEYS = ("type", "seq", "ts")
 
 #: Pool, workload and other identifiers that become label values must match this.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
 #: Route templates used as the ``path`` label of HTTP events.
-PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9_.{}:<>-]*){1,16}$")
+PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9_.{}:<>-]*){1,16}\Z")
 #: The ``path`` label value shared by every request that matched no route.
 UNMATCHED_PATH = "<unmatched>"
 
