@@ -390,10 +390,9 @@ class Consumer:
 
     def _checkpoint(self, pc: PartitionConsumer) -> None:
         with self.lock:
-            blob = msgpack.packb(
+            blob = _pack_checkpoint(
                 {"v": CHECKPOINT_VERSION, "mapping": mapping_fingerprint(), "saved_at": time.time(),
-                 "state": pc.state.to_data(), "trim": pc.trim.to_data()},
-                use_bin_type=True,
+                 "state": pc.state.to_data(), "trim": pc.trim.to_data()}
             )
             ids, dead = pc.to_ack, pc.dead
             pc.to_ack, pc.dead = [], []
@@ -526,6 +525,25 @@ def _count_trimmed_gap(state: State, batch: Any) -> None:
                 record_lost(state, "trimmed", seq - last - 1)
                 state.last_seq[batch.src] = seq - 1
             return
+
+
+def _pack_checkpoint(doc: dict[str, Any]) -> bytes:
+    try:
+        return msgpack.packb(doc, use_bin_type=True)
+    except OverflowError:
+        # A counter grew past msgpack's 64-bit integers (absurd but valid input): store such values as
+        # floats, as the exposition renders them anyway, rather than never checkpointing again.
+        return msgpack.packb(_big_ints_to_floats(doc), use_bin_type=True)
+
+
+def _big_ints_to_floats(value: Any) -> Any:
+    if type(value) is int:
+        return value if -(2**63) <= value < 2**64 else float(value)
+    if isinstance(value, dict):
+        return {k: _big_ints_to_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_big_ints_to_floats(v) for v in value]
+    return value
 
 
 def _text(value: Any) -> str:

@@ -137,3 +137,22 @@ def test_hostile_entries_are_dead_lettered_counted_and_change_nothing(redis_url:
     b = {k: v for k, v in comparable(after).items() if k[0] != dead_name}
     assert a == b, diff(a, b)
     assert total(after, PREFIX + "events_lost_total") == 0
+
+
+@pytest.mark.timeout(60)
+def test_absurd_but_valid_numbers_do_not_stop_checkpoints(redis_url: str, redis_client: redis.Redis,
+                                                          tmp_path: Path) -> None:
+    """Counters past 2**64 (msgpack's integer range) must still checkpoint, and survive a restart."""
+    agg = Aggregator(tmp_path, redis_url).start()
+    try:
+        huge = 2**64 - 1
+        for seq in (1, 2, 3):
+            ev = {"type": "events.dropped", "seq": seq, "ts": time.time(), "count": huge}
+            redis_client.xadd(STREAM, _entry({"v": 1, "src": "big:h:1:00", "events": [ev]}))
+        wait_caught_up(redis_client, "aggregator", timeout=20)
+        assert total(agg.samples(), PREFIX + "events_dropped_total") == float(3 * huge)
+        agg.kill()
+        agg.start()
+        assert total(agg.samples(), PREFIX + "events_dropped_total") == float(3 * huge)
+    finally:
+        agg.stop()
