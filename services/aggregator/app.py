@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import hmac
 import logging
 import threading
@@ -38,22 +39,37 @@ def make_registry(consumer: Consumer, settings: AggregatorSettings) -> Collector
     return registry
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison that does not reveal the expected length either."""
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
+
+
 def _authorized(request: Request, settings: AggregatorSettings) -> bool:
     if not (settings.metrics_bearer_token or settings.metrics_username):
         return True
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
     if settings.metrics_bearer_token and scheme.lower() == "bearer":
-        return hmac.compare_digest(credentials.strip().encode(), settings.metrics_bearer_token.encode())
+        return _same(credentials.strip(), settings.metrics_bearer_token)
     if settings.metrics_username and scheme.lower() == "basic":
         try:
             user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
-        ok_user = hmac.compare_digest(user.encode(), settings.metrics_username.encode())
-        ok_pass = hmac.compare_digest(password.encode(), (settings.metrics_password or "").encode())
+        ok_user = _same(user, settings.metrics_username)
+        ok_pass = _same(password, settings.metrics_password or "")
         return ok_user and ok_pass
     return False
+
+
+def _challenge(settings: AggregatorSettings) -> str:
+    """The WWW-Authenticate value: one challenge per accepted scheme."""
+    challenges = []
+    if settings.metrics_username:
+        challenges.append('Basic realm="metrics"')
+    if settings.metrics_bearer_token:
+        challenges.append('Bearer realm="metrics"')
+    return ", ".join(challenges)
 
 
 def _auth_mode(settings: AggregatorSettings) -> str:
@@ -84,8 +100,7 @@ def create_app(
             return JSONResponse(
                 {"error": "unauthorized", "detail": "metrics require credentials"},
                 status_code=401,
-                headers={"WWW-Authenticate": 'Basic realm="metrics"' if settings.metrics_username
-                         else "Bearer"},
+                headers={"WWW-Authenticate": _challenge(settings)},
             )
         if not scrape_slots.acquire(blocking=False):
             return JSONResponse(

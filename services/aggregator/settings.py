@@ -96,6 +96,8 @@ class AggregatorSettings:
             raise SettingsError("partitions must be >= 1")
         if not 0 < self.port < 65536:
             raise SettingsError(f"port {self.port} is not a TCP port")
+        if self.metrics_username and ":" in self.metrics_username:
+            raise SettingsError("BOILERHOUSE_METRICS_USERNAME must not contain ':' (basic auth separates at it)")
         if bool(self.metrics_username) != bool(self.metrics_password):
             raise SettingsError("BOILERHOUSE_METRICS_USERNAME and BOILERHOUSE_METRICS_PASSWORD go together")
 

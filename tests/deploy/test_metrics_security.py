@@ -85,7 +85,7 @@ def test_bearer_token(serve) -> None:  # type: ignore[no-untyped-def]
     url = server.url + "/metrics"
     r = httpx.get(url)
     assert r.status_code == 401
-    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.headers["www-authenticate"] == 'Bearer realm="metrics"'
     assert status(url, bearer(TOKEN)) == 200
     assert status(url, {"Authorization": f"bearer {TOKEN}"}) == 200   # the scheme is case-insensitive
     assert status(url, bearer(TOKEN[:-1])) == 401
@@ -97,7 +97,9 @@ def test_bearer_token(serve) -> None:  # type: ignore[no-untyped-def]
 def test_basic_and_bearer_together(serve) -> None:  # type: ignore[no-untyped-def]
     server = serve(metrics_username=USER, metrics_password=PASSWORD, metrics_bearer_token=TOKEN)
     url = server.url + "/metrics"
-    assert status(url) == 401
+    r = httpx.get(url)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Basic realm="metrics", Bearer realm="metrics"'
     assert status(url, basic(USER, PASSWORD)) == 200
     assert status(url, bearer(TOKEN)) == 200
     assert status(url, bearer(PASSWORD)) == 401
@@ -129,6 +131,8 @@ def test_secrets_come_from_env_or_files_and_stay_out_of_repr(tmp_path: Path) -> 
         AggregatorSettings.from_env({"BOILERHOUSE_METRICS_USERNAME": USER,
                                      "BOILERHOUSE_METRICS_PASSWORD_FILE": str(tmp_path / "nope")})
     assert PASSWORD not in str(missing.value)
+    with pytest.raises(SettingsError, match="must not contain"):
+        AggregatorSettings.from_env({"BOILERHOUSE_METRICS_USERNAME": "a:b", "BOILERHOUSE_METRICS_PASSWORD": "c"})
     with pytest.raises(SettingsError, match="go together") as half:
         AggregatorSettings.from_env({"BOILERHOUSE_METRICS_PASSWORD": PASSWORD})
     assert PASSWORD not in str(half.value)
