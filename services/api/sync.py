@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -222,6 +222,7 @@ class SyncCoordinator:
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._closed = False
+        self._tenant_locks: dict[tuple[str, str], list[Any]] = {}
 
     # ---- configuration ---------------------------------------------------------------------
 
@@ -285,6 +286,43 @@ class SyncCoordinator:
         local = Path(local_dir)
         mode, legs = plan(spec.mode, direction, str(local), remote)
         st = self._states[workload_id]
+        async with self._tenant_turn(workload_id, tenant_id, st):
+            return await self._operation(workload_id, st, spec, direction, mode, legs, local)
+
+    @contextlib.asynccontextmanager
+    async def _tenant_turn(self, workload_id: str, tenant_id: str, st: _WorkloadState) -> AsyncIterator[None]:
+        """One operation at a time per (workload, tenant): two rclones on the same paths would race
+        (and bisync would fail on its lock). A waiting operation counts as queued."""
+        key = (workload_id, tenant_id)
+        entry = self._tenant_locks.get(key)
+        if entry is None:
+            entry = self._tenant_locks[key] = [asyncio.Lock(), 0]
+        lock: asyncio.Lock = entry[0]
+        entry[1] += 1
+        try:
+            if lock.locked():
+                st.queued += 1
+                self._emit_state(workload_id, st)
+                try:
+                    await lock.acquire()
+                except BaseException:
+                    st.queued -= 1
+                    self._emit_state(workload_id, st)
+                    raise
+                st.queued -= 1  # the slot acquisition right after emits the new state
+            else:
+                await lock.acquire()
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._tenant_locks[key]
+
+    async def _operation(self, workload_id: str, st: _WorkloadState, spec: SyncSpec, direction: str, mode: str,
+                         legs: tuple[_Leg, ...], local: Path) -> SyncResult:
         await self._acquire(workload_id, st)
         if self._closed:  # closed while this operation waited in the queue: it never runs
             self._release(workload_id, st)

@@ -579,13 +579,28 @@ async def test_concurrency_two_runs_two_at_once(tmp_path: Path, events: list[Eve
 
 
 @pytest.mark.anyio
+async def test_operations_of_one_tenant_never_overlap(tmp_path: Path, events: list[Event]) -> None:
+    remote = tmp_path / "remote"
+    local = tmp_path / "local"
+    write_tree(local, {"a.txt": b"a" * 50})
+    async with coordinator(events, tmp_path, workload("w", remote, mode="bisync", concurrency=4)) as coord:
+        results = await asyncio.gather(*(coord.sync("w", "t1", local) for _ in range(3)))
+    # one at a time (a second bisync on the same paths would fail on rclone's lock); waiting = queued
+    assert [r.resynced for r in results] == [True, False, False]
+    assert [f["status"] for f in finished(events)] == ["success"] * 3
+    states = [(f["running"], f["queued"]) for f in of_type(events, "sync.state")]
+    assert states == [(0, 0), (1, 0), (1, 1), (1, 2), (0, 2), (1, 1), (0, 1), (1, 0), (0, 0)]
+
+
+@pytest.mark.anyio
 async def test_a_cancelled_waiter_leaves_the_queue(tmp_path: Path, events: list[Event]) -> None:
     remote = tmp_path / "remote"
-    write_tree(remote / "t0", {"big.bin": os.urandom(256 << 10)})
+    for t in ("t0", "t1"):
+        write_tree(remote / t, {"big.bin": os.urandom(256 << 10)})
     w = workload("w", remote, mode="copy", direction="download", concurrency=1, extra_args=("--bwlimit", "512k"))
     async with coordinator(events, tmp_path, w) as coord:
         first = asyncio.create_task(coord.sync("w", "t0", tmp_path / "l0"))
-        second = asyncio.create_task(coord.sync("w", "t0", tmp_path / "l1"))
+        second = asyncio.create_task(coord.sync("w", "t1", tmp_path / "l1"))
         await wait_until(lambda: coord.state("w")["queued"] == 1)
         second.cancel()
         await asyncio.wait([second])
@@ -598,10 +613,11 @@ async def test_a_cancelled_waiter_leaves_the_queue(tmp_path: Path, events: list[
 async def test_raising_the_limit_admits_waiters_and_close_rejects_the_queue(
         tmp_path: Path, events: list[Event]) -> None:
     remote = tmp_path / "remote"
-    write_tree(remote / "t0", {"big.bin": os.urandom(256 << 10)})
+    for i in range(4):
+        write_tree(remote / f"t{i}", {"big.bin": os.urandom(256 << 10)})
     slow = {"mode": "copy", "direction": "download", "extra_args": ("--bwlimit", "256k")}
     async with coordinator(events, tmp_path, workload("w", remote, concurrency=1, **slow)) as coord:
-        tasks = [asyncio.create_task(coord.sync("w", "t0", tmp_path / f"l{i}")) for i in range(4)]
+        tasks = [asyncio.create_task(coord.sync("w", f"t{i}", tmp_path / f"l{i}")) for i in range(4)]
         await wait_until(lambda: coord.state("w")["queued"] == 3)
         coord.register(workload("w", remote, concurrency=2, **slow))
         assert coord.state("w") == {"running": 2, "queued": 2, "periodic_jobs": 0}
