@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from shared.events.codec import (
+    FAST_VALIDATORS,
     MAX_ENTRY_BYTES,
     MAX_EVENTS_PER_BATCH,
     MAX_SRC_LEN,
@@ -17,6 +18,7 @@ from shared.events.codec import (
     EventDecodeError,
     decode_batch,
     encode_batch,
+    explain_invalid,
     validate_event,
 )
 from shared.events.schema import EVENT_TYPES, SCHEMA_VERSION, UNMATCHED_PATH, EventType, Field
@@ -73,7 +75,9 @@ def test_round_trip_every_event_type() -> None:
         (b"", "undecodable"),
         (b"\xc1", "undecodable"),  # never-used msgpack byte
         (b"\x92\x01", "undecodable"),  # truncated array
-        (raw({"v": 1, "src": SRC, "events": [{1: "int key"}]}), "undecodable"),
+        (b"\x81\x91\x01\x02", "bad_envelope"),  # {[1]: 2}: a map whose key is an array
+        (raw({"v": 1, "src": SRC, "events": [{}]}) + b"\x00", "undecodable"),  # trailing bytes
+        (raw({1: 1, "src": SRC, "events": [{}]}), "bad_envelope"),
         (raw({"v": 1, "src": SRC, "events": [{"type": "ab"}]}).replace(b"\xa2ab", b"\xa2\xff\xfe"),
          "undecodable"),  # invalid UTF-8 in a str
         (raw([1, 2]), "bad_envelope"),
@@ -102,7 +106,7 @@ def test_limits() -> None:
     ev = {"type": "source.heartbeat", "seq": 1, "ts": 1.0}
     assert len(decode_batch(raw({"v": 1, "src": SRC, "events": [ev] * MAX_EVENTS_PER_BATCH})).events) == (
         MAX_EVENTS_PER_BATCH)
-    assert reason_of(raw({"v": 1, "src": SRC, "events": [ev] * (MAX_EVENTS_PER_BATCH + 1)})) == "undecodable"
+    assert reason_of(raw({"v": 1, "src": SRC, "events": [ev] * (MAX_EVENTS_PER_BATCH + 1)})) == "too_large"
     assert decode_batch(raw({"v": 1, "src": "s" * MAX_SRC_LEN, "events": [ev]})).src == "s" * MAX_SRC_LEN
     big = raw({"v": 1, "src": SRC, "events": [ev], "pad": b"\0" * MAX_ENTRY_BYTES})
     assert len(big) > MAX_ENTRY_BYTES and reason_of(big) == "too_large"
@@ -130,6 +134,9 @@ def test_error_carries_data() -> None:
         ([1, 2], "bad_event"),
         ("source.heartbeat", "bad_event"),
         ({"seq": 1, "ts": 1.0}, "unknown_type"),
+        ({1: "int key", "seq": 1, "ts": 1.0}, "unknown_type"),
+        ({"type": ["unhashable"], "seq": 1, "ts": 1.0}, "unknown_type"),
+        ({"type": {"a": 1}, "seq": 1, "ts": 1.0}, "unknown_type"),
         ({"type": "pool.exploded", "seq": 1, "ts": 1.0}, "unknown_type"),
         ({"type": 5, "seq": 1, "ts": 1.0}, "unknown_type"),
         ({"type": "source.heartbeat", "ts": 1.0}, "bad_event"),
@@ -189,6 +196,17 @@ def test_every_field_is_validated(type_: str, field: str, bad: Any) -> None:
     problem = validate_event(ev)
     assert problem is not None and problem[0] == "invalid_field", (ev, problem)
     assert field in problem[1]
+    assert FAST_VALIDATORS[type_](ev) is False, "the fast path must reject what the readable checks reject"
+
+
+def test_fast_and_readable_validation_agree() -> None:
+    """The generated fast validators and the readable checks give the same verdict on valid events too."""
+    for et in EVENT_TYPES:
+        ev = valid_event(et)
+        assert FAST_VALIDATORS[et.name](ev) is True and explain_invalid(ev) is None
+        for bad_envelope in ({"seq": 0}, {"seq": True}, {"ts": -1}, {"ts": math.inf}, {"ts": "x"}):
+            bad = {**ev, **bad_envelope}
+            assert FAST_VALIDATORS[et.name](bad) is False and explain_invalid(bad) is not None
 
 
 def test_numbers_accept_ints_for_floats_and_optional_nil() -> None:
