@@ -290,6 +290,19 @@ class TestPodmanRuntime(RuntimeContract):
         assert runtime.container_name("p-1") != other.container_name("p-1")
         assert PodmanRuntime(name_prefix="x").container_name("pool:a/b") == "x-pool_a_b"
 
+    async def test_podman_timeout_leaves_no_container(
+        self, runtime: ContainerRuntime, tmp_path: Path
+    ) -> None:
+        assert isinstance(runtime, PodmanRuntime)
+        impatient = PodmanRuntime(name_prefix=runtime.name_prefix, command_timeout_s=0.05)
+        cid = self.cid()
+        with pytest.raises(ContainerRuntimeError, match=r"did not finish within 0\.05s") as info:
+            await impatient.create(cid, self.workload(command=("sleep", "1000")), tmp_path / "c")
+        assert info.value.operation == "create"
+        assert not self.exists(impatient, cid)
+        await runtime.create(cid, self.workload(command=("sleep", "1000")), tmp_path / "c")  # name is free
+        assert await runtime.healthy(cid)
+
     async def test_missing_image_fails_fast_with_a_hint(
         self, runtime: ContainerRuntime, tmp_path: Path
     ) -> None:

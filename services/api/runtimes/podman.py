@@ -98,12 +98,15 @@ class PodmanRuntime:
             )
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.podman} is not installed (apt-get install podman runc)") from exc
+        limit = timeout or self.command_timeout_s
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout or self.command_timeout_s)
-        except (TimeoutError, asyncio.CancelledError):
+            out, err = await asyncio.wait_for(proc.communicate(), limit)
+        except (TimeoutError, asyncio.CancelledError) as exc:
             if proc.returncode is None:
                 proc.kill()  # our own child, by its pid
                 await proc.wait()
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"podman {' '.join(args[:2])} did not finish within {limit:g}s") from None
             raise
         return CommandResult(
             argv, proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
@@ -140,11 +143,13 @@ class PodmanRuntime:
             data_dir.mkdir(parents=True, exist_ok=True)
             result = await self.run(*args)
         except (OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):  # podman may have created it before we gave up
+                await self._remove_quietly(name)
             raise ContainerRuntimeError(container_id, "create", str(exc) or type(exc).__name__) from exc
         podman_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
         if result.returncode != 0 or not podman_id:
             if podman_id or "already in use" not in result.stderr:
-                await self.run("rm", "-f", "-t", "0", podman_id or name)  # half-created container
+                await self._remove_quietly(podman_id or name)
             hint = ""
             if "image not known" in result.stderr or "unable to find" in result.stderr.lower():
                 hint = f" (build the image with scripts/build-busybox-image.sh: {workload.image})"
@@ -155,6 +160,13 @@ class PodmanRuntime:
             )
         self._boxes[container_id] = _Box(podman_id, name, workload, data_dir)
         logger.debug("container %s is podman %s (%s)", container_id, podman_id[:12], name)
+
+    async def _remove_quietly(self, name_or_id: str) -> None:
+        """Best-effort removal of a half-created container (its own, generous time limit)."""
+        try:
+            await self.run("rm", "-f", "-t", "0", name_or_id, timeout=max(30.0, self.command_timeout_s))
+        except (OSError, TimeoutError) as exc:
+            logger.warning("could not remove podman container %s: %s", name_or_id, exc)
 
     async def destroy(self, container_id: str) -> None:
         box = self._boxes.get(container_id)
