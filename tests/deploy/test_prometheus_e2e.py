@@ -290,8 +290,9 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         'sum by (path) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))':
             ext(S.delta(http, ["path"], **five), w),
         "sum by (instance) (boilerhouse_aggregator_live_sources)": X.exact({X.key(): 1.0}),
+        # Caught up; a heartbeat entry may be in flight at the instant of a scrape.
         "max by (instance, partition) (boilerhouse_aggregator_consumer_lag_entries)":
-            X.exact({X.key(partition="0"): 0.0}),
+            X.between(X.key(partition="0"), 0.0, 2.0),
         "sum by (reason) (boilerhouse_events_lost_total)": X.exact({X.key(reason="seq_gap"): float(LOST_GAP)}),
         "sum by (service) (boilerhouse_events_dropped_total)": X.exact({X.key(service="batch"): float(DROPPED)}),
         "sum by (reason) (boilerhouse_aggregator_dead_letters_total)":
