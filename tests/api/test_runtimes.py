@@ -21,7 +21,7 @@ from services.api.runtimes import (
     UnknownRuntime,
     make_runtime,
 )
-from services.api.workloads import DEFAULT_IMAGE, Workload
+from services.api.workloads import DEFAULT_IMAGE, Workload, load_workloads
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_IMAGE = REPO / "scripts" / "build-busybox-image.sh"
@@ -115,6 +115,15 @@ class RuntimeContract:
         await runtime.create(cid, self.workload(command=_sh(script)), data)
         await eventually(lambda: (data / "env").exists(), what="env marker")
         assert (data / "env").read_text().split() == ["none", "contract"]
+
+    async def test_shipped_workloads_run(self, runtime: ContainerRuntime, tmp_path: Path) -> None:
+        shipped = load_workloads()
+        assert shipped
+        for workload in shipped.values():
+            cid = self.cid()
+            await runtime.create(cid, workload, tmp_path / cid)
+            assert await runtime.healthy(cid), f"shipped workload {workload.id} is not healthy"
+            await runtime.destroy(cid)
 
     async def test_destroy_stops_the_container_and_is_idempotent(
         self, runtime: ContainerRuntime, tmp_path: Path
