@@ -27,7 +27,8 @@ RCLONE_ERROR, TIMEOUT, PERMISSION_DENIED, NETWORK_ERROR = (
     "rclone_error", "timeout", "permission_denied", "network_error")
 
 # Order matters: the first class whose pattern appears in any error message wins.
-_PERMISSION = re.compile(r"permission denied|operation not permitted|\beacces\b|\beperm\b", re.I)
+_PERMISSION = re.compile(r"permission denied|operation not permitted|\beacces\b|\beperm\b|\b401 unauthorized"
+                         r"|\b403 forbidden|access denied", re.I)
 _TIMEOUT = re.compile(
     r"i/o timeout|context deadline exceeded|timeout awaiting|tls handshake timeout|client\.timeout exceeded"
     r"|connection timed out|\btimed out\b|max transfer duration reached", re.I)

@@ -92,14 +92,14 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> No
 class WebDav:
     """``rclone serve webdav`` on a free loopback port, a child process stopped by pid."""
 
-    def __init__(self, root: Path, workdir: Path, name: str = "DAV") -> None:
+    def __init__(self, root: Path, workdir: Path, name: str = "DAV", extra: tuple[str, ...] = ()) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.name = name
         # --dir-cache-time 0s: files the test writes into root are visible at once
         self.proc = Proc([rclone_binary(), "serve", "webdav", str(root), "--addr", f"127.0.0.1:{self.port}",
-                          "--dir-cache-time", "0s"], workdir, f"webdav-{self.port}")
+                          "--dir-cache-time", "0s", *extra], workdir, f"webdav-{self.port}")
         try:
             wait_for_port("127.0.0.1", self.port, timeout=15)
         except Exception:
@@ -399,6 +399,24 @@ async def test_permission_denied_reading_an_unreadable_local_dir(tmp_path: Path,
     assert classify_error(info.value.exit_code, info.value.errors) == "permission_denied"
     # the readable file was uploaded; sync skipped every deletion after the IO error
     assert read_tree(remote / "t1") == {**FILES, "ok.txt": b"ok"}
+
+
+@pytest.mark.anyio
+async def test_permission_denied_by_a_webdav_server_that_wants_a_password(
+        tmp_path: Path, events: list[Event]) -> None:
+    dav = WebDav(tmp_path / "locked-dav", tmp_path, name="LOCKED", extra=("--user", "owner", "--pass", "secret"))
+    try:
+        local = tmp_path / "local"
+        write_tree(local, FILES)
+        w = workload("w", "LOCKED:base", direction="upload", extra_args=FAST)
+        async with coordinator(events, tmp_path, w, env=dav.env) as coord:
+            with pytest.raises(SyncFailed) as info:
+                await coord.sync("w", "t1", local)
+    finally:
+        dav.stop()
+    assert_one_failure(events, info.value, "permission_denied")
+    assert "401 Unauthorized" in " ".join(info.value.errors)
+    assert read_tree(dav.root) == {}
 
 
 @pytest.mark.anyio
@@ -804,6 +822,10 @@ CAPTURED_FAILURES = {
         "2026/11/27 03:48:36 Failed to copy with 2 errors: last error was: mkdir /tmp/rx/imm2/sub: operation not "
         "permitted",
     ],
+    "permission_denied_http": [
+        '2026/11/27 04:05:09 Failed to create file system for "a:base/x": read metadata failed: '
+        "Unauthorized: 401 Unauthorized",
+    ],
     "network_error": [
         '2026/11/27 03:47:18 Failed to create file system for "dav:base/t1": read metadata failed: Propfind '
         '"http://127.0.0.1:18765/base/t1": dial tcp 127.0.0.1:18765: connect: connection refused',
@@ -840,7 +862,7 @@ def test_parse_output_takes_stats_and_ignores_info_lines() -> None:
 @pytest.mark.parametrize("name", sorted(CAPTURED_FAILURES))
 def test_classify_captured_failures(name: str) -> None:
     out = parse_output("\n".join([CONFIG_WARNING, *CAPTURED_FAILURES[name]]))
-    expected = name.removesuffix("_eperm")
+    expected = name.removesuffix("_eperm").removesuffix("_http")
     assert classify_error(1, out.errors) == expected
     assert classify_error(None, out.errors, deadline_exceeded=True) == "timeout"
 
