@@ -250,7 +250,10 @@ class SyncCoordinator:
     def remote_path(self, workload_id: str, tenant_id: str) -> str:
         """``{spec.remote}/{tenant_id}``: where a tenant's data lives."""
         _check_tenant(tenant_id)
-        return f"{self.spec(workload_id).remote.rstrip('/')}/{tenant_id}"
+        base = self.spec(workload_id).remote
+        if base.endswith(":"):  # the root of a configured remote
+            return f"{base}{tenant_id}"
+        return f"{base.rstrip('/')}/{tenant_id}"
 
     # ---- state snapshots --------------------------------------------------------------------
 

@@ -780,6 +780,15 @@ async def test_emitted_events_fold_into_the_seed_sync_metrics(tmp_path: Path, ev
 # ---- pure parts: plan, output parsing and classification on captured rclone 1.60 output ----------
 
 
+def test_remote_path_is_remote_slash_tenant() -> None:
+    coord = SyncCoordinator(lambda t, f: None)
+    cases = {"dav:": "dav:t1", "dav:base": "dav:base/t1", "dav:base/": "dav:base/t1", "/srv/x/": "/srv/x/t1",
+             "/": "/t1", "rel/dir": "rel/dir/t1"}
+    for remote, expected in cases.items():
+        coord.register(workload("w", remote))
+        assert coord.remote_path("w", "t1") == expected
+
+
 def test_plan_for_every_mode_and_direction() -> None:
     legs = {(m, d): plan(m, d, "L", "R") for m in ("sync", "copy", "bisync")
             for d in ("upload", "download", "bidirectional")}
