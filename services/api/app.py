@@ -22,9 +22,9 @@ from shared.events.publisher import Publisher
 from .clock import Clock, SystemClock
 from .containers import ContainerManager
 from .demo import DemoDriver
-from .errors import exception_handlers
+from .errors import ApiError, exception_handlers
 from .middleware import EventsMiddleware
-from .platform import Boilerhouse
+from .platform import Boilerhouse, PoolSpec
 from .routes import api_routes, pool_spec
 from .runtimes import ContainerRuntime, make_runtime
 from .settings import ApiSettings
@@ -73,6 +73,21 @@ def with_data_dir(workloads: dict[str, Workload], data_dir: str) -> dict[str, Wo
     return out
 
 
+def pool_specs(settings: ApiSettings, workloads: dict[str, Workload]) -> list[PoolSpec]:
+    """The pools of ``settings.pools_file``, validated like request bodies (errors name the file)."""
+    assert settings.pools_file
+    specs = []
+    for i, body in enumerate(load_pools_file(settings.pools_file)):
+        try:
+            spec = pool_spec(body, settings)
+        except ApiError as exc:
+            raise WorkloadError(f"{settings.pools_file}: pool #{i + 1}: {exc.detail}") from None
+        if spec.workload_id not in workloads:
+            raise WorkloadError(f"{settings.pools_file}: pool {spec.pool_id!r}: no workload {spec.workload_id!r}")
+        specs.append(spec)
+    return specs
+
+
 def create_app(
     settings: ApiSettings,
     publisher: Publisher | None = None,
@@ -88,10 +103,10 @@ def create_app(
     it; so is the publisher (flushed). ``runtime`` overrides the container runtime named in settings;
     ``demo`` starts the traffic driver of :mod:`services.api.demo` once the app is up.
     """
-    pub = publisher or make_publisher(settings)
     defs = with_data_dir(workloads if workloads is not None else load_workloads(settings.workloads_dir),
                          settings.data_dir)
-    pools = load_pools_file(settings.pools_file) if settings.pools_file else []
+    pools = pool_specs(settings, defs) if settings.pools_file else []
+    pub = publisher or make_publisher(settings)  # last: it starts a flusher thread
 
     async def healthz(request: Request) -> Response:
         platform = getattr(request.app.state, "platform", None)
@@ -113,8 +128,8 @@ def create_app(
         driver: DemoDriver | None = None
         try:
             await platform.start()
-            for body in pools:
-                await platform.create_pool(pool_spec(body, settings))
+            for spec in pools:
+                await platform.create_pool(spec)
             app.state.platform = platform
             pub.add_snapshot(platform.snapshot)
             if demo:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +15,12 @@ import httpx
 import pytest
 import redis
 from starlette.applications import Starlette
+from starlette.requests import Request
 
 from services.api.app import create_app
+from services.api.errors import exception_handlers
 from services.api.settings import ApiSettings
+from services.api.workloads import WorkloadError
 from services.embedded import free_port
 from shared.events.codec import ENTRY_FIELD, decode_batch
 from shared.events.publisher import Publisher
@@ -444,3 +449,31 @@ async def test_shipped_workloads_run_out_of_the_box(tmp_path: Path, redis_url: s
             assert r.status_code == 200 and r.json()["mode"] == "bisync", r.text
             assert (await client.post(f"{API}/tenants/t-n/release")).status_code == 200
     assert (data / "remote" / "notes" / "t-n" / "notes.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("pools: [{pool_id: a, workload_id: nope}]", "no workload 'nope'"),
+        ("- {pool_id: 'bad id', workload_id: plain}", "pool #1"),
+        ("- {pool_id: a, workload_id: plain, max_size: 0}", "max_size"),
+        ("{a: 1}", "expected a list"),
+    ],
+)
+def test_bad_pools_file_is_refused_before_start(tmp_path: Path, text: str, problem: str) -> None:
+    wdir = write_workloads(tmp_path, tmp_path / "remote", free_port())
+    pools = tmp_path / "pools.yaml"
+    pools.write_text(text)
+    settings = ApiSettings(workloads_dir=str(wdir), pools_file=str(pools))
+    with pytest.raises(WorkloadError, match=re.escape(problem)):
+        create_app(settings, publisher=None)
+
+
+async def test_unexpected_errors_are_500_json() -> None:
+    """The catch-all handler: a bug inside a handler answers 500 JSON, naming only the exception type."""
+    handler = exception_handlers()[Exception]
+    request = Request({"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""})
+    response = await handler(request, KeyError("secret-key"))
+    assert response.status_code == 500
+    body = json.loads(bytes(response.body))
+    assert body == {"error": "internal_error", "detail": "unexpected KeyError; see the server log"}
