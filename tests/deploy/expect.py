@@ -32,7 +32,7 @@ def as_result(samples: list[Sample], keep_target_labels: bool = False) -> Result
     return out
 
 
-def series(samples: Samples, name: str) -> dict[dict[str, str] | Key, float]:
+def series(samples: Samples, name: str) -> dict[Key, float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
@@ -54,7 +54,7 @@ class Snapshots:
     b: Samples
 
     def gauge(self, name: str, by: Iterable[str] = ()) -> Result:
-        return group(series(self.b, name), by)  # type: ignore[arg-type]
+        return group(series(self.b, name), by)
 
     def delta(self, name: str, by: Iterable[str] = (), where: Callable[[dict[str, str]], bool] = lambda _: True,
               ) -> Result:
@@ -62,12 +62,12 @@ class Snapshots:
         before, after = series(self.a, name), series(self.b, name)
         moved: dict[Key, float] = {}
         for labels, v in after.items():
-            if not where(dict(labels)):  # type: ignore[arg-type]
+            if not where(dict(labels)):
                 continue
             assert labels in before or v == 0, (
                 f"{name}{dict(labels)} (value {v}) appeared during the measured traffic: the warm-up must "
                 "create every series so Prometheus has a baseline for it")
-            moved[labels] = v - before.get(labels, 0.0)  # type: ignore[index]
+            moved[labels] = v - before.get(labels, 0.0)
         return group(moved, by)
 
     def quantile(self, name: str, q: float, by: Iterable[str] = ()) -> Result:

@@ -7,7 +7,14 @@ from pathlib import Path
 import yaml
 
 from services.aggregator.metrics import HISTOGRAM, METRICS
-from tests.deploy.queries import REPO, SEED_EQUIVALENTS, all_queries, dashboard, dashboard_queries, metric_names
+from tests.deploy.queries import (
+    REPO,
+    SEED_EQUIVALENTS,
+    all_queries,
+    dashboard,
+    dashboard_queries,
+    metric_names,
+)
 
 GRAFANA = REPO / "deploy" / "grafana"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"

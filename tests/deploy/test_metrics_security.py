@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,13 +33,17 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+#: ``serve(**settings)``: start the aggregator app with these settings on a real uvicorn server.
+Serve = Callable[..., ThreadServer]
+
+
 @pytest.fixture
-def serve(redis_url: str) -> Iterator[object]:
+def serve(redis_url: str) -> Iterator[Serve]:
     """``serve(**settings)`` starts the aggregator app on a real uvicorn server; all are stopped after."""
     servers: list[ThreadServer] = []
 
-    def start(**overrides: object) -> ThreadServer:
-        settings = AggregatorSettings(redis_url=redis_url, block_ms=50, **overrides)  # type: ignore[arg-type]
+    def start(**overrides: Any) -> ThreadServer:
+        settings = AggregatorSettings(redis_url=redis_url, block_ms=50, **overrides)
         server = ThreadServer(create_app(settings)).__enter__()
         servers.append(server)
         return server
@@ -52,7 +57,7 @@ def status(url: str, headers: dict[str, str] | None = None) -> int:
     return httpx.get(url, headers=headers or {}, timeout=10).status_code
 
 
-def test_open_by_default(serve) -> None:  # type: ignore[no-untyped-def]
+def test_open_by_default(serve: Serve) -> None:
     server = serve()
     r = httpx.get(server.url + "/metrics")
     assert r.status_code == 200
@@ -61,7 +66,7 @@ def test_open_by_default(serve) -> None:  # type: ignore[no-untyped-def]
     assert status(server.url + "/metrics", bearer("anything")) == 200
 
 
-def test_basic_auth(serve) -> None:  # type: ignore[no-untyped-def]
+def test_basic_auth(serve: Serve) -> None:
     server = serve(metrics_username=USER, metrics_password=PASSWORD)
     url = server.url + "/metrics"
     r = httpx.get(url)
@@ -80,7 +85,7 @@ def test_basic_auth(serve) -> None:  # type: ignore[no-untyped-def]
     wait_http(server.url + "/readyz")
 
 
-def test_bearer_token(serve) -> None:  # type: ignore[no-untyped-def]
+def test_bearer_token(serve: Serve) -> None:
     server = serve(metrics_bearer_token=TOKEN)
     url = server.url + "/metrics"
     r = httpx.get(url)
@@ -94,7 +99,7 @@ def test_bearer_token(serve) -> None:  # type: ignore[no-untyped-def]
     assert status(server.url + "/healthz") == 200
 
 
-def test_basic_and_bearer_together(serve) -> None:  # type: ignore[no-untyped-def]
+def test_basic_and_bearer_together(serve: Serve) -> None:
     server = serve(metrics_username=USER, metrics_password=PASSWORD, metrics_bearer_token=TOKEN)
     url = server.url + "/metrics"
     r = httpx.get(url)
@@ -105,7 +110,7 @@ def test_basic_and_bearer_together(serve) -> None:  # type: ignore[no-untyped-de
     assert status(url, bearer(PASSWORD)) == 401
 
 
-def test_metrics_disabled_leaves_health_endpoints(serve) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_disabled_leaves_health_endpoints(serve: Serve) -> None:
     server = serve(metrics_enabled=False)
     assert status(server.url + "/metrics") == 404
     assert status(server.url + "/healthz") == 200
@@ -138,7 +143,7 @@ def test_secrets_come_from_env_or_files_and_stay_out_of_repr(tmp_path: Path) -> 
     assert PASSWORD not in str(half.value)
 
 
-def test_secrets_never_logged(serve, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_secrets_never_logged(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     server = serve(metrics_username=USER, metrics_password=PASSWORD, metrics_bearer_token=TOKEN)
     url = server.url + "/metrics"
@@ -178,7 +183,7 @@ def test_aggregator_process_binds_configured_host_and_keeps_secrets_out_of_its_l
     assert PASSWORD not in log and TOKEN not in log
 
 
-def test_prometheus_scrapes_with_basic_auth(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_prometheus_scrapes_with_basic_auth(serve: Serve, tmp_path: Path) -> None:
     """The documented scrape config works against a protected aggregator, and wrong credentials show as down."""
     server = serve(metrics_username=USER, metrics_password=PASSWORD)
     (tmp_path / "pw").write_text(PASSWORD)
@@ -234,7 +239,7 @@ def _concurrent_scrapes(url: str, n: int) -> list[httpx.Response]:
     return responses
 
 
-def test_concurrent_scrape_limit(serve, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_scrape_limit(serve: Serve, redis_url: str) -> None:
     limited = serve(max_concurrent_scrapes=1)
     _fill_state(redis_url, limited.url, 3000)
     responses = _concurrent_scrapes(limited.url + "/metrics", 6)

@@ -14,7 +14,8 @@ ALERTS_TEST_YML = DEPLOY_PROMETHEUS / "alerts_test.yml"
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def alert_rules() -> list[dict[str, Any]]:

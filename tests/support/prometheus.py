@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -109,7 +109,7 @@ class Prometheus:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def start(self, timeout: float = 30.0) -> Prometheus:
+    def start(self, timeout: float = 30.0) -> Self:
         args = [
             tool("prometheus"),
             f"--config.file={self.config_file}",
@@ -139,7 +139,7 @@ class Prometheus:
             self.proc.stop()
         self.http.close()
 
-    def __enter__(self) -> Prometheus:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
