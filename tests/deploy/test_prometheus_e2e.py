@@ -9,6 +9,7 @@ exposition before and after the measured traffic (itself checked against the req
 
 from __future__ import annotations
 
+import math
 import subprocess
 import time
 from collections import Counter
@@ -164,12 +165,16 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
                                                  "max_size": 4})
         api("POST", "/api/v1/pools", 201, json={"pool_id": "broken", "workload_id": "broken", "min_size": 1,
                                                  "max_size": 2})
+        # Scales back to zero after 0.5 s without claims: idle, not exhausted (PoolExhausted leaves it out).
+        api("POST", "/api/v1/pools", 201, json={"pool_id": "spare", "workload_id": "echo", "min_size": 0,
+                                                 "max_size": 2, "idle_timeout_s": 0.5})
         api("POST", "/api/v1/tenants/t-files/claim", 200, json={"pool_id": "files"})
         api("POST", "/api/v1/tenants/t-broken/claim", 200, json={"pool_id": "broken"})
         one_of_each(api)
         api("GET", "/api/v1/workloads", 200)    # marker: the last warm-up request
         wait_exposition(agg_url, lambda s: total(s, P + "http_requests_total", path="/api/v1/workloads") == 1
-                        and total(s, P + "aggregator_live_sources") == 2, "the warm-up folded")
+                        and total(s, P + "aggregator_live_sources") == 2
+                        and total(s, P + "pool_size", pool_id="spare") == 0, "the warm-up folded")
 
         # ---- Prometheus from here on: its first sample of every series is the warm-up state ------------
         prom.start()
@@ -229,6 +234,13 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         client.close()
 
 
+def ratio(a: float, b: float) -> float:
+    """PromQL division: x/0 is NaN for 0/0 and ±Inf otherwise."""
+    if b == 0:
+        return math.nan if a == 0 else math.copysign(math.inf, a)
+    return a / b
+
+
 def server_error(labels: dict[str, str]) -> bool:
     return labels["status"].startswith("5")
 
@@ -244,7 +256,9 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
 
     size = S.gauge(P + "pool_size", ["pool_id", "workload_id"])
     borrowed = S.gauge(P + "pool_borrowed", ["pool_id", "workload_id"])
-    util = {k: borrowed[k] / size[k] for k in size}
+    available = S.gauge(P + "pool_available", ["pool_id", "workload_id"])
+    min_size = S.gauge(P + "pool_min_size", ["pool_id", "workload_id"])
+    util = {k: ratio(borrowed[k], size[k]) for k in size}
     by_pool = {frozenset({("pool_id", dict(k)["pool_id"])}): v for k, v in util.items()}
     acq = P + "container_acquire_duration_seconds"
     sync_d = P + "sync_duration_seconds"
@@ -259,7 +273,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         "sum(boilerhouse_pool_borrowed)": X.exact(S.gauge(P + "pool_borrowed")),
         "sum(boilerhouse_pool_available)": X.exact(S.gauge(P + "pool_available")),
         "boilerhouse_pool_borrowed / boilerhouse_pool_size * 100":
-            X.exact({k: borrowed[k] / size[k] * 100 for k in size}),
+            X.exact({k: ratio(borrowed[k], size[k]) * 100 for k in size}),
         "sum(boilerhouse_sync_concurrent_operations)": X.exact(S.gauge(P + "sync_concurrent_operations")),
         "sum(increase(boilerhouse_sync_errors_total[1h]))": ext(S.delta(P + "sync_errors_total")),
         "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))":
@@ -312,8 +326,8 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
     dropped = S.gauge(P + "events_dropped_total", ["service"])
     dead = S.gauge(P + "aggregator_dead_letters_total", ["reason"])
     out.update({
-        alerts["PoolExhausted"]: X.exact(X.where(S.gauge(P + "pool_available", ["pool_id", "workload_id"]),
-                                                 lambda v: v == 0)),
+        alerts["PoolExhausted"]: X.exact({k: v for k, v in available.items()
+                                          if v == 0 and not (min_size[k] == 0 and borrowed[k] == 0)}),
         alerts["HighSyncErrorRate"]: ext(
             {k: v * w for k, v in X.where(sync_rate, lambda v: v > 0.1).items()}, w),
         alerts["SlowContainerAcquisition"]: X.exact(X.where(S.quantile(acq, 0.99, ["pool_id"]), lambda v: v > 30)),
@@ -336,6 +350,7 @@ def test_traffic_shape(stack: Stack) -> None:
     """The traffic is what the alert checks below rely on: an exhausted pool, a failing workload, a lost producer."""
     pools = {p["pool_id"]: p["stats"] for p in stack.pools_api}
     assert pools["web"]["available"] == 0 and pools["web"]["borrowed"] == 2
+    assert pools["spare"]["size"] == 0 and pools["spare"]["min_size"] == 0 and pools["spare"]["borrowed"] == 0
     assert stack.live_before == 2
     assert SYNC_FAILURES / 300 > 0.1
 
