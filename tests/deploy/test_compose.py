@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +135,55 @@ def test_operations_guide_documents_every_setting() -> None:
     assert len(variables) > 20
     missing = sorted(v for v in variables if f"`{v}`" not in docs)
     assert not missing, f"not in docs/operations.md: {missing}"
+
+
+def test_compose_environment_names_are_real_settings(config: dict[str, Any]) -> None:
+    """A misspelt variable in compose.yaml would be silently ignored: every one must be read somewhere."""
+    read = set()
+    for path in (REPO / "services").rglob("*.py"):
+        read |= set(re.findall(r'"(BOILERHOUSE_[A-Z_]+)"', path.read_text()))
+    read |= {f"{v}_FILE" for v in ("BOILERHOUSE_METRICS_PASSWORD", "BOILERHOUSE_METRICS_BEARER_TOKEN")}
+    used = {name for s in config["services"].values() for name in s.get("environment", {})
+            if name.startswith("BOILERHOUSE_")}
+    assert used, "compose.yaml configures no service?"
+    assert used <= read, f"not read by any service: {sorted(used - read)}"
+
+
+def _copy_context(dest: Path) -> None:
+    """Lay out what the Dockerfile's COPY lines take from the build context, minus .dockerignore."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if not line.startswith("COPY "):
+            continue
+        *sources, _target = shlex.split(line)[1:]
+        for source in sources:
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, dest / source, ignore=ignore)
+            else:
+                shutil.copy2(REPO / source, dest / source)
+
+
+def test_image_context_builds_installs_and_runs(tmp_path: Path) -> None:
+    """`pip install .` on exactly what the image gets works, and the installed command runs from it."""
+    context, site = tmp_path / "context", tmp_path / "site"
+    context.mkdir()
+    _copy_context(context)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheels"), str(context)],
+                           capture_output=True, text=True, timeout=240, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "wheels").glob("*.whl")
+    installed = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+                               capture_output=True, text=True, timeout=240, check=False)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert (site / "services" / "api" / "workloads" / "echo.yaml").is_file(), "workload examples not packaged"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import services, shared; print(services.__file__); print(shared.__file__)"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=False)
+    assert probe.returncode == 0, probe.stderr
+    assert all(Path(p).is_relative_to(site) for p in probe.stdout.split()), probe.stdout
+    for sub in ("api", "aggregator"):
+        helped = subprocess.run([sys.executable, "-m", "services.cli", sub, "--help"], capture_output=True,
+                                text=True, timeout=60, cwd=tmp_path, env=env, check=False)
+        assert helped.returncode == 0 and "--port" in helped.stdout, helped.stderr
