@@ -236,7 +236,8 @@ def _generate_fast(et: EventType) -> Callable[[dict[str, Any]], bool]:
                 env[f"_m{i}"] = f.minimum
                 lines.append(f"{indent}if v < _m{i}: return False")
     lines += ["  except KeyError:", "    return False", "  return True"]
-    exec("\n".join(lines), env)  # noqa: S102  (generated from the schema only)
+    code = compile("\n".join(lines), f"<fast validator of {et.name}>", "exec")
+    exec(code, env)  # noqa: S102  (generated from the schema only)
     fast: Callable[[dict[str, Any]], bool] = env["fast"]
     fast.__qualname__ = f"fast_validate[{et.name}]"
     return fast

@@ -1,0 +1,27 @@
+"""The benchmark command runs end to end (tiny sizes; no timing is asserted: figures live in docs/performance.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmarks_quick_run_produces_every_table() -> None:
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for heading in ("## Hot path", "## Aggregator throughput", "## Where the aggregator's time goes", "## Analysis"):
+        assert heading in out, heading
+    assert "| `Counter.labels(a, b).inc()` |" in out and "| **producer CPU per event**" in out
+    assert "| ours |" in out and "| naive |" in out
+    assert "apply_batch" in out, "the profile names the fold"
+
+
+def test_performance_md_is_a_benchmark_report() -> None:
+    text = (ROOT / "docs" / "performance.md").read_text()
+    assert text.startswith("# Performance") and "Written by `make bench`" in text
+    assert "| ours |" in text and "| naive |" in text and "Measured 20" in text
