@@ -41,8 +41,8 @@ StreamId = tuple[int, int]
 MAX_SEQ = 2**64 - 1
 PAGE = 1000
 
-TIME_FORMS = ("RFC 3339 / ISO 8601 (2026-11-27T03:00:00Z; no zone means UTC), unix seconds (1764212400), "
-              "relative to now (-15m, now-2h, -1h30m), 'now', or a stream id (1764212400000-0)")
+TIME_FORMS = ("RFC 3339 / ISO 8601 (2026-11-27T03:00:00Z; no zone means UTC), unix seconds (1795748400), "
+              "relative to now (-15m, now-2h, -1h30m), 'now', or a stream id (1795748400000-0)")
 
 
 class ReplayError(ValueError):
