@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -179,13 +180,13 @@ def test_tail_follow_prints_new_events_as_they_arrive(history: int, redis_url: s
     )
 
 
-def _wait_for(read: object, text: str, timeout: float = 20.0) -> None:
+def _wait_for(read: Callable[[], str], text: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in read():  # type: ignore[operator]
+        if text in read():
             return
         time.sleep(0.05)
-    raise AssertionError(f"{text!r} not printed within {timeout}s:\n{read()}")  # type: ignore[operator]
+    raise AssertionError(f"{text!r} not printed within {timeout}s:\n{read()}")
 
 
 @pytest.mark.parametrize(
