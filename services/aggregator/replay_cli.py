@@ -205,9 +205,10 @@ def _value(v: Any) -> str:
 
 def event_fields(ev: dict[str, Any]) -> str:
     """``k=v`` of the event's fields in catalogue order (unknown keys after, sorted)."""
-    et = EVENT_TYPES_BY_NAME.get(ev.get("type"))  # type: ignore[arg-type]
+    type_ = ev.get("type")
+    et = EVENT_TYPES_BY_NAME.get(type_) if isinstance(type_, str) else None
     names = [f.name for f in et.fields] if et else []
-    rest = sorted(k for k in ev if k not in names and k not in ("type", "seq", "ts"))
+    rest = sorted((k for k in ev if k not in names and k not in ("type", "seq", "ts")), key=str)
     return " ".join(f"{k}={_value(ev[k])}" for k in [*names, *rest] if k in ev and ev[k] is not None)
 
 
@@ -220,7 +221,8 @@ def _event_time(ev: dict[str, Any], entry: Entry) -> str:
 
 def json_line(entry: Entry, ev: dict[str, Any]) -> str:
     assert entry.batch is not None
-    doc = {"id": entry.id_str, "partition": entry.partition, "src": entry.batch.src, **ev}
+    doc = {"id": entry.id_str, "partition": entry.partition, "src": entry.batch.src,
+           **{k if isinstance(k, str) else repr(k): v for k, v in ev.items()}}
     return json.dumps(doc, default=repr)
 
 
@@ -406,12 +408,12 @@ def _stats(args: argparse.Namespace, settings: AggregatorSettings, client: redis
             info = sources.setdefault(src, {"service": src.split(":", 1)[0], "version": "", "events": 0,
                                             "last_ts": 0.0, "stopped": False})
             for ev in entry.batch.events:
+                info["events"] += 1
                 if type(ev) is not dict:
                     by_type["<not a map>"] += 1
                     continue
                 type_ = str(ev.get("type"))
                 by_type[type_] += 1
-                info["events"] += 1
                 ts = ev.get("ts")
                 if isinstance(ts, int | float) and ts > info["last_ts"]:
                     info["last_ts"] = float(ts)

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import msgpack
 import redis
 
 from services.aggregator.consumer import Consumer
 from services.aggregator.settings import AggregatorSettings
 from shared.events.codec import ENTRY_FIELD, EventDecodeError, decode_batch, encode_batch
 from shared.events.streams import stream_key
+from tests.support.expo import parse
 from tests.support.procs import boilerhouse
 
 from .conftest import Run
@@ -230,3 +232,46 @@ def test_unreachable_bus_is_a_message_not_a_traceback(run: Run) -> None:
     code, out, err = run("events", "stats", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 1
     assert err.startswith("boilerhouse: error: event bus redis://127.0.0.1:1/0: ")
+
+
+def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redis) -> None:
+    """Events the aggregator dead-letters still print: odd keys, odd types, no timestamp."""
+    payload = msgpack.packb({"v": 1, "src": "odd:host:1:0", "events": [
+        {"type": ["not", "a", "string"], "seq": 1, 7: "int key"},
+        "not a map",
+        {"type": "container.acquired", "seq": 2, "pool_id": "web", "status": "lost", "extra": b"\x00"},
+    ]}, use_bin_type=True, strict_types=False)
+    redis_client.xadd(stream_key(0), {ENTRY_FIELD: payload}, id="1764201600000-0")
+    code, out, err = run("events", "range")
+    assert (code, err) == (0, "")
+    assert out == (
+        "TIME                      TYPE                    SOURCE        FIELDS\n"
+        "2025-11-27T00:00:00.000Z  ['not', 'a', 'string']  odd:host:1:0  7=\"int key\"\n"
+        "2025-11-27T00:00:00.000Z  container.acquired      odd:host:1:0  pool_id=web status=lost extra=b'\\x00'\n"
+    )
+    code, out, _ = run("events", "range", "--json")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"id": "1764201600000-0", "partition": 0, "src": "odd:host:1:0", "type": ["not", "a", "string"], "seq": 1,
+         "7": "int key"},
+        {"id": "1764201600000-0", "partition": 0, "src": "odd:host:1:0", "type": "container.acquired", "seq": 2,
+         "pool_id": "web", "status": "lost", "extra": "b'\\x00'"},
+    ]
+    code, out, _ = run("events", "stats", "--to", "1764201600000-0")
+    assert code == 0
+    assert out.splitlines()[2:13] == [
+        "TYPE                    EVENTS  RATE/S",
+        "<not a map>                  1       -",
+        "['not', 'a', 'string']       1       -",
+        "container.acquired           1       -",
+        "total                        3       -",
+        "",
+        "PRODUCERS: 0 live (an event within 30s of 2025-11-27T00:00:00.000Z, not stopped)",
+        "SOURCE        SERVICE  VERSION  EVENTS  LAST EVENT  STATE",
+        "odd:host:1:0  odd      -             3  -           silent",
+        "",
+        "CONSUMER GROUPS",
+    ]
+    code, out, _ = run("replay", "--at", "1764201600000-0")
+    assert code == 0
+    dead = {k: v for k, v in parse(out).items() if k[0] == "boilerhouse_aggregator_dead_letters_total"}
+    assert sum(dead.values()) == 3
