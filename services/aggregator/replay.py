@@ -172,8 +172,10 @@ class EventFilter:
     def matches(self, src: str, ev: Any) -> bool:
         if type(ev) is not dict:
             return False
-        if self.type_pattern is not None and ev.get("type") not in self.types:
-            return False
+        if self.type_pattern is not None:
+            type_ = ev.get("type")
+            if not isinstance(type_, str) or type_ not in self.types:
+                return False
         if self.pool is not None and ev.get("pool_id") != self.pool:
             return False
         if self.workload is not None and ev.get("workload_id") != self.workload:

@@ -271,6 +271,8 @@ def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redi
         "",
         "CONSUMER GROUPS",
     ]
+    code, out, _ = run("events", "tail", "--type", "container.*", "--pool", "web", "--json")
+    assert [json.loads(line)["status"] for line in out.splitlines()] == ["lost"]
     code, out, _ = run("replay", "--at", "1764201600000-0")
     assert code == 0
     dead = {k: v for k, v in parse(out).items() if k[0] == "boilerhouse_aggregator_dead_letters_total"}
