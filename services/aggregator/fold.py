@@ -339,8 +339,14 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
     fast_validators, handlers = FAST_VALIDATORS, HANDLERS
     for ev in batch.events:
         # Fast path: one generated check per type (see codec.py); the readable one explains rejects.
-        fast = fast_validators.get(ev.get("type")) if type(ev) is dict and type(ev.get("type")) is str else None
-        if fast is None or not fast(ev):
+        # Decoded events are plain dicts, lists, strings or numbers: a non-dict or an unknown or
+        # unhashable type fails the lookup.
+        try:
+            type_ = ev["type"]
+            valid = fast_validators[type_](ev)
+        except (KeyError, TypeError, IndexError):
+            valid = False
+        if not valid:
             problem = explain_invalid(ev)
             if problem is not None:
                 rejected.append((problem[0], problem[1], ev))
@@ -349,6 +355,7 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
                     gap += seq - last - 1
                     last = seq
                 continue
+            type_ = ev["type"]  # valid after all (the readable checks have the last word)
         seq = ev["seq"]
         if seq <= last:
             duplicates += 1
@@ -356,7 +363,6 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
         if seq != last + 1:
             gap += seq - last - 1
         last = seq
-        type_ = ev["type"]
         handlers[type_](state, src, ev)
         per_type[type_] = per_type.get(type_, 0) + 1
         ts = ev["ts"]
