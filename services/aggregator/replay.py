@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 StreamId = tuple[int, int]
 MAX_SEQ = 2**64 - 1
 PAGE = 1000
+#: Entries of the first page read, and the bytes a page should hold at most.
+FIRST_PAGE = 16
+PAGE_BYTES = 8 << 20
 
 TIME_FORMS = ("RFC 3339 / ISO 8601 (2026-11-27T03:00:00Z; no zone means UTC), unix seconds (1795748400), "
               "relative to now (-15m, now-2h, -1h30m), 'now', or a stream id (1795748400000-0)")
@@ -210,16 +213,22 @@ def decode_entry(partition: int, raw_id: bytes, fields: dict[bytes, bytes] | Non
 
 def _partition_entries(client: redis.Redis, key: str, partition: int, start: StreamId, end: StreamId,
                        page: int, reverse: bool = False) -> Iterator[Entry]:
+    """Pages of at most ``page`` entries and about :data:`PAGE_BYTES`; the first page is small (a tail
+    usually needs a few entries, and entries hold up to 1 MiB)."""
     lo, hi = format_id(start), format_id(end)
+    count = min(page, FIRST_PAGE)
     while True:
         if reverse:
-            rows = client.xrevrange(key, max=hi, min=lo, count=page)
+            rows = client.xrevrange(key, max=hi, min=lo, count=count)
         else:
-            rows = client.xrange(key, min=lo, max=hi, count=page)
+            rows = client.xrange(key, min=lo, max=hi, count=count)
+        size = 0
         for raw_id, fields in rows:
+            size += len((fields or {}).get(ENTRY_FIELD) or b"")
             yield decode_entry(partition, raw_id, fields)
-        if len(rows) < page:
+        if len(rows) < count:
             return
+        count = max(1, min(page, count * 4, PAGE_BYTES * len(rows) // max(size, 1)))
         last = rows[-1][0].decode()
         if reverse:
             hi = "(" + last
