@@ -26,7 +26,7 @@ from .errors import ApiError, exception_handlers
 from .middleware import EventsMiddleware
 from .platform import Boilerhouse, PoolSpec
 from .routes import api_routes, pool_spec
-from .runtimes import ContainerRuntime, make_runtime
+from .runtimes import RUNTIMES, ContainerRuntime, UnknownRuntime, make_runtime
 from .settings import ApiSettings
 from .sync import SyncCoordinator
 from .workloads import Workload, WorkloadError, load_workloads
@@ -106,6 +106,8 @@ def create_app(
     defs = with_data_dir(workloads if workloads is not None else load_workloads(settings.workloads_dir),
                          settings.data_dir)
     pools = pool_specs(settings, defs) if settings.pools_file else []
+    if runtime is None and settings.runtime not in RUNTIMES:
+        raise UnknownRuntime(settings.runtime)
     pub = publisher or make_publisher(settings)  # last: it starts a flusher thread
 
     async def healthz(request: Request) -> Response:

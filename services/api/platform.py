@@ -109,6 +109,7 @@ class Boilerhouse:
         self._specs: dict[str, PoolSpec] = {}
         self._claims: dict[str, str] = {}  # tenant -> pool id (also while the claim is in progress)
         self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         for w in self.workloads.values():
             if w.sync is not None:
                 sync.register(w)
@@ -122,7 +123,8 @@ class Boilerhouse:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Nothing to start yet: pools start when created, periodic syncs when tenants claim."""
+        """Remember the event loop (snapshots are emitted on it); pools start when created."""
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
         """Close every pool (destroying its containers), stop periodic syncs, close the runtime."""
@@ -136,7 +138,20 @@ class Boilerhouse:
         logger.info("platform closed")
 
     def snapshot(self) -> None:
-        """Publish every gauge snapshot (called on each publisher heartbeat, from its flusher thread)."""
+        """Publish every gauge snapshot; called on each publisher heartbeat, from its flusher thread.
+
+        The work is handed to the event loop, so a snapshot never interleaves with a pool's own updates
+        (a pool.state read before a deletion must not be published after its pool.removed).
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self.emit_snapshots)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def emit_snapshots(self) -> None:
         for pool in list(self._pools.values()):
             pool.emit_state()
         self.syncer.emit_state()
