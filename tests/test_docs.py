@@ -216,3 +216,8 @@ def test_every_documented_dead_letter_reason(redis_url: str, redis_client: redis
     dead = redis_client.xrange("boilerhouse:deadletter:{0}")
     assert sorted(f[b"reason"].decode() for _, f in dead) == sorted([*entries, "invalid_field"])
     assert all(f[b"entry_id"] and b"detail" in f for _, f in dead)
+    by_reason = {f[b"reason"].decode(): f for _, f in dead}
+    assert by_reason["undecodable"][b"payload"] == entries["undecodable"]["b"]
+    assert msgpack.unpackb(by_reason["missing_field"][b"payload"]) == {"x": b"1"}
+    unknown = msgpack.unpackb(by_reason["unknown_type"][b"payload"])
+    assert unknown["src"] == src and unknown["event"]["type"] == "pool.exploded"
