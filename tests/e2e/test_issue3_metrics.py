@@ -283,8 +283,8 @@ def test_every_seed_metric_from_real_work(tmp_path: Path, redis_url: str, immuta
 
 def run_scenario(api: Api, tmp: Path, webdav: Proc) -> None:
     api.call("GET", f"{API}/workloads", 200)
-    # web: two warm containers, reservations that expire after 1.5 s, claims that wait 0.5 s at most
-    api.create_pool("web", "plain", 2, 2, affinity_timeout_s=1.5)
+    # web: two warm containers, reservations that expire after 2.5 s, claims that wait 0.5 s at most
+    api.create_pool("web", "plain", 2, 2, affinity_timeout_s=2.5)
     api.create_pool("spare", "plain", 1, 1)
     api.create_pool("grow", "plain", 1, 3)
     api.create_pool("temp", "plain", 1, 1)
