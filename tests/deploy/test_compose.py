@@ -57,7 +57,7 @@ def test_services_run_the_project_image_against_redis(config: dict[str, Any]) ->
     assert 'boilerhouse = "services.cli:main"' in pyproject
     for name, sub in (("api", "api"), ("aggregator", "aggregator")):
         service = config["services"][name]
-        assert Path(service["build"]["context"]) == REPO
+        assert Path(service["build"]["context"]).resolve() == REPO.resolve()
         assert (REPO / service["build"].get("dockerfile", "Dockerfile")).is_file()
         assert service["command"][:2] == ["boilerhouse", sub]
         assert service["environment"]["BOILERHOUSE_REDIS_URL"] == "redis://redis:6379/0"
@@ -74,7 +74,7 @@ def test_prometheus_scrapes_the_aggregator_with_the_rules(config: dict[str, Any]
     prom = config["services"]["prometheus"]
     mounts = {v["target"]: v for v in prom["volumes"]}
     etc = Path(mounts["/etc/prometheus"]["source"])
-    assert etc == REPO / "deploy" / "prometheus"
+    assert etc.resolve() == (REPO / "deploy" / "prometheus").resolve()
     flags = prom["command"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in flags
     # The rule files the config names are inside the mounted directory.
@@ -85,8 +85,8 @@ def test_prometheus_scrapes_the_aggregator_with_the_rules(config: dict[str, Any]
 
 def test_grafana_is_provisioned(config: dict[str, Any]) -> None:
     grafana = config["services"]["grafana"]
-    mounts = {v["target"]: Path(v["source"]) for v in grafana["volumes"] if v["type"] == "bind"}
-    assert mounts["/etc/grafana/provisioning"] == REPO / "deploy" / "grafana" / "provisioning"
+    mounts = {v["target"]: Path(v["source"]).resolve() for v in grafana["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/grafana/provisioning"] == (REPO / "deploy" / "grafana" / "provisioning").resolve()
     assert (mounts["/etc/grafana/provisioning"] / "datasources" / "prometheus.yml").is_file()
     assert (mounts["/etc/grafana/provisioning"] / "dashboards" / "boilerhouse.yml").is_file()
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
@@ -99,9 +99,9 @@ def test_every_mounted_file_exists(config: dict[str, Any]) -> None:
              if v["type"] == "bind"]
     assert binds, "compose.yaml mounts nothing from the repository?"
     for name, volume in binds:
-        source = Path(volume["source"])
+        source = Path(volume["source"]).resolve()
         assert source.exists(), f"{name}: {source} does not exist"
-        assert REPO in source.parents or source == REPO, f"{name}: {source} is outside the repository"
+        assert source.is_relative_to(REPO.resolve()), f"{name}: {source} is outside the repository"
         assert volume.get("read_only") is True, f"{name}: configuration should be mounted read-only"
 
 
