@@ -201,7 +201,7 @@ def test_prometheus_scrapes_with_basic_auth(serve: Serve, tmp_path: Path) -> Non
         assert bad.query("boilerhouse_aggregator_checkpoint_age_seconds") == []
 
 
-def _fill_state(redis_url: str, server_url: str, series: int) -> None:
+def _fill_state(redis_url: str, server_url: str, series: int, headers: dict[str, str] | None = None) -> None:
     """Give the aggregator ``series`` HTTP histogram series so that one scrape takes a while to render."""
     pub = Publisher(redis_url, "load", heartbeat_interval_s=3600, flush_interval_s=0.01)
     try:
@@ -212,25 +212,26 @@ def _fill_state(redis_url: str, server_url: str, series: int) -> None:
         pub.close()
     name = "boilerhouse_http_requests_total"
     for _ in range(200):
-        samples = parse(httpx.get(server_url + "/metrics", timeout=30).text)
+        samples = parse(httpx.get(server_url + "/metrics", headers=headers or {}, timeout=30).text)
         if sum(1 for n, _ in samples if n == name) >= series:
             return
     raise AssertionError("events were not folded")
 
 
-def _concurrent_scrapes(url: str, n: int) -> list[httpx.Response]:
+def _concurrent_scrapes(url: str, n: int, headers: list[dict[str, str]] | None = None) -> list[httpx.Response]:
+    """``n`` scrapes released at once (the i-th with ``headers[i]``); responses in completion order."""
     barrier = threading.Barrier(n)
     responses: list[httpx.Response] = []
     lock = threading.Lock()
 
-    def scrape() -> None:
-        with httpx.Client(timeout=60) as client:
+    def scrape(h: dict[str, str]) -> None:
+        with httpx.Client(timeout=60, headers=h) as client:
             barrier.wait()
             r = client.get(url)
         with lock:
             responses.append(r)
 
-    threads = [threading.Thread(target=scrape) for _ in range(n)]
+    threads = [threading.Thread(target=scrape, args=((headers or [{}] * n)[i],)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -267,6 +268,19 @@ def _wait_same_series(url: str, series: int) -> None:
         if sum(1 for n, _ in samples if n == "boilerhouse_http_requests_total") >= series:
             return
     raise AssertionError("second aggregator did not fold the stream")
+
+
+def test_unauthenticated_scrapes_never_take_a_slot(serve: Serve, redis_url: str) -> None:
+    """Credentials are checked before the concurrency limit: strangers get 401, never 429."""
+    server = serve(max_concurrent_scrapes=1, metrics_bearer_token=TOKEN)
+    _fill_state(redis_url, server.url, 3000, bearer(TOKEN))
+    good, bad = bearer(TOKEN), bearer("guess")
+    responses = _concurrent_scrapes(server.url + "/metrics", 8, [good, bad] * 4)
+    by_auth: dict[bool, list[int]] = {True: [], False: []}
+    for r in responses:
+        by_auth[r.request.headers["authorization"] == good["Authorization"]].append(r.status_code)
+    assert sorted(set(by_auth[False])) == [401]
+    assert 200 in by_auth[True] and 429 in by_auth[True], by_auth[True]
 
 
 def test_scrape_limit_setting_from_env() -> None:
