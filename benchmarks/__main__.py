@@ -66,9 +66,46 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
+HISTORY_BEGIN = "<!-- history: one row per `make bench`, newest last -->"
+HISTORY_END = "<!-- end of history -->"
+HISTORY_HEADER = [
+    "| date (UTC) | load before | emit idle | emit steady | producer CPU | ours events/s | naive events/s | ours/naive |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+HISTORY_KEEP = 12
+#: Everything after this line in docs/performance.md belongs to other benchmarks and is kept as it is.
+KEPT_MARKER = "<!-- End of the `make bench` report. Sections below come from other benchmarks and are kept as they are. -->"
+
+
+def kept_tail(previous: str) -> str:
+    """The part of an earlier docs/performance.md that other benchmarks wrote (after KEPT_MARKER)."""
+    if KEPT_MARKER in previous:
+        return previous[previous.index(KEPT_MARKER) + len(KEPT_MARKER):].lstrip("\n")
+    if "\n## Replay and rebuild" in previous:  # written before the marker existed
+        return previous[previous.index("\n## Replay and rebuild") + 1:]
+    return ""
+
+
+def history_rows(previous: str) -> list[str]:
+    """The history rows of an earlier docs/performance.md (empty if it has none)."""
+    if HISTORY_BEGIN not in previous or HISTORY_END not in previous:
+        return []
+    block = previous[previous.index(HISTORY_BEGIN) + len(HISTORY_BEGIN):previous.index(HISTORY_END)]
+    return [line for line in block.strip().splitlines()[2:] if line.startswith("| ")]
+
+
+def history_row(facts: dict[str, str], load_before: str, hp: hotpath.HotPathResult,
+                tp: throughput.ThroughputResult) -> str:
+    return (f"| {facts['date'].removesuffix(' UTC')} | {load_before.split()[0]} "
+            f"| {hp.emit_idle_thread_cpu / hp.counter_inc:.2f}x | {hp.emit_ratio:.2f}x | {hp.producer_ratio:.2f}x "
+            f"| {tp.best_ours.rate:,.0f} | {tp.best_naive.rate:,.0f} | {tp.ratio:.1f}x |")
+
+
 def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathResult, tp: throughput.ThroughputResult,
-           bd: breakdown.Breakdown, typed: float, prof: str, args: argparse.Namespace) -> str:
+           bd: breakdown.Breakdown, typed: float, prof: str, args: argparse.Namespace,
+           history: list[str] | None = None) -> str:
     ours, naive = tp.best_ours, tp.best_naive
+    rows = [*(history or []), history_row(facts, loads[0], hp, tp)][-HISTORY_KEEP:]
     flusher = hp.producer_cpu_per_event - hp.emit_thread_cpu
     lines = [
         "# Performance",
@@ -165,6 +202,17 @@ def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathRes
         prof,
         "```",
         "",
+        "## Run to run",
+        "",
+        "The key ratios of the last runs on this kind of machine (targets: emit ≤ 0.25x, producer CPU ≤ 1.0x,",
+        "ours ≥ 250,000 events/s and ≥ 5x naive). The spread is the noise of a shared 2-core VM; read a",
+        "single run with it in mind.",
+        "",
+        HISTORY_BEGIN,
+        *HISTORY_HEADER,
+        *rows,
+        HISTORY_END,
+        "",
         ANALYSIS,
     ]
     return "\n".join(lines) + "\n"
@@ -255,11 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         bd = breakdown.run(min(n_ours, 200_000))
         typed = typed_decode.run(min(n_ours, 200_000))
         prof = profile.run(server.url, args.profile_events)
-    text = render(facts, (before, load()), hp, tp, bd, typed, prof, args)
+    output = Path(args.output)
+    previous = output.read_text() if output.exists() else ""
+    text = render(facts, (before, load()), hp, tp, bd, typed, prof, args, history_rows(previous))
+    tail = kept_tail(previous)
+    text += "\n" + KEPT_MARKER + "\n" + ("\n" + tail if tail else "")
     if args.no_write or args.quick:
         print(text)
     else:
-        Path(args.output).write_text(text)
+        output.write_text(text)
         print(f"wrote {args.output}")
     return 0
 
