@@ -10,6 +10,7 @@ exposition before and after the measured traffic (itself checked against the req
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from shared.events.codec import ENTRY_FIELD, encode_batch
 from shared.events.publisher import Publisher
 from shared.events.streams import stream_key
 from tests.deploy import expect as X
-from tests.deploy.queries import alert_expressions, all_queries, metric_names
+from tests.deploy.queries import alert_expressions, all_queries, dashboard, metric_names
 from tests.support.expo import Samples, names, parse
 from tests.support.procs import Proc, boilerhouse, wait_http
 from tests.support.prometheus import AGGREGATOR_JOB, Prometheus, tool
@@ -416,6 +417,22 @@ def test_promtool_check_metrics_on_the_exposition(stack: Stack) -> None:
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
 
+def test_dashboard_legends_use_labels_the_queries_return(stack: Stack) -> None:
+    """A legend such as ``{{pool_id}}`` only works if every series of the panel's query has that label."""
+    checked = 0
+    for panel in dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            wanted = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+            if not wanted:
+                continue
+            result = stack.prom.query(target["expr"])
+            assert result, f"{panel['title']}: no series to label"
+            for sample in result:
+                assert wanted <= set(sample.labels), (panel["title"], wanted, sample.labels)
+            checked += 1
+    assert checked >= 15
+
+
 def test_aggregator_down_alert_fires_when_the_aggregator_stops(stack: Stack) -> None:
     """Last (it stops the aggregator): AggregatorDown's expression finds the target, then the alert pends."""
     expr = alert_expressions()["AggregatorDown"]
@@ -429,3 +446,4 @@ def test_aggregator_down_alert_fires_when_the_aggregator_stops(stack: Stack) -> 
     assert time.time() - stopped < 60  # within its `for: 1m`: pending, not yet firing
     assert stack.prom.value('ALERTS{alertname="AggregatorDown"}') == 1.0
     assert stack.prom.query('ALERTS{alertname="AggregatorDown"}')[0].labels["alertstate"] == "pending"
+
