@@ -97,17 +97,17 @@ def _status(status: int, error: str) -> Callable[[Request, Exception], Response]
 
 
 def _pool_exhausted(request: Request, exc: Exception) -> Response:
-    retry_after = max(1, math.ceil(float(getattr(exc, "retry_after_s", 1) or 1)))
+    assert isinstance(exc, pool.PoolExhausted)
+    retry_after = max(1, math.ceil(exc.retry_after_s))
     return json_error(503, "pool_exhausted", str(exc), headers={"Retry-After": str(retry_after)},
-                      pool_id=getattr(exc, "pool_id", None), retry_after_s=retry_after)
+                      pool_id=exc.pool_id, retry_after_s=retry_after)
 
 
 def _sync_failed(request: Request, exc: Exception) -> Response:
     # The remote (or the transfer to it) failed, not the request: a gateway error, 504 if it timed out.
-    error_type = getattr(exc, "error_type", "rclone_error")
-    status = 504 if error_type == "timeout" else 502
-    return json_error(status, "sync_failed", str(exc), error_type=error_type,
-                      workload_id=getattr(exc, "workload_id", None))
+    assert isinstance(exc, sync.SyncFailed)
+    status = 504 if exc.error_type == "timeout" else 502
+    return json_error(status, "sync_failed", str(exc), error_type=exc.error_type, workload_id=exc.workload_id)
 
 
 def _container_failed(request: Request, exc: Exception) -> Response:
@@ -115,7 +115,7 @@ def _container_failed(request: Request, exc: Exception) -> Response:
     return json_error(500, "container_runtime_error", str(exc))
 
 
-def _sync(handler: Callable[[Request, Exception], Response]) -> Handler:
+def _async(handler: Callable[[Request, Exception], Response]) -> Handler:
     async def run(request: Request, exc: Exception) -> Response:
         return handler(request, exc)
 
@@ -124,7 +124,6 @@ def _sync(handler: Callable[[Request, Exception], Response]) -> Handler:
 
 def exception_handlers() -> dict[Any, Handler]:
     """Every domain error the API can raise, with its status and error code (one place)."""
-
     table: dict[Any, Callable[[Request, Exception], Response]] = {
         ApiError: _api_error,
         HTTPException: _http_exception,
@@ -145,4 +144,4 @@ def exception_handlers() -> dict[Any, Handler]:
         sync.SyncClosed: _status(503, "shutting_down"),
         Exception: _unexpected,
     }
-    return {cls: _sync(h) for cls, h in table.items()}
+    return {cls: _async(h) for cls, h in table.items()}
