@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import replace
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -96,9 +96,9 @@ async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
     publisher = Publisher(redis_url, "api-test", heartbeat_interval_s=0.2)
     app = create_app(settings, publisher)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-            yield Api(app, client, publisher, redis_url, tmp_path)
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=transport, base_url="http://api.test") as client):
+        yield Api(app, client, publisher, redis_url, tmp_path)
 
 
 def assert_error(r: httpx.Response, status: int, error: str) -> dict[str, Any]:

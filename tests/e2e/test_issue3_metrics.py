@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from services import __version__
-from services.aggregator.metrics import METRICS, METRICS_BY_NAME, HISTOGRAM
+from services.aggregator.metrics import HISTOGRAM, METRICS, METRICS_BY_NAME
 from services.embedded import free_port, wait_for_port
 from shared.events.codec import ENTRY_FIELD, decode_batch
 from shared.events.schema import UNMATCHED_PATH
@@ -222,7 +222,7 @@ def immutable_dir(tmp_path: Path) -> Iterator[Path]:
         pytest.fail("chattr (e2fsprogs) is needed for the permission-denied sync")
     path = tmp_path / "remote" / "locked"
     path.mkdir(parents=True)
-    made = subprocess.run([chattr, "+i", str(path)], capture_output=True, text=True)
+    made = subprocess.run([chattr, "+i", str(path)], check=False, capture_output=True, text=True)
     assert made.returncode == 0, f"chattr +i {path}: {made.stderr}"
     yield path
     subprocess.run([chattr, "-i", str(path)], check=True)
@@ -324,12 +324,14 @@ def run_scenario(api: Api, tmp: Path, webdav: Proc) -> None:
     # ---- sync: success, then each failure class -------------------------------------------------------------
     api.claim("t-docs", "docs")
     (api.data_dir("t-docs") / "report.bin").write_bytes(os.urandom(1000))
-    assert (lambda b: (b["bytes"], b["files"]))(api.sync("t-docs")) == (1000, 1)
+    body = api.sync("t-docs")
+    assert (body["bytes"], body["files"]) == (1000, 1)
     api.release("t-docs")                          # uploads again on release: nothing new, 0 bytes
 
     api.claim("t-dav", "dav")
     (api.data_dir("t-dav") / "page.bin").write_bytes(os.urandom(500))
-    assert (lambda b: (b["bytes"], b["files"]))(api.sync("t-dav")) == (500, 1)
+    body = api.sync("t-dav")
+    assert (body["bytes"], body["files"]) == (500, 1)
     assert webdav.stop() is not None               # the WebDAV server goes away
     assert api.sync("t-dav", 502)["error_type"] == "network_error"
     api.release("t-dav")                           # the release's upload fails too: released, status failure
