@@ -46,8 +46,9 @@ def machine_facts(redis_binary: str) -> dict[str, str]:
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "redis": redis_version,
-        "libraries": ", ".join(f"{d} {version(d)}" for d in ("prometheus_client", "redis", "hiredis", "msgspec",
-                                                              "msgpack")),
+        "libraries": ", ".join(
+            f"{d} {version(d)}" for d in ("prometheus_client", "redis", "hiredis", "msgspec", "msgpack")
+        ),
     }
 
 
@@ -69,20 +70,24 @@ def verdict(ok: bool) -> str:
 HISTORY_BEGIN = "<!-- history: one row per `make bench`, newest last -->"
 HISTORY_END = "<!-- end of history -->"
 HISTORY_HEADER = [
-    "| date (UTC) | load before | emit idle | emit steady | producer CPU | ours events/s | naive events/s | ours/naive |",
+    "| date (UTC) | load before | emit idle | emit steady | producer CPU "
+    "| ours events/s | naive events/s | ours/naive |",
     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 HISTORY_KEEP = 12
 #: Everything after this line in docs/performance.md belongs to other benchmarks and is kept as it is.
-KEPT_MARKER = "<!-- End of the `make bench` report. Sections below come from other benchmarks and are kept as they are. -->"
+KEPT_MARKER = (
+    "<!-- End of the `make bench` report. "
+    "Sections below come from other benchmarks and are kept as they are. -->"
+)
 
 
 def kept_tail(previous: str) -> str:
     """The part of an earlier docs/performance.md that other benchmarks wrote (after KEPT_MARKER)."""
     if KEPT_MARKER in previous:
-        return previous[previous.index(KEPT_MARKER) + len(KEPT_MARKER):].lstrip("\n")
+        return previous[previous.index(KEPT_MARKER) + len(KEPT_MARKER) :].lstrip("\n")
     if "\n## Replay and rebuild" in previous:  # written before the marker existed
-        return previous[previous.index("\n## Replay and rebuild") + 1:]
+        return previous[previous.index("\n## Replay and rebuild") + 1 :]
     return ""
 
 
@@ -90,27 +95,40 @@ def history_rows(previous: str) -> list[str]:
     """The history rows of an earlier docs/performance.md (empty if it has none)."""
     if HISTORY_BEGIN not in previous or HISTORY_END not in previous:
         return []
-    block = previous[previous.index(HISTORY_BEGIN) + len(HISTORY_BEGIN):previous.index(HISTORY_END)]
+    block = previous[previous.index(HISTORY_BEGIN) + len(HISTORY_BEGIN) : previous.index(HISTORY_END)]
     return [line for line in block.strip().splitlines()[2:] if line.startswith("| ")]
 
 
-def history_row(facts: dict[str, str], load_before: str, hp: hotpath.HotPathResult,
-                tp: throughput.ThroughputResult) -> str:
-    return (f"| {facts['date'].removesuffix(' UTC')} | {load_before.split()[0]} "
-            f"| {hp.emit_idle_thread_cpu / hp.counter_inc:.2f}x | {hp.emit_ratio:.2f}x | {hp.producer_ratio:.2f}x "
-            f"| {tp.best_ours.rate:,.0f} | {tp.best_naive.rate:,.0f} | {tp.ratio:.1f}x |")
+def history_row(
+    facts: dict[str, str], load_before: str, hp: hotpath.HotPathResult, tp: throughput.ThroughputResult
+) -> str:
+    return (
+        f"| {facts['date'].removesuffix(' UTC')} | {load_before.split()[0]} "
+        f"| {hp.emit_idle_thread_cpu / hp.counter_inc:.2f}x | {hp.emit_ratio:.2f}x "
+        f"| {hp.producer_ratio:.2f}x "
+        f"| {tp.best_ours.rate:,.0f} | {tp.best_naive.rate:,.0f} | {tp.ratio:.1f}x |"
+    )
 
 
-def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathResult, tp: throughput.ThroughputResult,
-           bd: breakdown.Breakdown, typed: float, prof: str, args: argparse.Namespace,
-           history: list[str] | None = None) -> str:
+def render(
+    facts: dict[str, str],
+    loads: tuple[str, str],
+    hp: hotpath.HotPathResult,
+    tp: throughput.ThroughputResult,
+    bd: breakdown.Breakdown,
+    typed: float,
+    prof: str,
+    args: argparse.Namespace,
+    history: list[str] | None = None,
+) -> str:
     ours, naive = tp.best_ours, tp.best_naive
     rows = [*(history or []), history_row(facts, loads[0], hp, tp)][-HISTORY_KEEP:]
     flusher = hp.producer_cpu_per_event - hp.emit_thread_cpu
     lines = [
         "# Performance",
         "",
-        "<!-- Written by `make bench` (`python -m benchmarks`); the analysis text is in benchmarks/__main__.py. -->",
+        "<!-- Written by `make bench` (`python -m benchmarks`); "
+        "the analysis text is in benchmarks/__main__.py. -->",
         "",
         f"Measured {facts['date']} with `{args.command}`.",
         "",
@@ -140,7 +158,8 @@ def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathRes
         f"| `emit()`, flusher idle (chunks of 2,000, flushed in between) | {ns(hp.emit_idle_thread_cpu)} | "
         f"{hp.emit_idle_thread_cpu / hp.counter_inc:.2f}x | ≤ {TARGET_EMIT}x: "
         f"{verdict(hp.emit_idle_thread_cpu / hp.counter_inc <= TARGET_EMIT)} |",
-        f"| `emit()`, steady state: flusher running, 500 events then a 1 ms pause | {ns(hp.emit_thread_cpu)} | "
+        "| `emit()`, steady state: flusher running, 500 events then a 1 ms pause "
+        f"| {ns(hp.emit_thread_cpu)} | "
         f"{hp.emit_ratio:.2f}x | ≤ {TARGET_EMIT}x: {verdict(hp.emit_ratio <= TARGET_EMIT)} |",
         f"| `emit()` wall time, steady state | {ns(hp.emit_wall)} | {hp.emit_wall / hp.counter_inc:.2f}x | |",
         f"| **producer CPU per event**, steady state: emit + encode + send to Redis, amortised "
@@ -148,23 +167,25 @@ def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathRes
         f"{hp.producer_ratio:.2f}x | ≤ {TARGET_PRODUCER}x: {verdict(hp.producer_ratio <= TARGET_PRODUCER)} |",
         f"| of which the flusher thread (drain, seq, encode, XADD) | {ns(flusher)} | "
         f"{flusher / hp.counter_inc:.2f}x | |",
-        f"| of which `encode_batch` alone (msgspec) | {ns(bd.encode)} | {bd.encode / hp.counter_inc:.2f}x | |",
+        f"| of which `encode_batch` alone (msgspec) | {ns(bd.encode)} "
+        f"| {bd.encode / hp.counter_inc:.2f}x | |",
         f"| `emit()`, burst: {hp.n:,} back to back, a backlog builds | {ns(hp.burst_emit_thread_cpu)} | "
         f"{hp.burst_emit_thread_cpu / hp.counter_inc:.2f}x | |",
         f"| producer CPU per event, burst | {ns(hp.burst_producer_cpu_per_event)} | "
         f"{hp.burst_producer_cpu_per_event / hp.counter_inc:.2f}x | |",
         "",
-        f"Events per XADD entry (steady state): {hp.events_per_entry:,.0f}; nothing was dropped. In the burst, the",
-        "emitting thread outruns the flusher and a backlog of up to the whole burst waits in the buffer; the",
-        "garbage collector's passes over those live dicts are charged to whichever thread allocates, which is",
-        "why the burst costs more per event than the steady state.",
+        f"Events per XADD entry (steady state): {hp.events_per_entry:,.0f}; nothing was dropped. In the",
+        "burst, the emitting thread outruns the flusher and a backlog of up to the whole burst waits in the",
+        "buffer; the garbage collector's passes over those live dicts are charged to whichever thread",
+        "allocates, which is why the burst costs more per event than the steady state.",
         "",
         "## Aggregator throughput from a real Redis stream",
         "",
-        "*Ours*: events batched 500 per stream entry by 8 sources (as the Publisher writes them), consumed by",
-        "the real `Consumer`: XREADGROUP, decode, validate, dedupe, fold into plain-data state, checkpoint,",
-        "XACK. *Naive*: one event per stream entry, XREADGROUP 1000 entries at a time, each event decoded",
-        "(same msgspec decoder) and applied to prometheus_client `Counter`/`Histogram`/`Gauge` objects",
+        "*Ours*: events batched 500 per stream entry by 8 sources (as the Publisher writes them),",
+        "consumed by the real `Consumer`: XREADGROUP, decode, validate, dedupe, fold into plain-data",
+        "state, checkpoint, XACK. *Naive*: one event per stream entry, XREADGROUP 1000 entries at a",
+        "time, each event decoded (same msgspec decoder) and applied to prometheus_client",
+        "`Counter`/`Histogram`/`Gauge` objects",
         "defined from the same metric table, XACK per read; no validation or dedupe. Same event mix",
         "(benchmarks/workload.py: 40 % HTTP requests, 20 % claims, 15 % releases, the rest container,",
         "sync and pool events), same private redis-server. Wall-clock rate from the first read until every",
@@ -179,7 +200,8 @@ def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathRes
         "",
         f"- ours ≥ {TARGET_RATE:,} events/s: {verdict(ours.rate >= TARGET_RATE)} ({ours.rate:,.0f}/s)",
         f"- ours ≥ {TARGET_RATIO:g}x the naive design: {verdict(tp.ratio >= TARGET_RATIO)} ({tp.ratio:.1f}x "
-        f"on wall-clock rate; {(naive.cpu_s / naive.events) / (ours.cpu_s / ours.events):.1f}x on CPU per event)",
+        f"on wall-clock rate; {(naive.cpu_s / naive.events) / (ours.cpu_s / ours.events):.1f}x "
+        "on CPU per event)",
         "",
         "## Where the aggregator's time goes",
         "",
@@ -195,8 +217,8 @@ def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathRes
         f"| *experiment*: decode **and** validate into typed msgspec Structs (benchmarks/typed_decode.py) "
         f"| {ns(typed)} (vs {ns(bd.decode + bd.validate)} for decode + validate now) |",
         "",
-        f"cProfile of the real consumer applying {args.profile_events:,} batched events from Redis (profiling",
-        "inflates small Python functions more than C calls; use it for proportions):",
+        f"cProfile of the real consumer applying {args.profile_events:,} batched events from Redis",
+        "(profiling inflates small Python functions more than C calls; use it for proportions):",
         "",
         "```",
         prof,
@@ -204,9 +226,9 @@ def render(facts: dict[str, str], loads: tuple[str, str], hp: hotpath.HotPathRes
         "",
         "## Run to run",
         "",
-        "The key ratios of the last runs on this kind of machine (targets: emit ≤ 0.25x, producer CPU ≤ 1.0x,",
-        "ours ≥ 250,000 events/s and ≥ 5x naive). The spread is the noise of a shared 2-core VM; read a",
-        "single run with it in mind.",
+        "The key ratios of the last runs on this kind of machine (targets: emit ≤ 0.25x, producer CPU",
+        "≤ 1.0x, ours ≥ 250,000 events/s and ≥ 5x naive). The spread is the noise of a shared 2-core VM;",
+        "read a single run with it in mind.",
         "",
         HISTORY_BEGIN,
         *HISTORY_HEADER,
@@ -277,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="hot-path repetitions (default 5)")
     parser.add_argument("--throughput-reps", type=int, default=5, help="throughput repetitions (default 5)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
-    parser.add_argument("--no-write", action="store_true", help="print only; do not write docs/performance.md")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; do not write docs/performance.md"
+    )
     args = parser.parse_args(argv)
     args.command = "make bench" if not args.quick else "python -m benchmarks --quick"
     binary = shutil.which("redis-server")
@@ -285,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks need Debian's redis-server (make test installs it)", file=sys.stderr)
         return 2
     n_emit, n_ours, n_naive, args.profile_events = (
-        (20_000, 50_000, 20_000, 50_000) if args.quick else (200_000, 1_000_000, 200_000, 400_000))
+        (20_000, 50_000, 20_000, 50_000) if args.quick else (200_000, 1_000_000, 200_000, 400_000)
+    )
     if args.quick:
         args.reps, args.throughput_reps = 2, 1
     before = load()
@@ -293,12 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     with EmbeddedRedis(binary=binary, allow_fake=False) as server:
         print(f"redis-server on {server.url}; hot path ({n_emit:,} calls x {args.reps}) ...", flush=True)
         hp = hotpath.run(server.url, n_emit, args.reps)
-        print(f"  Counter.labels().inc() {ns(hp.counter_inc)}, emit() {ns(hp.emit_thread_cpu)} "
-              f"({hp.emit_ratio:.2f}x), idle {ns(hp.emit_idle_thread_cpu)}, producer CPU/event "
-              f"{ns(hp.producer_cpu_per_event)} ({hp.producer_ratio:.2f}x)", flush=True)
-        print(f"aggregator throughput ({n_ours:,} vs {n_naive:,} events x {args.throughput_reps}) ...", flush=True)
+        print(
+            f"  Counter.labels().inc() {ns(hp.counter_inc)}, emit() {ns(hp.emit_thread_cpu)} "
+            f"({hp.emit_ratio:.2f}x), idle {ns(hp.emit_idle_thread_cpu)}, producer CPU/event "
+            f"{ns(hp.producer_cpu_per_event)} ({hp.producer_ratio:.2f}x)",
+            flush=True,
+        )
+        print(
+            f"aggregator throughput ({n_ours:,} vs {n_naive:,} events x {args.throughput_reps}) ...",
+            flush=True,
+        )
         tp = throughput.run(server.url, n_ours, n_naive, args.throughput_reps)
-        print(f"  ours {tp.best_ours.rate:,.0f}/s, naive {tp.best_naive.rate:,.0f}/s, {tp.ratio:.1f}x", flush=True)
+        print(
+            f"  ours {tp.best_ours.rate:,.0f}/s, naive {tp.best_naive.rate:,.0f}/s, {tp.ratio:.1f}x",
+            flush=True,
+        )
         print("breakdown and profile ...", flush=True)
         bd = breakdown.run(min(n_ours, 200_000))
         typed = typed_decode.run(min(n_ours, 200_000))

@@ -33,7 +33,7 @@ def run(n: int = 200_000, reps: int = 5) -> Breakdown:
     for i in range(SOURCES):
         src = f"bench-{i}:host:{1000 + i}:cafe"
         events = enveloped(make_events(per_src, seed=i))
-        chunks += [(src, events[k:k + BATCH]) for k in range(0, per_src, BATCH)]
+        chunks += [(src, events[k : k + BATCH]) for k in range(0, per_src, BATCH)]
     total = per_src * SOURCES
     best = {k: float("inf") for k in ("encode", "decode", "validate", "handlers", "apply")}
     clock = time.process_time
@@ -61,6 +61,11 @@ def run(n: int = 200_000, reps: int = 5) -> Breakdown:
         for b in batches:
             apply_batch(st, b)
         t4 = clock()
-        for key, dt in (("decode", decode_s), ("validate", t2 - t1), ("handlers", t3 - t2), ("apply", t4 - t3)):
+        for key, dt in (
+            ("decode", decode_s),
+            ("validate", t2 - t1),
+            ("handlers", t3 - t2),
+            ("apply", t4 - t3),
+        ):
             best[key] = min(best[key], dt / total)
     return Breakdown(best["encode"], best["decode"], best["validate"], best["handlers"], best["apply"])

@@ -1,4 +1,4 @@
-"""Hot path: ``Publisher.emit()`` against prometheus_client ``Counter.labels().inc()`` and ``Histogram.labels().observe()``.
+"""Hot path: ``Publisher.emit()`` against ``Counter.labels().inc()`` and ``Histogram.labels().observe()``.
 
 Per-call costs are measured in one run, as the best of several repetitions: the calling thread's CPU
 time for the emit loop (``time.thread_time``), and the whole process's CPU time (``time.process_time``)
@@ -62,8 +62,13 @@ def _time_loop(fn, n: int, reps: int, clock=time.thread_time) -> float:  # type:
 def measure_baselines(n: int, reps: int) -> dict[str, float]:
     registry = CollectorRegistry()
     counter = Counter("bench_acquires_total", "Acquires", ["pool_id", "status"], registry=registry)
-    hist = Histogram("bench_acquire_duration_seconds", "Acquire time", ["pool_id", "status"],
-                     buckets=CONTAINER_BUCKETS, registry=registry)
+    hist = Histogram(
+        "bench_acquire_duration_seconds",
+        "Acquire time",
+        ["pool_id", "status"],
+        buckets=CONTAINER_BUCKETS,
+        registry=registry,
+    )
     child = counter.labels(POOL, STATUS)
 
     def loop(k: int) -> None:
@@ -92,8 +97,9 @@ def measure_baselines(n: int, reps: int) -> dict[str, float]:
     }
 
 
-def measure_emit(redis_url: str, n: int, reps: int, chunk: int | None = None,
-                 pause_s: float = 0.001) -> dict[str, float]:
+def measure_emit(
+    redis_url: str, n: int, reps: int, chunk: int | None = None, pause_s: float = 0.001
+) -> dict[str, float]:
     """Emit ``n`` events per repetition into a publisher connected to a real Redis; its flusher runs.
 
     ``chunk=None`` is a burst: all ``n`` back to back, faster than the flusher drains, so a backlog
@@ -101,8 +107,9 @@ def measure_emit(redis_url: str, n: int, reps: int, chunk: int | None = None,
     every ``chunk`` events — a high but sustainable rate, the steady state. Thread CPU covers only the
     emit loops; process CPU covers everything from the first emit until Redis has every event.
     """
-    pub = Publisher(redis_url, "bench", buffer_size=n + 10_000, heartbeat_interval_s=3600,
-                    stream_maxlen=10 * n)
+    pub = Publisher(
+        redis_url, "bench", buffer_size=n + 10_000, heartbeat_interval_s=3600, stream_maxlen=10 * n
+    )
     admin = redis.Redis.from_url(redis_url, protocol=2)
     best_thread, best_wall, best_total = float("inf"), float("inf"), float("inf")
     entries = []
@@ -117,8 +124,10 @@ def measure_emit(redis_url: str, n: int, reps: int, chunk: int | None = None,
             for _ in range(n // step):
                 w0, t0 = time.perf_counter(), time.thread_time()
                 for _ in range(step):
-                    emit("container.acquired",
-                         {"pool_id": POOL, "status": STATUS, "duration_s": 0.3, "affinity": "hit"})
+                    emit(
+                        "container.acquired",
+                        {"pool_id": POOL, "status": STATUS, "duration_s": 0.3, "affinity": "hit"},
+                    )
                 thread_cpu += time.thread_time() - t0
                 wall += time.perf_counter() - w0
                 if chunk:
@@ -138,8 +147,13 @@ def measure_emit(redis_url: str, n: int, reps: int, chunk: int | None = None,
         pub.close(10)
         admin.delete(pub.stream)
         admin.close()
-    return {"thread_cpu": best_thread, "wall": best_wall, "producer_cpu": best_total,
-            "entries_per_event": sum(entries) / len(entries), "dropped": dropped}
+    return {
+        "thread_cpu": best_thread,
+        "wall": best_wall,
+        "producer_cpu": best_total,
+        "entries_per_event": sum(entries) / len(entries),
+        "dropped": dropped,
+    }
 
 
 def measure_emit_uncontended(redis_url: str, n: int, reps: int, chunk: int = 2_000) -> float:
@@ -147,8 +161,14 @@ def measure_emit_uncontended(redis_url: str, n: int, reps: int, chunk: int = 2_0
 
     Keeps the buffer small, as in steady state, so the figure is not inflated by a large backlog.
     """
-    pub = Publisher(redis_url, "bench-idle", buffer_size=chunk + 10_000, heartbeat_interval_s=3600,
-                    stream_maxlen=10 * n, flush_interval_s=3600)
+    pub = Publisher(
+        redis_url,
+        "bench-idle",
+        buffer_size=chunk + 10_000,
+        heartbeat_interval_s=3600,
+        stream_maxlen=10 * n,
+        flush_interval_s=3600,
+    )
     admin = redis.Redis.from_url(redis_url, protocol=2)
     best = float("inf")
     try:
@@ -159,8 +179,10 @@ def measure_emit_uncontended(redis_url: str, n: int, reps: int, chunk: int = 2_0
             for _ in range(n // chunk):
                 t0 = time.thread_time()
                 for _ in range(chunk):
-                    emit("container.acquired",
-                         {"pool_id": POOL, "status": STATUS, "duration_s": 0.3, "affinity": "hit"})
+                    emit(
+                        "container.acquired",
+                        {"pool_id": POOL, "status": STATUS, "duration_s": 0.3, "affinity": "hit"},
+                    )
                 spent += time.thread_time() - t0
                 if not pub.flush(60):
                     raise RuntimeError("benchmark publisher did not flush within 60 s")
@@ -183,8 +205,14 @@ def run(redis_url: str, n: int = 200_000, reps: int = 5) -> HotPathResult:
         raise RuntimeError("the benchmark publisher dropped events; results would flatter emit()")
     idle = measure_emit_uncontended(redis_url, n, reps)
     return HotPathResult(
-        n=n, reps=reps, **baselines, emit_idle_thread_cpu=idle,
-        emit_thread_cpu=steady["thread_cpu"], emit_wall=steady["wall"], producer_cpu_per_event=steady["producer_cpu"],
-        events_per_entry=1 / steady["entries_per_event"], burst_emit_thread_cpu=burst["thread_cpu"],
+        n=n,
+        reps=reps,
+        **baselines,
+        emit_idle_thread_cpu=idle,
+        emit_thread_cpu=steady["thread_cpu"],
+        emit_wall=steady["wall"],
+        producer_cpu_per_event=steady["producer_cpu"],
+        events_per_entry=1 / steady["entries_per_event"],
+        burst_emit_thread_cpu=burst["thread_cpu"],
         burst_producer_cpu_per_event=burst["producer_cpu"],
     )

@@ -63,11 +63,13 @@ class ThroughputResult:
 def preload_batched(client: redis.Redis, stream: str, n: int) -> None:
     """``n`` events from ``SOURCES`` sources, ``BATCH`` per entry, interleaved like live producers."""
     per_src = n // SOURCES
-    sources = [(f"bench-{i}:host:{1000 + i}:cafe", enveloped(make_events(per_src, seed=i))) for i in range(SOURCES)]
+    sources = [
+        (f"bench-{i}:host:{1000 + i}:cafe", enveloped(make_events(per_src, seed=i))) for i in range(SOURCES)
+    ]
     pipe = client.pipeline(transaction=False)
     for start in range(0, per_src, BATCH):
         for src, events in sources:
-            pipe.xadd(stream, {ENTRY_FIELD: encode_batch(src, events[start:start + BATCH])})
+            pipe.xadd(stream, {ENTRY_FIELD: encode_batch(src, events[start : start + BATCH])})
         if len(pipe) >= 64:
             pipe.execute()
     pipe.execute()
@@ -110,8 +112,9 @@ class NaiveMetrics:
                 self.m[d.name] = Histogram(name, d.help, d.labels, buckets=d.buckets, registry=self.registry)
             else:
                 self.m[d.name] = Gauge(name, d.help, d.labels, registry=self.registry)
-        self.applied = Counter("boilerhouse_aggregator_events_applied_total", "applied", ["type"],
-                               registry=self.registry)
+        self.applied = Counter(
+            "boilerhouse_aggregator_events_applied_total", "applied", ["type"], registry=self.registry
+        )
 
     def apply(self, ev: dict[str, Any]) -> None:
         m, t = self.m, ev["type"]
@@ -120,13 +123,19 @@ class NaiveMetrics:
             m["http_request_duration_seconds"].labels(*labels).observe(ev["duration_s"])
             m["http_requests_total"].labels(*labels).inc()
         elif t == "container.acquired":
-            m["container_acquire_duration_seconds"].labels(ev["pool_id"], ev["status"]).observe(ev["duration_s"])
+            m["container_acquire_duration_seconds"].labels(ev["pool_id"], ev["status"]).observe(
+                ev["duration_s"]
+            )
             name = "affinity_hits_total" if ev["affinity"] == "hit" else "affinity_misses_total"
             m[name].labels(ev["pool_id"]).inc()
         elif t == "container.released":
-            m["container_release_duration_seconds"].labels(ev["pool_id"], ev["status"]).observe(ev["duration_s"])
+            m["container_release_duration_seconds"].labels(ev["pool_id"], ev["status"]).observe(
+                ev["duration_s"]
+            )
         elif t == "container.created":
-            m["container_create_duration_seconds"].labels(ev["pool_id"], ev["workload_id"]).observe(ev["duration_s"])
+            m["container_create_duration_seconds"].labels(ev["pool_id"], ev["workload_id"]).observe(
+                ev["duration_s"]
+            )
             m["container_operations_total"].labels(ev["pool_id"], "create", ev["status"]).inc()
         elif t == "container.destroyed":
             m["container_destroy_duration_seconds"].labels(ev["pool_id"]).observe(ev["duration_s"])
@@ -144,10 +153,15 @@ class NaiveMetrics:
                 m["sync_errors_total"].labels(w, ev.get("error_type") or "rclone_error").inc()
         elif t == "pool.state":
             key = (ev["pool_id"], ev["workload_id"])
-            for name, field in (("pool_size", "size"), ("pool_available", "available"),
-                                ("pool_borrowed", "borrowed"), ("pool_pending", "pending"),
-                                ("pool_min_size", "min_size"), ("pool_max_size", "max_size"),
-                                ("pool_target_size", "target_size")):
+            for name, field in (
+                ("pool_size", "size"),
+                ("pool_available", "available"),
+                ("pool_borrowed", "borrowed"),
+                ("pool_pending", "pending"),
+                ("pool_min_size", "min_size"),
+                ("pool_max_size", "max_size"),
+                ("pool_target_size", "target_size"),
+            ):
                 m[name].labels(*key).set(ev[field])
             m["affinity_reservations"].labels(ev["pool_id"]).set(ev["affinity_reservations"])
         elif t == "sync.state":

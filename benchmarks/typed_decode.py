@@ -36,8 +36,10 @@ def _annotation(f: Field) -> Any:
 
 
 def _struct(et: EventType) -> type:
-    fields: list[Any] = [("seq", Annotated[int, msgspec.Meta(ge=1)]),
-                         ("ts", Annotated[float, msgspec.Meta(ge=0, lt=1e11)])]
+    fields: list[Any] = [
+        ("seq", Annotated[int, msgspec.Meta(ge=1)]),
+        ("ts", Annotated[float, msgspec.Meta(ge=0, lt=1e11)]),
+    ]
     fields += [(f.name, _annotation(f), None) if f.optional else (f.name, _annotation(f)) for f in et.fields]
     return msgspec.defstruct(et.name.replace(".", "_"), fields, tag_field="type", tag=et.name)
 
@@ -57,7 +59,9 @@ def run(n: int = 200_000, reps: int = 5) -> float:
     payloads = []
     for i in range(SOURCES):
         events = enveloped(make_events(per_src, seed=i))
-        payloads += [encode_batch(f"bench-{i}:h:1:ab", events[k:k + BATCH]) for k in range(0, per_src, BATCH)]
+        payloads += [
+            encode_batch(f"bench-{i}:h:1:ab", events[k : k + BATCH]) for k in range(0, per_src, BATCH)
+        ]
     decode = msgspec.msgpack.Decoder(TypedBatch).decode
     best = float("inf")
     for _ in range(reps):

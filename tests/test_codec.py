@@ -78,8 +78,10 @@ def test_round_trip_every_event_type() -> None:
         (b"\x81\x91\x01\x02", "bad_envelope"),  # {[1]: 2}: a map whose key is an array
         (raw({"v": 1, "src": SRC, "events": [{}]}) + b"\x00", "undecodable"),  # trailing bytes
         (raw({1: 1, "src": SRC, "events": [{}]}), "bad_envelope"),
-        (raw({"v": 1, "src": SRC, "events": [{"type": "ab"}]}).replace(b"\xa2ab", b"\xa2\xff\xfe"),
-         "undecodable"),  # invalid UTF-8 in a str
+        (
+            raw({"v": 1, "src": SRC, "events": [{"type": "ab"}]}).replace(b"\xa2ab", b"\xa2\xff\xfe"),
+            "undecodable",
+        ),  # invalid UTF-8 in a str
         (raw([1, 2]), "bad_envelope"),
         (raw(7), "bad_envelope"),
         (raw({"src": SRC, "events": [{}]}), "bad_envelope"),
@@ -105,7 +107,8 @@ def test_bad_entries_have_a_reason(payload: Any, reason: str) -> None:
 def test_limits() -> None:
     ev = {"type": "source.heartbeat", "seq": 1, "ts": 1.0}
     assert len(decode_batch(raw({"v": 1, "src": SRC, "events": [ev] * MAX_EVENTS_PER_BATCH})).events) == (
-        MAX_EVENTS_PER_BATCH)
+        MAX_EVENTS_PER_BATCH
+    )
     assert reason_of(raw({"v": 1, "src": SRC, "events": [ev] * (MAX_EVENTS_PER_BATCH + 1)})) == "too_large"
     assert decode_batch(raw({"v": 1, "src": "s" * MAX_SRC_LEN, "events": [ev]})).src == "s" * MAX_SRC_LEN
     big = raw({"v": 1, "src": SRC, "events": [ev], "pad": b"\0" * MAX_ENTRY_BYTES})
@@ -113,8 +116,16 @@ def test_limits() -> None:
 
 
 def test_older_versions_and_unknown_keys_are_accepted() -> None:
-    batch = decode_batch(raw({"v": 1, "src": SRC, "events": [{"type": "source.heartbeat", "seq": 1, "ts": 2.0,
-                                                               "added_later": [1, 2]}], "extra": "ignored"}))
+    batch = decode_batch(
+        raw(
+            {
+                "v": 1,
+                "src": SRC,
+                "events": [{"type": "source.heartbeat", "seq": 1, "ts": 2.0, "added_later": [1, 2]}],
+                "extra": "ignored",
+            }
+        )
+    )
     assert validate_event(batch.events[0]) is None
 
 
@@ -172,8 +183,12 @@ for _et in EVENT_TYPES:
         if _f.choices is not None:
             CASES.append((_et.name, _f.name, "not-a-choice"))
         if _f.kind == "id":
-            CASES += [(_et.name, _f.name, "has spaces"), (_et.name, _f.name, "x" * 65),
-                      (_et.name, _f.name, "-leading-dash"), (_et.name, _f.name, "")]
+            CASES += [
+                (_et.name, _f.name, "has spaces"),
+                (_et.name, _f.name, "x" * 65),
+                (_et.name, _f.name, "-leading-dash"),
+                (_et.name, _f.name, ""),
+            ]
         if _f.kind == "str" and _f.choices is None and _f.name != "path":
             CASES.append((_et.name, _f.name, "x" * (MAX_STR_LEN + 1)))
         if _f.kind in ("int", "float"):
@@ -232,7 +247,14 @@ def test_numbers_accept_ints_for_floats_and_optional_nil() -> None:
     ],
 )
 def test_http_path_must_be_a_route_template(path: str, ok: bool) -> None:
-    ev = {"type": "http.request", "seq": 1, "ts": 1.0, "method": "GET", "path": path, "status": 200,
-          "duration_s": 0.1}
+    ev = {
+        "type": "http.request",
+        "seq": 1,
+        "ts": 1.0,
+        "method": "GET",
+        "path": path,
+        "status": 200,
+        "duration_s": 0.1,
+    }
     problem = validate_event(ev)
     assert (problem is None) == ok, problem

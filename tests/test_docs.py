@@ -39,7 +39,7 @@ def section(text: str, heading: str) -> str:
     start = text.index(heading)
     nxt = text.find("\n#### ", start + len(heading))
     end = text.index(EVENTS_END) if nxt == -1 else nxt
-    return text[start:min(end, text.index(EVENTS_END))]
+    return text[start : min(end, text.index(EVENTS_END))]
 
 
 # ---- generated documents do not drift -------------------------------------------------------------
@@ -54,8 +54,8 @@ def test_metrics_md_is_generated_from_the_mapping() -> None:
 def test_metrics_md_lists_every_metric_with_its_labels_buckets_and_events() -> None:
     text = METRICS_MD.read_text()
     for m in METRICS:
-        part = text[text.index(f"### `{P}{m.name}`"):]
-        part = part[:part.find("\n### ", 1) if "\n### " in part[1:] else len(part)]
+        part = text[text.index(f"### `{P}{m.name}`") :]
+        part = part[: part.find("\n### ", 1) if "\n### " in part[1:] else len(part)]
         assert f"- type: {m.kind}" in part
         for label in m.labels:
             assert f"`{label}`" in part, (m.name, label)
@@ -68,7 +68,7 @@ def test_metrics_md_lists_every_metric_with_its_labels_buckets_and_events() -> N
 
 def test_events_md_generated_block_is_current() -> None:
     text = EVENTS_MD.read_text()
-    block = text[text.index(EVENTS_BEGIN):text.index(EVENTS_END) + len(EVENTS_END)]
+    block = text[text.index(EVENTS_BEGIN) : text.index(EVENTS_END) + len(EVENTS_END)]
     assert block == events_markdown(), (
         "docs/events.md is stale: run python -m services.aggregator.docs --update-events docs/events.md"
     )
@@ -117,15 +117,21 @@ def test_partition_rule_as_documented() -> None:
             assert partition_of(src, parts) == crc32_ieee(src.encode()) % parts
 
 
-def test_worked_example_bytes_match_the_json_and_are_counted(redis_url: str, redis_client: redis.Redis) -> None:
+def test_worked_example_bytes_match_the_json_and_are_counted(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     text = EVENTS_MD.read_text()
     doc = json.loads(code_block(text, "json", "## Worked example"))
     payload = bytes.fromhex(code_block(text, "hex", "## Worked example").replace("\n", " "))
     assert msgpack.unpackb(payload) == doc
-    assert msgpack.packb(doc, use_bin_type=True) == payload, "the hex in docs/events.md is not the JSON's msgpack"
+    assert msgpack.packb(doc, use_bin_type=True) == payload, (
+        "the hex in docs/events.md is not the JSON's msgpack"
+    )
     assert re.search(rf"these\s+{len(payload)}\s+bytes", text), "the byte count in docs/events.md is wrong"
 
-    redis_client.execute_command("XADD", "boilerhouse:events:{0}", "MAXLEN", "~", "1000000", "*", "b", payload)
+    redis_client.execute_command(
+        "XADD", "boilerhouse:events:{0}", "MAXLEN", "~", "1000000", "*", "b", payload
+    )
     with aggregator(redis_url) as agg:
         s = wait_applied(agg.url, 2)
     expected = parse(code_block(text, "", "After the\naggregator has read it") + "\n")
@@ -144,8 +150,17 @@ def test_python_producer_snippet_runs_as_documented(redis_url: str, monkeypatch:
     req = f"{P}http_requests_total"
     assert value(s, req, method="GET", path="/api/v1/pools/{pool_id}", status="200") == 2
     assert value(s, req, method="GET", path="<unmatched>", status="404") == 1
-    assert value(s, f"{P}http_request_duration_seconds_bucket", method="GET", path="/api/v1/pools/{pool_id}",
-                 status="200", le="0.01") == 1
+    assert (
+        value(
+            s,
+            f"{P}http_request_duration_seconds_bucket",
+            method="GET",
+            path="/api/v1/pools/{pool_id}",
+            status="200",
+            le="0.01",
+        )
+        == 1
+    )
     assert value(s, f"{P}info", version="1.0.0") is None, "stopped source"
     assert value(s, f"{P}pool_size", pool_id="pool-a", workload_id="echo") is None, "stopped source"
     assert value(s, f"{P}aggregator_events_applied_total", type="pool.state") == 1
@@ -161,29 +176,38 @@ def _ev(type_: str, seq: int, **fields: Any) -> dict[str, Any]:
 
 
 def test_partitions_seq_retries_and_gaps_as_documented(redis_url: str, redis_client: redis.Redis) -> None:
-    """Four partitions, sources placed by the documented CRC rule; a retried entry counts once, a gap is lost."""
+    """Four partitions, sources placed by the documented CRC rule; a retried entry counts once; gaps lost."""
     partitions = 4
     sources = [f"svc{i}:host:{100 + i}:abcd" for i in range(8)]
     assert len({crc32_ieee(s.encode()) % partitions for s in sources}) > 1, "spread over several partitions"
     for src in sources:
         key = f"boilerhouse:events:{{{crc32_ieee(src.encode()) % partitions}}}"
-        first = _entry(src, [_ev("container.health_check_failed", 1, pool_id="p"),
-                             _ev("container.health_check_failed", 2, pool_id="p")])
+        first = _entry(
+            src,
+            [
+                _ev("container.health_check_failed", 1, pool_id="p"),
+                _ev("container.health_check_failed", 2, pool_id="p"),
+            ],
+        )
         redis_client.xadd(key, {"b": first})
         redis_client.xadd(key, {"b": first})  # a retried XADD: same events, same seq
         redis_client.xadd(key, {"b": _entry(src, [_ev("container.health_check_failed", 5, pool_id="p")])})
     with aggregator(redis_url, partitions=partitions) as agg:
-        s = wait_for(agg.url, lambda x: value(x, f"{P}aggregator_duplicates_total") == 2 * len(sources),
-                     what="duplicates counted")
+        s = wait_for(
+            agg.url,
+            lambda x: value(x, f"{P}aggregator_duplicates_total") == 2 * len(sources),
+            what="duplicates counted",
+        )
     assert value(s, f"{P}container_health_check_failures_total", pool_id="p") == 3 * len(sources)
     assert value(s, f"{P}events_lost_total", reason="seq_gap") == 2 * len(sources)  # seq 3 and 4
     assert {lab for (n, lab) in s if n == f"{P}aggregator_consumer_lag_entries"} == {
-        frozenset({("partition", str(p))}) for p in range(partitions)}
+        frozenset({("partition", str(p))}) for p in range(partitions)
+    }
 
 
 def test_every_documented_dead_letter_reason(redis_url: str, redis_client: redis.Redis) -> None:
     text = EVENTS_MD.read_text()
-    table = text[text.index("## What the aggregator rejects"):text.index("## Versioning")]
+    table = text[text.index("## What the aggregator rejects") : text.index("## Versioning")]
     documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:entry|event) \|", table, re.M))
     stream = "boilerhouse:events:{0}"
     src = "bad:host:1:00"
@@ -202,12 +226,19 @@ def test_every_documented_dead_letter_reason(redis_url: str, redis_client: redis
     for fields in entries.values():
         redis_client.xadd(stream, fields)
     # The valid event of an entry is applied even when another event in it is rejected.
-    redis_client.xadd(stream, {"b": _entry(src, [_ev("sync.state", 3, workload_id="w"),
-                                                 _ev("affinity.evicted", 4, pool_id="p")])})
+    redis_client.xadd(
+        stream,
+        {"b": _entry(src, [_ev("sync.state", 3, workload_id="w"), _ev("affinity.evicted", 4, pool_id="p")])},
+    )
     with aggregator(redis_url) as agg:
-        s = wait_for(agg.url, lambda x: sum(v for (n, _), v in x.items()
-                                            if n == f"{P}aggregator_dead_letters_total") == len(entries) + 1,
-                     what="all dead letters")
+        s = wait_for(
+            agg.url,
+            lambda x: (
+                sum(v for (n, _), v in x.items() if n == f"{P}aggregator_dead_letters_total")
+                == len(entries) + 1
+            ),
+            what="all dead letters",
+        )
         s = wait_applied(agg.url, 1)
     for reason in entries:
         want = 2 if reason == "invalid_field" else 1

@@ -1,4 +1,4 @@
-"""Publisher against real redis-servers: unreachable, killed mid-run, slow; threads and asyncio; drop reports."""
+"""Publisher against real redis-servers: unreachable, killed, slow; threads and asyncio; drop reports."""
 
 from __future__ import annotations
 
@@ -29,8 +29,14 @@ def private_redis(tmp_path: Path, port: int | None = None, *extra: str) -> Embed
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run ./scripts/install-system-deps.sh (make test does)")
-    return EmbeddedRedis(workdir=tmp_path / "redis", port=port, binary=binary, allow_fake=False,
-                         appendonly=True, extra_args=("--appendfsync", "always", *extra))
+    return EmbeddedRedis(
+        workdir=tmp_path / "redis",
+        port=port,
+        binary=binary,
+        allow_fake=False,
+        appendonly=True,
+        extra_args=("--appendfsync", "always", *extra),
+    )
 
 
 def emit_timed(pub: Publisher, n: int) -> float:
@@ -60,7 +66,8 @@ def down_url() -> Iterator[tuple[int, str]]:
 
 
 def test_unreachable_redis_never_raises_never_blocks_and_reports_drops_later(
-        tmp_path: Path, down_url: tuple[int, str]) -> None:
+    tmp_path: Path, down_url: tuple[int, str]
+) -> None:
     port, url = down_url
     cap = 1000
     pub = Publisher(url, "offline", buffer_size=cap, heartbeat_interval_s=3600, flush_interval_s=0.01)
@@ -78,8 +85,11 @@ def test_unreachable_redis_never_raises_never_blocks_and_reports_drops_later(
         with private_redis(tmp_path, port) as server:  # Redis appears on that port
             assert pub.flush(20), "buffer not flushed after Redis came up"
             with aggregator(server.url) as agg:
-                s = wait_for(agg.url, lambda x: value(x, f"{P}events_dropped_total", service="offline") is not None,
-                             what="drop report")
+                s = wait_for(
+                    agg.url,
+                    lambda x: value(x, f"{P}events_dropped_total", service="offline") is not None,
+                    what="drop report",
+                )
                 assert value(s, f"{P}events_dropped_total", service="offline") == pub.dropped
                 assert value(s, f"{P}aggregator_events_applied_total", type="container.acquired") == cap - 1
                 assert value(s, f"{P}aggregator_events_applied_total", type="source.started") == 1
@@ -110,10 +120,15 @@ def test_redis_killed_mid_run_then_restarted(tmp_path: Path) -> None:
         server.start()  # same port, same AOF: the 201 events sent before the crash are still there
         assert pub.flush(20)
         with aggregator(server.url) as agg:
-            s = wait_for(agg.url, lambda x: value(x, f"{P}events_dropped_total", service="crashy") is not None,
-                         what="drop report")
+            s = wait_for(
+                agg.url,
+                lambda x: value(x, f"{P}events_dropped_total", service="crashy") is not None,
+                what="drop report",
+            )
         assert value(s, f"{P}events_dropped_total", service="crashy") == dropped == pub.dropped
-        assert value(s, f"{P}aggregator_events_applied_total", type="container.acquired") == 200 + 2000 - dropped
+        assert (
+            value(s, f"{P}aggregator_events_applied_total", type="container.acquired") == 200 + 2000 - dropped
+        )
         assert not any(n == f"{P}events_lost_total" for n, _ in s)
         client = redis.Redis.from_url(server.url, protocol=2)
         seqs = [ev["seq"] for ev in stream_events(client, pub.src)]

@@ -108,7 +108,9 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         out.append(f"- series: {_series_names(m, prefix)}")
         out.append(f"- labels: {', '.join(f'`{label}`' for label in m.labels) or 'none'}")
         if m.buckets is not None:
-            out.append(f"- buckets (seconds, upper bounds): {', '.join(_fmt_bucket(b) for b in m.buckets)}, +Inf")
+            out.append(
+                f"- buckets (seconds, upper bounds): {', '.join(_fmt_bucket(b) for b in m.buckets)}, +Inf"
+            )
         out.append(f"- source: {m.source} — {SOURCE_TEXT[m.source]}")
         out.append(f"- driven by: {_driven_by(m)}")
         out.append("")
@@ -153,19 +155,28 @@ def events_markdown() -> str:
     out = [EVENTS_BEGIN, "", f"Schema version: **{SCHEMA_VERSION}**.", ""]
     out += ["| type | snapshot | what happened |", "| --- | --- | --- |"]
     for et in EVENT_TYPES:
-        out.append(f"| [`{et.name}`](#{et.name.replace('.', '')}) "
-                   f"| {'yes' if et.snapshot else 'no'} | {et.doc} |")
+        out.append(
+            f"| [`{et.name}`](#{et.name.replace('.', '')}) | {'yes' if et.snapshot else 'no'} | {et.doc} |"
+        )
     out.append("")
     for et in EVENT_TYPES:
-        out += [f"#### `{et.name}`", "", et.doc + (" *Snapshot*: absolute values, one per source." if
-                                                 et.snapshot else ""), ""]
+        out += [
+            f"#### `{et.name}`",
+            "",
+            et.doc + (" *Snapshot*: absolute values, one per source." if et.snapshot else ""),
+            "",
+        ]
         if not et.fields:
             out += ["No fields besides the envelope (`type`, `seq`, `ts`).", ""]
             continue
-        out += ["| field | type | unit | required | values | meaning |", "| --- | --- | --- | --- | --- | --- |"]
+        out += [
+            "| field | type | unit | required | values | meaning |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for f in et.fields:
             out.append(
-                f"| `{f.name}` | {_field_type(f)} | {f.unit or '—'} | {'no (may be nil)' if f.optional else 'yes'} "
+                f"| `{f.name}` | {_field_type(f)} | {f.unit or '—'} "
+                f"| {'no (may be nil)' if f.optional else 'yes'} "
                 f"| {_field_values(f) or '—'} | {f.doc} |"
             )
         out.append("")
@@ -192,7 +203,9 @@ def replace_events_block(document: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.aggregator.docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m services.aggregator.docs", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="metric name prefix (default %(default)s)")
     parser.add_argument("--events", action="store_true", help="print the generated part of docs/events.md")
     parser.add_argument("--update-events", metavar="PATH", help="rewrite the generated part of this file")

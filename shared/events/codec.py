@@ -243,7 +243,9 @@ def _generate_fast(et: EventType) -> Callable[[dict[str, Any]], bool]:
     return fast
 
 
-FAST_VALIDATORS: dict[str, Callable[[dict[str, Any]], bool]] = {et.name: _generate_fast(et) for et in EVENT_TYPES}
+FAST_VALIDATORS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    et.name: _generate_fast(et) for et in EVENT_TYPES
+}
 
 
 def validate_event(ev: Any) -> tuple[str, str] | None:

@@ -52,8 +52,7 @@ def wait_for(
 
 
 def wait_applied(url: str, total: int, timeout: float = 20.0, prefix: str = "boilerhouse_") -> Samples:
-    return wait_for(url, lambda s: applied_total(s, prefix) >= total, timeout,
-                    what=f"{total} events applied")
+    return wait_for(url, lambda s: applied_total(s, prefix) >= total, timeout, what=f"{total} events applied")
 
 
 @dataclass
@@ -107,22 +106,55 @@ class Producer:
 
 
 def publisher(redis_url: str, service: str = "pipeline-test", **kw: Any) -> Publisher:
-    return Publisher(redis_url, service, version="9.9.9", heartbeat_interval_s=3600, flush_interval_s=0.01, **kw)
+    return Publisher(
+        redis_url, service, version="9.9.9", heartbeat_interval_s=3600, flush_interval_s=0.01, **kw
+    )
 
 
 def emit_every_type(p: Producer) -> None:
     pool_state = dict(pending=0, min_size=2, max_size=10)
-    p.emit("pool.state", pool_id="pool-a", workload_id="echo", size=5, available=3, borrowed=2,
-           target_size=5, affinity_reservations=1, **pool_state)
-    p.emit("pool.state", pool_id="pool-b", workload_id="echo", size=1, available=1, borrowed=0,
-           target_size=1, affinity_reservations=0, **pool_state)
+    p.emit(
+        "pool.state",
+        pool_id="pool-a",
+        workload_id="echo",
+        size=5,
+        available=3,
+        borrowed=2,
+        target_size=5,
+        affinity_reservations=1,
+        **pool_state,
+    )
+    p.emit(
+        "pool.state",
+        pool_id="pool-b",
+        workload_id="echo",
+        size=1,
+        available=1,
+        borrowed=0,
+        target_size=1,
+        affinity_reservations=0,
+        **pool_state,
+    )
     # The latest snapshot of a source wins.
-    p.emit("pool.state", pool_id="pool-a", workload_id="echo", size=6, available=3, borrowed=3,
-           target_size=6, affinity_reservations=2, **pool_state)
+    p.emit(
+        "pool.state",
+        pool_id="pool-a",
+        workload_id="echo",
+        size=6,
+        available=3,
+        borrowed=3,
+        target_size=6,
+        affinity_reservations=2,
+        **pool_state,
+    )
     p.emit("pool.removed", pool_id="pool-b", workload_id="echo")
-    for pool, status, d, aff in [("pool-a", "success", 0.05, "hit"), ("pool-a", "success", 0.5, "miss"),
-                                 ("pool-a", "success", 3.0, "hit"), ("pool-a", "failure", 70.0, "miss"),
-                                 ("pool-b", "timeout", 1.0, "miss")]:
+    for pool, status, d, aff in [
+        ("pool-a", "success", 0.05, "hit"),
+        ("pool-a", "success", 0.5, "miss"),
+        ("pool-a", "success", 3.0, "hit"),
+        ("pool-a", "failure", 70.0, "miss"),
+        ("pool-b", "timeout", 1.0, "miss"),
+    ]:
         p.emit("container.acquired", pool_id=pool, status=status, duration_s=d, affinity=aff)
     p.emit("container.released", pool_id="pool-a", status="success", duration_s=0.2)
     p.emit("container.released", pool_id="pool-a", status="failure", duration_s=12)
@@ -141,16 +173,27 @@ def emit_every_type(p: Producer) -> None:
         ("download", "copy", "timeout", 600.0, 0, 0, None),
         ("download", "sync", "failure", 700.0, 5, 0, None),
     ]:
-        p.emit("sync.finished", workload_id="echo", direction=direction, mode=mode, status=status,
-               duration_s=d, bytes=nbytes, files=files, error_type=err)
+        p.emit(
+            "sync.finished",
+            workload_id="echo",
+            direction=direction,
+            mode=mode,
+            status=status,
+            duration_s=d,
+            bytes=nbytes,
+            files=files,
+            error_type=err,
+        )
     p.emit("sync.resynced", workload_id="echo")
     p.emit("sync.resynced", workload_id="echo")
     p.emit("sync.state", workload_id="echo", running=2, queued=5, periodic_jobs=3)
     p.emit("sync.state", workload_id="echo", running=1, queued=4, periodic_jobs=3)
-    for method, path, status, d in [("GET", "/api/v1/pools/{pool_id}", 200, 0.004),
-                                    ("GET", "/api/v1/pools/{pool_id}", 200, 0.3),
-                                    ("POST", "/api/v1/tenants/{tenant_id}/claim", 500, 11.0),
-                                    ("GET", UNMATCHED_PATH, 404, 0.001)]:
+    for method, path, status, d in [
+        ("GET", "/api/v1/pools/{pool_id}", 200, 0.004),
+        ("GET", "/api/v1/pools/{pool_id}", 200, 0.3),
+        ("POST", "/api/v1/tenants/{tenant_id}/claim", 500, 11.0),
+        ("GET", UNMATCHED_PATH, 404, 0.001),
+    ]:
         p.emit("http.request", method=method, path=path, status=status, duration_s=d)
     p.emit("events.dropped", count=7)
     p.emit("source.heartbeat")

@@ -25,23 +25,45 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def snapshot() -> None:
-        pub.emit("pool.state", {"pool_id": "shared", "workload_id": "echo", "size": args.pool_size,
-                                "available": args.pool_size, "borrowed": 0, "pending": 0, "min_size": 0,
-                                "max_size": 100, "target_size": args.pool_size, "affinity_reservations": 0})
+        pub.emit(
+            "pool.state",
+            {
+                "pool_id": "shared",
+                "workload_id": "echo",
+                "size": args.pool_size,
+                "available": args.pool_size,
+                "borrowed": 0,
+                "pending": 0,
+                "min_size": 0,
+                "max_size": 100,
+                "target_size": args.pool_size,
+                "affinity_reservations": 0,
+            },
+        )
 
     pub.add_snapshot(snapshot)
     snapshot()
 
     def work(share: int, offset: int) -> None:
         for i in range(share):
-            pub.emit("container.acquired", {"pool_id": "shared", "status": "success",
-                                            "duration_s": 0.5 if (offset + i) % 2 else 1.5,
-                                            "affinity": "hit" if (offset + i) % 3 == 0 else "miss"})
-            pub.emit("http.request", {"method": "GET", "path": "/api/v1/pools/{pool_id}", "status": 200,
-                                      "duration_s": 0.02})
+            pub.emit(
+                "container.acquired",
+                {
+                    "pool_id": "shared",
+                    "status": "success",
+                    "duration_s": 0.5 if (offset + i) % 2 else 1.5,
+                    "affinity": "hit" if (offset + i) % 3 == 0 else "miss",
+                },
+            )
+            pub.emit(
+                "http.request",
+                {"method": "GET", "path": "/api/v1/pools/{pool_id}", "status": 200, "duration_s": 0.02},
+            )
 
-    shares = [args.events // args.threads + (1 if t < args.events % args.threads else 0)
-              for t in range(args.threads)]
+    shares = [
+        args.events // args.threads + (1 if t < args.events % args.threads else 0)
+        for t in range(args.threads)
+    ]
     offsets = [sum(shares[:t]) for t in range(args.threads)]
     threads = [threading.Thread(target=work, args=(s, o)) for s, o in zip(shares, offsets, strict=True)]
     for t in threads:

@@ -1,4 +1,4 @@
-"""The benchmark command runs end to end (tiny sizes; no timing is asserted: figures live in docs/performance.md)."""
+"""The benchmark command runs end to end (tiny sizes; no timing is asserted here)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmarks_quick_run_produces_every_table() -> None:
-    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for heading in ("## Hot path", "## Aggregator throughput", "## Where the aggregator's time goes", "## Analysis"):
+    for heading in (
+        "## Hot path",
+        "## Aggregator throughput",
+        "## Where the aggregator's time goes",
+        "## Analysis",
+    ):
         assert heading in out, heading
     assert "| `Counter.labels(a, b).inc()` |" in out and "| **producer CPU per event**" in out
     assert "| ours |" in out and "| naive |" in out

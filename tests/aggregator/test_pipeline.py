@@ -1,10 +1,9 @@
-"""End to end in one process: Publisher -> real Redis stream -> aggregator app -> /metrics, every event type."""
+"""End to end in one process: Publisher -> real Redis -> aggregator app -> /metrics, every event type."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter as Tally
-from typing import Any
 
 import httpx
 import pytest
@@ -42,8 +41,9 @@ def expected_buckets(values: list[float], buckets: tuple[float, ...]) -> dict[st
     return out
 
 
-def assert_histogram(samples: Samples, name: str, labels: dict[str, str], values: list[float],
-                     buckets: tuple[float, ...]) -> None:
+def assert_histogram(
+    samples: Samples, name: str, labels: dict[str, str], values: list[float], buckets: tuple[float, ...]
+) -> None:
     for le, count in expected_buckets(values, buckets).items():
         got = value(samples, f"{P}{name}_bucket", **labels, le=le)
         assert got == count, f"{name}{labels} le={le}: {got} != {count}"
@@ -73,10 +73,15 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
 
             # ---- pool gauges (snapshot, one live source) ------------------------------------------
             last_a = p.of("pool.state", pool_id="pool-a")[-1]
-            for metric, fld in [("pool_size", "size"), ("pool_available", "available"),
-                                ("pool_borrowed", "borrowed"), ("pool_pending", "pending"),
-                                ("pool_min_size", "min_size"), ("pool_max_size", "max_size"),
-                                ("pool_target_size", "target_size")]:
+            for metric, fld in [
+                ("pool_size", "size"),
+                ("pool_available", "available"),
+                ("pool_borrowed", "borrowed"),
+                ("pool_pending", "pending"),
+                ("pool_min_size", "min_size"),
+                ("pool_max_size", "max_size"),
+                ("pool_target_size", "target_size"),
+            ]:
                 assert value(s, P + metric, pool_id="pool-a", workload_id="echo") == last_a[fld], metric
                 assert value(s, P + metric, pool_id="pool-b", workload_id="echo") is None, "removed pool"
             assert value(s, f"{P}affinity_reservations", pool_id="pool-a") == last_a["affinity_reservations"]
@@ -85,27 +90,58 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
             # ---- container histograms and counters --------------------------------------------------
             for pool, status in {(e["pool_id"], e["status"]) for e in p.of("container.acquired")}:
                 vals = [e["duration_s"] for e in p.of("container.acquired", pool_id=pool, status=status)]
-                assert_histogram(s, "container_acquire_duration_seconds", {"pool_id": pool, "status": status},
-                                 vals, CONTAINER_BUCKETS)
+                assert_histogram(
+                    s,
+                    "container_acquire_duration_seconds",
+                    {"pool_id": pool, "status": status},
+                    vals,
+                    CONTAINER_BUCKETS,
+                )
             for status in ("success", "failure"):
                 vals = [e["duration_s"] for e in p.of("container.released", status=status)]
-                assert_histogram(s, "container_release_duration_seconds", {"pool_id": "pool-a", "status": status},
-                                 vals, CONTAINER_BUCKETS)
-            assert_histogram(s, "container_create_duration_seconds", {"pool_id": "pool-a", "workload_id": "echo"},
-                             [e["duration_s"] for e in p.of("container.created")], CONTAINER_BUCKETS)
-            assert_histogram(s, "container_destroy_duration_seconds", {"pool_id": "pool-a"},
-                             [e["duration_s"] for e in p.of("container.destroyed")], CONTAINER_BUCKETS)
-            assert_histogram(s, "container_wipe_duration_seconds", {"pool_id": "pool-a"},
-                             [e["duration_s"] for e in p.of("container.wiped")], CONTAINER_BUCKETS)
-            for type_, op in [("container.created", "create"), ("container.destroyed", "destroy"),
-                              ("container.wiped", "wipe")]:
+                assert_histogram(
+                    s,
+                    "container_release_duration_seconds",
+                    {"pool_id": "pool-a", "status": status},
+                    vals,
+                    CONTAINER_BUCKETS,
+                )
+            assert_histogram(
+                s,
+                "container_create_duration_seconds",
+                {"pool_id": "pool-a", "workload_id": "echo"},
+                [e["duration_s"] for e in p.of("container.created")],
+                CONTAINER_BUCKETS,
+            )
+            assert_histogram(
+                s,
+                "container_destroy_duration_seconds",
+                {"pool_id": "pool-a"},
+                [e["duration_s"] for e in p.of("container.destroyed")],
+                CONTAINER_BUCKETS,
+            )
+            assert_histogram(
+                s,
+                "container_wipe_duration_seconds",
+                {"pool_id": "pool-a"},
+                [e["duration_s"] for e in p.of("container.wiped")],
+                CONTAINER_BUCKETS,
+            )
+            for type_, op in [
+                ("container.created", "create"),
+                ("container.destroyed", "destroy"),
+                ("container.wiped", "wipe"),
+            ]:
                 for status in ("success", "failure"):
                     n = len(p.of(type_, status=status))
-                    got = value(s, f"{P}container_operations_total", pool_id="pool-a", operation=op, status=status)
+                    got = value(
+                        s, f"{P}container_operations_total", pool_id="pool-a", operation=op, status=status
+                    )
                     assert got == (n or None), (op, status)
             for pool in ("pool-a", "pool-b"):
                 assert value(s, f"{P}container_health_check_failures_total", pool_id=pool) == len(
-                    p.of("container.health_check_failed", pool_id=pool))
+                    p.of("container.health_check_failed", pool_id=pool)
+                )
                 # ---- affinity --------------------------------------------------------------------------
                 hits = len(p.of("container.acquired", pool_id=pool, affinity="hit"))
                 misses = len(p.of("container.acquired", pool_id=pool, affinity="miss"))
@@ -117,23 +153,36 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
             syncs = p.of("sync.finished")
             for direction, status in {(e["direction"], e["status"]) for e in syncs}:
                 n = len(p.of("sync.finished", direction=direction, status=status))
-                assert value(s, f"{P}sync_operations_total", workload_id="echo", direction=direction,
-                             status=status) == n
+                assert (
+                    value(
+                        s, f"{P}sync_operations_total", workload_id="echo", direction=direction, status=status
+                    )
+                    == n
+                )
             for direction, mode in {(e["direction"], e["mode"]) for e in syncs}:
                 vals = [e["duration_s"] for e in p.of("sync.finished", direction=direction, mode=mode)]
-                assert_histogram(s, "sync_duration_seconds",
-                                 {"workload_id": "echo", "direction": direction, "mode": mode}, vals, SYNC_BUCKETS)
+                assert_histogram(
+                    s,
+                    "sync_duration_seconds",
+                    {"workload_id": "echo", "direction": direction, "mode": mode},
+                    vals,
+                    SYNC_BUCKETS,
+                )
             for direction in ("upload", "download"):
                 mine = p.of("sync.finished", direction=direction)
-                assert value(s, f"{P}sync_bytes_transferred_total", workload_id="echo",
-                             direction=direction) == sum(e["bytes"] for e in mine)
-                assert value(s, f"{P}sync_files_transferred_total", workload_id="echo",
-                             direction=direction) == sum(e["files"] for e in mine)
+                assert value(
+                    s, f"{P}sync_bytes_transferred_total", workload_id="echo", direction=direction
+                ) == sum(e["bytes"] for e in mine)
+                assert value(
+                    s, f"{P}sync_files_transferred_total", workload_id="echo", direction=direction
+                ) == sum(e["files"] for e in mine)
             # error_type as sent; a timeout without one is "timeout", another failure "rclone_error".
             assert value(s, f"{P}sync_errors_total", workload_id="echo", error_type="network_error") == 1
             assert value(s, f"{P}sync_errors_total", workload_id="echo", error_type="timeout") == 1
             assert value(s, f"{P}sync_errors_total", workload_id="echo", error_type="rclone_error") == 1
-            assert value(s, f"{P}sync_errors_total", workload_id="echo", error_type="permission_denied") is None
+            assert (
+                value(s, f"{P}sync_errors_total", workload_id="echo", error_type="permission_denied") is None
+            )
             assert value(s, f"{P}sync_bisync_resync_total", workload_id="echo") == len(p.of("sync.resynced"))
             last_sync = p.of("sync.state")[-1]
             assert value(s, f"{P}sync_concurrent_operations", workload_id="echo") == last_sync["running"]
@@ -145,8 +194,9 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
                 mine = p.of("http.request", method=method, path=path, status=status)
                 labels = {"method": method, "path": path, "status": str(status)}
                 assert value(s, f"{P}http_requests_total", **labels) == len(mine)
-                assert_histogram(s, "http_request_duration_seconds", labels, [e["duration_s"] for e in mine],
-                                 HTTP_BUCKETS)
+                assert_histogram(
+                    s, "http_request_duration_seconds", labels, [e["duration_s"] for e in mine], HTTP_BUCKETS
+                )
 
             # ---- system and pipeline --------------------------------------------------------------------
             assert value(s, f"{P}info", version="9.9.9") == 1
@@ -161,8 +211,11 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
 
             # ---- source.stopped: gauges and info go at once, counters stay -------------------------------
             pub.close()
-            after = wait_for(agg.url, lambda x: value(x, f"{P}aggregator_events_applied_total",
-                                                     type="source.stopped") == 1, what="source.stopped applied")
+            after = wait_for(
+                agg.url,
+                lambda x: value(x, f"{P}aggregator_events_applied_total", type="source.stopped") == 1,
+                what="source.stopped applied",
+            )
             assert value(after, f"{P}pool_size", pool_id="pool-a", workload_id="echo") is None
             assert value(after, f"{P}sync_concurrent_operations", workload_id="echo") is None
             assert value(after, f"{P}info", version="9.9.9") is None
@@ -177,8 +230,15 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
 
 def test_gauges_sum_over_live_sources_and_ttl_expiry(redis_url: str) -> None:
     """Two sources report the same pool; the aggregator serves the sum, minus a silent one after the TTL."""
-    fields = dict(pool_id="pool-a", workload_id="echo", pending=0, min_size=1, max_size=9, target_size=3,
-                  affinity_reservations=0)
+    fields = dict(
+        pool_id="pool-a",
+        workload_id="echo",
+        pending=0,
+        min_size=1,
+        max_size=9,
+        target_size=3,
+        affinity_reservations=0,
+    )
     a = Publisher(redis_url, "worker-a", heartbeat_interval_s=0.2, flush_interval_s=0.01)
     b = publisher(redis_url, "worker-b")  # never sends a heartbeat
     try:
@@ -191,8 +251,9 @@ def test_gauges_sum_over_live_sources_and_ttl_expiry(redis_url: str) -> None:
             assert value(s, f"{P}pool_available", pool_id="pool-a", workload_id="echo") == 1 + 4
             assert value(s, f"{P}pool_borrowed", pool_id="pool-a", workload_id="echo") == 2 + 0
             # worker-b is silent (no heartbeat, no source.stopped): after the TTL only worker-a counts.
-            s = wait_for(agg.url, lambda x: value(x, f"{P}aggregator_live_sources") == 1, timeout=10,
-                         what="ttl expiry")
+            s = wait_for(
+                agg.url, lambda x: value(x, f"{P}aggregator_live_sources") == 1, timeout=10, what="ttl expiry"
+            )
             assert value(s, f"{P}pool_size", pool_id="pool-a", workload_id="echo") == 3
             assert value(s, f"{P}pool_available", pool_id="pool-a", workload_id="echo") == 1
             assert value(s, f"{P}pool_borrowed", pool_id="pool-a", workload_id="echo") == 2
@@ -217,10 +278,15 @@ async def test_api_middleware_labels_by_route_template(redis_url: str) -> None:
     """
     pub = publisher(redis_url, "api")
     api = create_api(ApiSettings(redis_url=redis_url), publisher=pub)
-    api.router.routes.append(Mount("/test/v1", routes=[
-        Route("/tenants/{tenant_id}/claim", _claim, methods=["POST"]),
-        Route("/pools/{pool_id}", _boom, methods=["GET", "DELETE"]),
-    ]))
+    api.router.routes.append(
+        Mount(
+            "/test/v1",
+            routes=[
+                Route("/tenants/{tenant_id}/claim", _claim, methods=["POST"]),
+                Route("/pools/{pool_id}", _boom, methods=["GET", "DELETE"]),
+            ],
+        )
+    )
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         for tenant in ("tenant-123", "tenant-456", "tenant-789"):
@@ -232,8 +298,11 @@ async def test_api_middleware_labels_by_route_template(redis_url: str) -> None:
         assert (await client.request("PURGE", "/healthz")).status_code == 405
     with aggregator(redis_url) as agg:
         pub.close()
-        s = wait_for(agg.url, lambda x: value(x, f"{P}aggregator_events_applied_total", type="http.request") == 8,
-                     what="8 requests")
+        s = wait_for(
+            agg.url,
+            lambda x: value(x, f"{P}aggregator_events_applied_total", type="http.request") == 8,
+            what="8 requests",
+        )
         text = httpx.get(agg.url + "/metrics").text
     req = f"{P}http_requests_total"
     assert value(s, req, method="POST", path="/test/v1/tenants/{tenant_id}/claim", status="200") == 3
@@ -244,15 +313,34 @@ async def test_api_middleware_labels_by_route_template(redis_url: str) -> None:
     assert value(s, req, method="OTHER", path="/healthz", status="405") == 1
     assert "tenant-123" not in text and "tenant-456" not in text, "raw paths must never become labels"
     # Durations were measured by the middleware: one observation per request, all well under 10 s.
-    assert value(s, f"{P}http_request_duration_seconds_count", method="POST",
-                 path="/test/v1/tenants/{tenant_id}/claim", status="200") == 3
-    assert value(s, f"{P}http_request_duration_seconds_bucket", method="POST",
-                 path="/test/v1/tenants/{tenant_id}/claim", status="200", le="10.0") == 3
+    assert (
+        value(
+            s,
+            f"{P}http_request_duration_seconds_count",
+            method="POST",
+            path="/test/v1/tenants/{tenant_id}/claim",
+            status="200",
+        )
+        == 3
+    )
+    assert (
+        value(
+            s,
+            f"{P}http_request_duration_seconds_bucket",
+            method="POST",
+            path="/test/v1/tenants/{tenant_id}/claim",
+            status="200",
+            le="10.0",
+        )
+        == 3
+    )
 
 
 def test_content_negotiation_health_and_readiness(redis_url: str) -> None:
     pub = publisher(redis_url)
-    pub.emit("container.acquired", {"pool_id": "p", "status": "success", "duration_s": 0.2, "affinity": "hit"})
+    pub.emit(
+        "container.acquired", {"pool_id": "p", "status": "success", "duration_s": 0.2, "affinity": "hit"}
+    )
     try:
         with aggregator(redis_url) as agg:
             assert pub.flush(10)
@@ -260,11 +348,13 @@ def test_content_negotiation_health_and_readiness(redis_url: str) -> None:
             plain = httpx.get(agg.url + "/metrics")
             assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
             assert not plain.text.rstrip().endswith("# EOF")
-            om = httpx.get(agg.url + "/metrics",
-                           headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+            om = httpx.get(
+                agg.url + "/metrics",
+                headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"},
+            )
             assert om.headers["content-type"].startswith("application/openmetrics-text")
             assert om.text.endswith("# EOF\n")
-            assert f"{P}affinity_hits_total{{pool_id=\"p\"}} 1.0" in om.text
+            assert f'{P}affinity_hits_total{{pool_id="p"}} 1.0' in om.text
             # The aggregator's own process metrics come from the library's standard collectors.
             samples = parse(plain.text)
             assert value(samples, "process_cpu_seconds_total") is not None
@@ -295,8 +385,9 @@ def test_readyz_is_503_while_redis_is_unreachable() -> None:
         ({"BOILERHOUSE_METRICS_ENABLED": "false"}, None, "boilerhouse_", "/metrics"),
     ],
 )
-async def test_metrics_settings(redis_url: str, env: dict[str, str], path: str | None, prefix: str,
-                                absent: str | None) -> None:
+async def test_metrics_settings(
+    redis_url: str, env: dict[str, str], path: str | None, prefix: str, absent: str | None
+) -> None:
     settings = AggregatorSettings.from_env({"BOILERHOUSE_REDIS_URL": redis_url, **env})
     client = redis.Redis.from_url(redis_url, protocol=2)
     app = create_aggregator(settings, client=client)

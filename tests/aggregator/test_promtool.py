@@ -20,8 +20,9 @@ def promtool() -> str:
 
 
 def check_metrics(exposition: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), "check", "metrics"], input=exposition, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [promtool(), "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("prefix", ["boilerhouse_", "acme_"])
@@ -34,8 +35,9 @@ def test_promtool_check_metrics_passes_with_every_metric_populated(redis_url: st
             assert pub.flush(10)
             wait_applied(agg.url, len(p.events) + 1, prefix=prefix)
             text = httpx.get(agg.url + "/metrics").text
-            openmetrics = httpx.get(agg.url + "/metrics",
-                                    headers={"Accept": "application/openmetrics-text; version=1.0.0"}).text
+            openmetrics = httpx.get(
+                agg.url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+            ).text
     finally:
         pub.close()
     assert f"{prefix}container_acquire_duration_seconds_bucket" in text
@@ -56,7 +58,7 @@ def test_promtool_check_metrics_passes_on_empty_state(redis_url: str) -> None:
 
 
 def test_promtool_detects_a_lint_problem() -> None:
-    """The check is real: promtool flags a counter without _total (exit 3), so a pass above means something."""
+    """The check is real: promtool flags a counter without _total (exit 3), so a pass above means something"""
     bad = "# HELP requests Requests.\n# TYPE requests counter\nrequests 1\n"
     result = check_metrics(bad)
     assert result.returncode == 3, result
