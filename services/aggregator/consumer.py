@@ -70,23 +70,27 @@ class CheckpointMismatch(RuntimeError):
 class TrimWindow:
     """Sources whose next sequence gap is attributed to entries trimmed before they were read.
 
-    ``suspects``: sources known when the trim was detected and not seen since. ``seen``: sources whose
-    first batch after the detection was already checked. Closed (both empty) once every suspect was
-    seen again or forgotten.
+    Opened when the consumer sees that entries it had not read were removed. Each source's first
+    batch after that is checked (``check``): its gap, if any, is what the trim took. The window stays
+    open until every source known at the detection (``suspects``) was seen again or forgotten, and
+    the consumer has read up to the stream's last entry at the detection (``until``), so sources
+    first seen in that backlog are checked too.
     """
 
-    __slots__ = ("suspects", "seen", "open", "handled_deleted")
+    __slots__ = ("suspects", "seen", "open", "until", "handled_deleted")
 
     def __init__(self) -> None:
         self.suspects: set[str] = set()
         self.seen: set[str] = set()
         self.open = False
+        self.until: tuple[int, int] = (0, 0)
         #: The stream's max-deleted-entry-id already accounted for.
         self.handled_deleted: tuple[int, int] = (0, 0)
 
-    def start(self, known: set[str]) -> None:
+    def start(self, known: set[str], until: tuple[int, int]) -> None:
         self.suspects = set(known)
         self.seen = set()
+        self.until = max(self.until, until) if self.open else until
         self.open = True
 
     def check(self, src: str) -> bool:
@@ -95,22 +99,21 @@ class TrimWindow:
             return False
         self.seen.add(src)
         self.suspects.discard(src)
-        if not self.suspects:
+        return True
+
+    def maybe_close(self, position: tuple[int, int]) -> None:
+        if self.open and not self.suspects and position >= self.until:
             self.open = False
             self.seen = set()
-        return True
 
     def forget(self, srcs: set[str]) -> None:
         if self.open:
             self.suspects -= srcs
             self.seen -= srcs
-            if not self.suspects:
-                self.open = False
-                self.seen = set()
 
     def to_data(self) -> dict[str, Any]:
         return {"open": self.open, "suspects": sorted(self.suspects), "seen": sorted(self.seen),
-                "handled_deleted": format_id(self.handled_deleted)}
+                "until": format_id(self.until), "handled_deleted": format_id(self.handled_deleted)}
 
     @classmethod
     def from_data(cls, data: dict[str, Any] | None) -> TrimWindow:
@@ -119,6 +122,7 @@ class TrimWindow:
             w.open = bool(data.get("open"))
             w.suspects = set(data.get("suspects", ()))
             w.seen = set(data.get("seen", ()))
+            w.until = parse_id(data.get("until", "0-0"))
             w.handled_deleted = parse_id(data.get("handled_deleted", "0-0"))
         return w
 
@@ -136,6 +140,10 @@ class PartitionConsumer:
         self.reset_pending()
         self.last_checkpoint = time.time()
         self.position: tuple[int, int] = (0, 0)
+        #: The group's last delivered id as of our last read (where to wait for new entries).
+        self.last_delivered: tuple[int, int] = (0, 0)
+        #: The stream's last entry id when it was last inspected (end of a trim window's backlog).
+        self.stream_last: tuple[int, int] = (0, 0)
         #: Entries seen deleted while they were pending, or detected trimmed unread (log summaries).
         self.trims_detected = 0
 
@@ -298,6 +306,7 @@ class Consumer:
                 # entries are delivered again by ">", so they are not drained separately.
                 self.client.xgroup_setid(pc.stream, self.settings.group, id="0")
                 logger.info("partition %d: rebuilding from the start of the stream", pc.partition)
+        self.detect_trimmed()  # also learns where the stream ends (a trim window's backlog)
         if not self.rebuild:
             # Entries delivered to us before a crash but never acknowledged come first.
             self._drain_pending()
@@ -319,22 +328,69 @@ class Consumer:
                 self._apply_entries(got)
 
     def _read_from(self, ids: dict[str, str], block: int | None = None) -> list[tuple[PartitionConsumer, list[Any]]]:
-        count = max(1, min(self.settings.read_count, int(READ_BYTES_BUDGET / self._bytes_per_entry)))
         reply = self.client.xreadgroup(self.settings.group, self.settings.consumer_name, ids,  # type: ignore[arg-type]
-                                       count=count, block=block)
+                                       count=self._read_count(), block=block)
         by_stream = {pc.stream.encode(): pc for pc in self.parts.values()}
         return [(by_stream[stream], entries) for stream, entries in reply or [] if entries]
+
+    def _read_count(self) -> int:
+        return max(1, min(self.settings.read_count, int(READ_BYTES_BUDGET / self._bytes_per_entry)))
 
     def _read(self, from_id: str, block: int | None = None) -> list[tuple[PartitionConsumer, list[Any]]]:
         return self._read_from({pc.stream: from_id for pc in self.parts.values()}, block)
 
     def poll_once(self) -> int:
         """Read one round of new entries, fold them, checkpoint if due. Returns entries read."""
-        self.detect_trimmed()  # before reading, so the window is open when the gaps show up
-        got = self._read(">", block=self.settings.block_ms)
+        got = self._inspect_and_read()
+        if not got:
+            # Nothing waiting: wait for new entries with a plain XREAD (it takes nothing from the
+            # group), then read them atomically with the inspection as above. A blocking XREADGROUP
+            # would fold whatever follows a hole trimmed while we waited, before we could see the hole.
+            self.client.xread({pc.stream: format_id(pc.last_delivered) for pc in self.parts.values()},
+                              count=1, block=self.settings.block_ms)
+            got = self._inspect_and_read()
         n = self._apply_entries(got) if got else 0
         self.checkpoint_all()
         return n
+
+    def _inspect_and_read(self) -> list[tuple[PartitionConsumer, list[Any]]]:
+        """Stream and group info and a non-blocking read in one transaction: trim detection sees
+        exactly the stream the read saw, so a hole is known before the entries after it are folded.
+
+        The transaction also checks our pending list: an entry there beyond our position was
+        delivered by a read whose reply never reached us (connection reset, timeout; redis-py may
+        even have retried the command without telling us). Those come first, from the pending list.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        parts = list(self.parts.values())
+        for pc in parts:
+            pipe.xinfo_stream(pc.stream)
+            pipe.xinfo_groups(pc.stream)
+            pipe.xpending(pc.stream, self.settings.group)
+        pipe.xreadgroup(self.settings.group, self.settings.consumer_name,
+                        {pc.stream: ">" for pc in parts}, count=self._read_count())  # type: ignore[arg-type]
+        replies = pipe.execute(raise_on_error=False)
+        reply = replies[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        by_stream = {pc.stream.encode(): pc for pc in parts}
+        got = [(by_stream[stream], entries) for stream, entries in reply or [] if entries]
+        read = {pc.partition: entries for pc, entries in got}
+        unseen = False
+        for i, pc in enumerate(parts):
+            info, groups, pending = replies[3 * i: 3 * i + 3]
+            if isinstance(info, Exception) or isinstance(groups, Exception):
+                continue
+            self._inspect(pc, info, groups, read.get(pc.partition, []))
+            if isinstance(pending, dict) and pending.get("pending") and pending.get("max") is not None \
+                    and parse_id(pending["max"]) > pc.position:
+                unseen = True
+        if unseen:
+            logger.warning("entries were delivered to us by a read whose reply was lost; re-reading "
+                           "them from the pending list")
+            self._drain_pending()  # in stream order, including what this read returned
+            return []
+        return got
 
     def _apply_entries(self, got: list[tuple[PartitionConsumer, list[Any]]]) -> int:
         n = 0
@@ -345,12 +401,13 @@ class Consumer:
                 for entry_id, fields in entries:
                     n += 1
                     pc.to_ack.append(entry_id)
-                    if not fields:  # deleted (trimmed) while pending: its events are lost
-                        self._trim_detected(pc, f"pending entry {entry_id.decode()} was deleted")
-                        continue
                     eid = parse_id(entry_id)
                     if eid <= pc.position:
                         continue  # already covered by the checkpoint (redelivery after a crash)
+                    if not fields:  # deleted (trimmed) while pending: its events are lost
+                        pc.position = eid
+                        self._trim_detected(pc, f"pending entry {entry_id.decode()} was deleted")
+                        continue
                     pc.position = eid
                     state.positions[pc.partition] = entry_id.decode()
                     payload = fields.get(ENTRY_FIELD)
@@ -361,8 +418,10 @@ class Consumer:
                         record_dead_letter(state, exc.reason)
                         pc.dead.append(_dead_letter(entry_id, exc.reason, exc.detail, fields))
                         continue
-                    if pc.trim.check(batch.src):
-                        _count_trimmed_gap(state, batch)
+                    if pc.trim.open:
+                        if pc.trim.check(batch.src):
+                            _count_trimmed_gap(state, batch)
+                        pc.trim.maybe_close(eid)
                     rejected = apply_batch(state, batch)
                     pc.events_since_checkpoint += len(batch.events)
                     for reason, detail, ev in rejected:
@@ -427,13 +486,7 @@ class Consumer:
             self.trim()
 
     def detect_trimmed(self) -> None:
-        """Open a trim window if entries after the group's last delivered id were removed unread.
-
-        With the group's ``last-delivered-id`` L (everything up to L was delivered to us, so it is
-        either folded or pending), entries were lost unread when the stream's first entry is after L
-        and the group's lag (entries added minus entries read) exceeds what is left in the stream, or
-        when an entry after L was deleted (``max-deleted-entry-id`` > L).
-        """
+        """Inspect each stream (outside a read) and open a trim window if unread entries were removed."""
         for pc in self.parts.values():
             pipe = self.client.pipeline(transaction=True)
             pipe.xinfo_stream(pc.stream)
@@ -442,33 +495,47 @@ class Consumer:
                 info, groups = pipe.execute()
             except redis.ResponseError:
                 continue  # no stream yet
-            group = next((g for g in groups if _text(g.get("name")) == self.settings.group), None)
-            if group is None:
-                continue
-            last_delivered = parse_id(group["last-delivered-id"])
-            max_deleted = parse_id(info.get("max-deleted-entry-id") or b"0-0")
-            first = info.get("first-entry")
-            length = int(info.get("length", 0))
-            lag = group.get("lag")
-            if max_deleted > last_delivered and max_deleted > pc.trim.handled_deleted:
-                pc.trim.handled_deleted = max_deleted  # XDEL of an entry we had not read
-                with self.lock:
-                    self._trim_detected(pc, f"entry {format_id(max_deleted)} was deleted unread")
-            if first is not None and parse_id(first[0]) <= last_delivered:
-                continue  # everything removed had been delivered: folded, or pending (seen when drained)
-            added, read = info.get("entries-added"), group.get("entries-read")
-            if added is not None and read is not None:
-                lost_unread = int(added) - int(read) > length
-            else:
-                lost_unread = lag is None and length > 0 and last_delivered != (0, 0)
-            if lost_unread:
-                with self.lock:
-                    self._trim_detected(pc, f"entries after {format_id(last_delivered)} were trimmed unread")
-                # Redis keeps counting the trimmed entries as unread; move the group's read counter
-                # past them so the next check (and the lag gauge) start from the truth.
-                self.client.execute_command("XGROUP", "SETID", pc.stream, self.settings.group,
-                                            format_id(last_delivered), "ENTRIESREAD",
-                                            int(added or 0) - length)
+            self._inspect(pc, info, groups, [])
+
+    def _inspect(self, pc: PartitionConsumer, info: dict[str, Any], groups: list[dict[str, Any]],
+                 read: list[Any]) -> None:
+        """Open a trim window if entries after the group's last delivered id were removed unread.
+
+        ``info``/``groups`` were taken atomically with the read that returned ``read``. With the
+        group's ``last-delivered-id`` L before that read (everything up to L was delivered to us, so
+        it is folded or pending), entries were lost unread when the stream's first entry is after L and
+        the group's lag (entries added minus entries read) exceeds what is left in the stream, or when
+        an entry after L was deleted (``max-deleted-entry-id`` > L).
+        """
+        group = next((g for g in groups if _text(g.get("name")) == self.settings.group), None)
+        if group is None:
+            return
+        last_delivered = parse_id(group["last-delivered-id"])
+        pc.last_delivered = parse_id(read[-1][0]) if read else last_delivered
+        pc.stream_last = parse_id(info.get("last-generated-id") or b"0-0")
+        max_deleted = parse_id(info.get("max-deleted-entry-id") or b"0-0")
+        first = info.get("first-entry")
+        length = int(info.get("length", 0))
+        if max_deleted > last_delivered and max_deleted > pc.trim.handled_deleted:
+            pc.trim.handled_deleted = max_deleted  # XDEL of an entry we had not read
+            with self.lock:
+                self._trim_detected(pc, f"entry {format_id(max_deleted)} was deleted unread")
+        if first is not None and parse_id(first[0]) <= last_delivered:
+            return  # everything removed had been delivered: folded, or pending (seen when drained)
+        added, entries_read = info.get("entries-added"), group.get("entries-read")
+        if added is not None and entries_read is not None:
+            lost_unread = int(added) - int(entries_read) > length
+        else:
+            lost_unread = group.get("lag") is None and length > 0 and last_delivered != (0, 0)
+        if not lost_unread:
+            return
+        with self.lock:
+            self._trim_detected(pc, f"entries after {format_id(last_delivered)} were trimmed unread")
+        # Redis keeps counting the trimmed entries as unread: set the group's read counter to the
+        # truth (all removed entries, plus those this read returned) so the lag gauge is right again.
+        last = read[-1][0].decode() if read else format_id(last_delivered)
+        self.client.execute_command("XGROUP", "SETID", pc.stream, self.settings.group, last,
+                                    "ENTRIESREAD", int(added or 0) - length + len(read))
 
     def _trim_detected(self, pc: PartitionConsumer, why: str) -> None:
         """Called with the lock held."""
@@ -476,7 +543,7 @@ class Consumer:
         if not pc.trim.open:
             logger.warning("partition %d: %s; gaps of the next batch of each known source are "
                            "counted as lost (reason=trimmed)", pc.partition, why)
-        pc.trim.start(set(pc.state.last_seq))
+        pc.trim.start(set(pc.state.last_seq), max(pc.stream_last, pc.position))
         pc.events_since_checkpoint += 1  # make the next checkpoint save the window
 
     def forget_sources(self) -> None:

@@ -105,6 +105,7 @@ class Publisher:
         self._dropped = 0
         self._dropped_reported = 0
         self._drop_lock = threading.Lock()
+        self._move_lock = threading.RLock()
         self._snapshots: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -162,10 +163,8 @@ class Publisher:
         """Wait until everything emitted so far is written (or ``timeout``); True if it was."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._buf and not self._pending and not self._spooled_files():
-                with self._drop_lock:
-                    if self._dropped == self._dropped_reported:
-                        return True
+            if self._all_sent():
+                return True
             self._wake.set()
             time.sleep(0.005)
         return False
@@ -196,8 +195,11 @@ class Publisher:
         self._client.close()
 
     def _all_sent(self) -> bool:
-        if self._buf or self._pending or self._spooled_files():
-            return False
+        # Under the move lock: while the flusher moves events from the buffer into an encoded batch
+        # (or a batch into the spool) they are in neither place.
+        with self._move_lock:
+            if self._buf or self._pending or self._unsent_files():
+                return False
         with self._drop_lock:
             return self._dropped == self._dropped_reported
 
@@ -213,8 +215,7 @@ class Publisher:
             if unreported:
                 self._buf.append(("events.dropped", _time(), {"count": unreported}))
             self._drain_into_pending()
-            while self._pending:
-                self._spool_batch(self._pending.popleft())
+            self._spool_pending()
             logger.warning("event bus unreachable at shutdown: %d events spooled to %s", left, self._spool)
         else:
             logger.warning("event bus unreachable at shutdown: %d events lost (%d dropped earlier, unreported)",
@@ -257,8 +258,7 @@ class Publisher:
         if time.monotonic() < self._retry_at:
             if self._spool:  # keep memory small during an outage: everything goes to disk, in order
                 self._drain_into_pending()
-                while self._pending:
-                    self._spool_batch(self._pending.popleft())
+                self._spool_pending()
             return
         with self._drop_lock:
             unreported = self._dropped - self._dropped_reported
@@ -272,8 +272,7 @@ class Publisher:
             if not self._send_spool():
                 # Another publisher is sending the spool, maybe with batches of ours in it: ours must
                 # follow them, so this round they join the spool too (nothing waits, nothing drops).
-                while self._pending:
-                    self._spool_batch(self._pending.popleft())
+                self._spool_pending()
                 return
             while self._pending:
                 self._send(list(self._pending)[:64])
@@ -289,7 +288,16 @@ class Publisher:
             self._backoff = min(5.0, max(0.05, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
 
+    def _spool_pending(self) -> None:
+        with self._move_lock:
+            while self._pending:
+                self._spool_batch(self._pending.popleft())
+
     def _drain_into_pending(self) -> None:
+        with self._move_lock:
+            self._drain_into_pending_locked()
+
+    def _drain_into_pending_locked(self) -> None:
         """Move buffered events into encoded batches, assigning sequence numbers in emit order."""
         buf, pending, size = self._buf, self._pending, self._batch_size
         while buf:
@@ -337,6 +345,12 @@ class Publisher:
             return []
         return sorted(self._spool.glob("*.batch"))
 
+    def _unsent_files(self) -> list[Path]:
+        """Spooled batches not yet written, including those being sent right now."""
+        if not self._spool:
+            return []
+        return [*self._spool.glob("*.batch"), *self._spool.glob("*.sending-*")]
+
     def _send_spool(self) -> bool:
         """Send spooled batches oldest first (also those of earlier process lives), 64 per round trip.
 
@@ -345,7 +359,7 @@ class Publisher:
         only after its XADD was answered: a crash in between sends it again, and the aggregator skips
         the repeated sequence numbers. Returns False if another publisher holds the lock.
         """
-        if not self._spool or not self._spooled_files():
+        if not self._spool or not self._unsent_files():
             return True
         fd = os.open(self._spool / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -353,6 +367,10 @@ class Publisher:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False
+            # With the lock held nobody else is sending: claimed files were left by a sender that
+            # died mid-send; they go back to the queue (a repeat is skipped by sequence number).
+            for path in self._spool.glob("*.sending-*"):
+                path.rename(path.with_suffix(".batch"))
             self._send_spool_locked()
             return True
         finally:
@@ -398,19 +416,12 @@ class Publisher:
 
 
 def recover_spool(spool: Path) -> None:
-    """Return batches claimed by a process that died mid-send to the queue; drop torn writes.
+    """Drop torn writes: ``*.tmp`` files of dead processes were never completely written.
 
-    ``*.tmp`` files were never completely written (the process died during the write), so the
-    batch in them never left the process: their events are lost like the rest of its memory.
+    The batch in such a file never left its process, so its events are lost like the rest of that
+    process's memory (the aggregator counts them as a sequence gap if the source is seen again).
+    Batches claimed by a sender that died mid-send are put back by the next sender (``_send_spool``).
     """
-    for path in spool.glob("*.sending-*"):
-        pid = path.suffix.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            continue
-        try:
-            path.rename(path.with_suffix(".batch"))
-        except FileNotFoundError:
-            continue
     for path in spool.glob("*.batch.tmp"):
         pid = path.name.split("-")[1] if path.name.count("-") >= 2 else ""
         if pid.isdigit() and _alive(int(pid)):
