@@ -245,7 +245,7 @@ def test_gauges_sum_over_live_sources_and_ttl_expiry(redis_url: str) -> None:
         a.emit("pool.state", {**fields, "size": 3, "available": 1, "borrowed": 2})
         b.emit("pool.state", {**fields, "size": 4, "available": 4, "borrowed": 0})
         assert a.flush(10) and b.flush(10)
-        with aggregator(redis_url, source_ttl_s=1.5) as agg:
+        with aggregator(redis_url, source_ttl_s=3.0) as agg:
             s = wait_for(agg.url, lambda x: value(x, f"{P}aggregator_live_sources") == 2, what="two sources")
             assert value(s, f"{P}pool_size", pool_id="pool-a", workload_id="echo") == 3 + 4
             assert value(s, f"{P}pool_available", pool_id="pool-a", workload_id="echo") == 1 + 4
