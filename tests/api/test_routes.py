@@ -348,6 +348,11 @@ async def test_container_runtime_failure_is_500(api: Api) -> None:
     body = assert_error(await api.claim("alice", "broken"), 500, "container_runtime_error")
     assert "/nonexistent/boilerhouse-test-binary" in body["detail"]
     assert_error(await api.client.get(f"{API}/tenants/alice"), 404, "tenant_not_found")
+    events = api.stream_events()
+    assert ("POST", "/api/v1/tenants/{tenant_id}/claim", 500) in {
+        (e["method"], e["path"], e["status"]) for e in events if e["type"] == "http.request"}
+    failed = [e for e in events if e["type"] == "container.created" and e["pool_id"] == "broken"]
+    assert failed and {e["status"] for e in failed} == {"failure"}
 
 
 # ---- what the API publishes -----------------------------------------------------------------------------
