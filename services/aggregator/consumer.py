@@ -268,7 +268,8 @@ class Consumer:
 
     def _resetup(self) -> None:
         try:
-            self.checkpoint_all(force=True)
+            for pc in self.parts.values():
+                self._checkpoint(pc)  # even with nothing to acknowledge: Redis may have lost the last one
         except redis.RedisError as exc:
             logger.warning("checkpoint before set-up failed: %s", exc)
             self._stop.wait(0.5)

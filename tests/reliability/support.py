@@ -122,10 +122,14 @@ def wait_caught_up(client: redis.Redis, group: str, timeout: float = 60.0, strea
     info: dict[str, Any] = {}
     last: Any = None
     while time.monotonic() < deadline:
-        last = client.xinfo_stream(stream)["last-generated-id"]
-        info = group_info(client, group, stream)
-        if info["last-delivered-id"] == last and info["pending"] == 0:
-            return
+        try:
+            last = client.xinfo_stream(stream)["last-generated-id"]
+            info = group_info(client, group, stream)
+        except (AssertionError, redis.ResponseError) as exc:  # stream or group not (yet again) there
+            info = {"error": str(exc)}
+        else:
+            if info["last-delivered-id"] == last and info["pending"] == 0:
+                return
         time.sleep(0.05)
     raise AssertionError(f"group {group} not caught up after {timeout}s: {info} (stream last {last!r})")
 

@@ -12,6 +12,7 @@ import redis
 
 from shared.events.codec import ENTRY_FIELD, encode_batch
 from shared.events.publisher import Publisher
+from shared.events.streams import checkpoint_key
 from tests.reliability.support import (
     PREFIX,
     STREAM,
@@ -168,3 +169,40 @@ def test_entries_whose_read_reply_was_lost_are_still_applied(redis_url: str, red
         assert total(samples, PREFIX + "events_lost_total") == 0
     finally:
         agg.stop()
+
+
+@pytest.mark.timeout(90)
+def test_redis_losing_all_its_data_does_not_reset_counters(tmp_path: Path) -> None:
+    """Redis without persistence restarts empty: the running aggregator writes its state back, creates
+    the group again and counts on; a crash afterwards restores that state (counters never go back)."""
+    server = private_redis(tmp_path / "redis", aof=False).start()
+    agg = Aggregator(tmp_path, server.url).start()
+    pub = Publisher(server.url, "amnesia", heartbeat_interval_s=10**6)
+    client = redis.Redis.from_url(server.url, protocol=2)
+    try:
+        for _ in range(1000):
+            pub.emit("container.health_check_failed", {"pool_id": "p"})
+        assert pub.flush(10)
+        wait_caught_up(client, "aggregator")
+        server.kill()
+        server.start()
+        assert client.dbsize() == 0
+        deadline = time.monotonic() + 20
+        while not client.exists(checkpoint_key(0, "aggregator")):  # written back with no new event
+            assert time.monotonic() < deadline, "state not written back after Redis lost it"
+            time.sleep(0.05)
+        agg.kill()
+        agg.start()
+        assert total(agg.samples(), PREFIX + "container_health_check_failures_total") == 1000
+        for _ in range(500):
+            pub.emit("container.health_check_failed", {"pool_id": "p"})
+        assert pub.flush(20)
+        wait_caught_up(client, "aggregator", timeout=30)
+        samples = agg.samples()
+    finally:
+        pub.close(2)
+        client.close()
+        agg.stop()
+        server.cleanup()
+    assert total(samples, PREFIX + "container_health_check_failures_total") == 1500
+    assert total(samples, PREFIX + "events_lost_total") == 0
