@@ -103,7 +103,7 @@ class EmbeddedRedis:
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="boilerhouse-redis-")
-        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self.workdir = Path(workdir or self._tmp.name).absolute()  # type: ignore[union-attr]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = port or free_port()
