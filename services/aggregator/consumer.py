@@ -77,7 +77,7 @@ class TrimWindow:
     first seen in that backlog are checked too.
     """
 
-    __slots__ = ("suspects", "seen", "open", "until", "handled_deleted")
+    __slots__ = ("handled_deleted", "open", "seen", "suspects", "until")
 
     def __init__(self) -> None:
         self.suspects: set[str] = set()
@@ -631,4 +631,4 @@ def _dead_letter(entry_id: bytes, reason: str, detail: str, fields: dict[Any, An
     }
 
 
-__all__ = ["Consumer", "CheckpointMismatch", "TrimWindow", "record_lost"]
+__all__ = ["CheckpointMismatch", "Consumer", "TrimWindow", "record_lost"]

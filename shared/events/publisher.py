@@ -410,7 +410,7 @@ class Publisher:
             return self.stream
         try:
             src = msgpack.unpackb(payload, raw=False).get("src")
-        except Exception:  # a damaged file still goes out, to be dead-lettered and counted
+        except (ValueError, TypeError, AttributeError, msgpack.UnpackException):  # damaged: sent, dead-lettered
             return self.stream
         return stream_key(partition_of(src, self._partitions), self._prefix) if type(src) is str else self.stream
 

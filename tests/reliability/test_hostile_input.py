@@ -48,9 +48,7 @@ def _event(type_: str = "container.health_check_failed", **fields: Any) -> dict[
 
 def hostile_entries(rng: random.Random) -> Iterator[Hostile]:
     """Every kind of bad entry, PER_KIND of each (fewer of the huge ones), with the reason it must get."""
-    i = 0
-    for _ in range(PER_KIND):
-        i += 1
+    for i in range(1, PER_KIND + 1):
         # garbage bytes: 0xc1 is never used by msgpack
         yield {ENTRY_FIELD: b"\xc1" + rng.randbytes(rng.randrange(0, 200))}, "undecodable"
         # wrong types at the top: not a map, version not an int, src not a string, events not a list
