@@ -100,7 +100,10 @@ class Publisher:
 
         self._buf: deque[tuple[str, float, dict[str, Any] | None]] = deque()
         self._pending: deque[_Pending] = deque()
-        self._pending_events = 0
+        # Encoded events awaiting XADD, in a one-element list so that emit()'s closure reads it
+        # without an attribute lookup.
+        self._pending_box = [0]
+        self.emit = self._make_emit()
         self._seq = 0
         self._dropped = 0
         self._dropped_reported = 0
@@ -131,14 +134,38 @@ class Publisher:
 
     # ---- hot path -------------------------------------------------------------------------------
 
-    def emit(self, type_: str, fields: dict[str, Any] | None = None) -> None:
-        """Queue one event. Never blocks, never raises for I/O reasons; takes ownership of ``fields``."""
-        buf = self._buf
-        if len(buf) + self._pending_events >= self._cap:
-            with self._drop_lock:
-                self._dropped += 1
-            return
-        buf.append((type_, _time(), fields))
+    def emit(self, type_: str, fields: dict[str, Any] | None = None) -> None:  # replaced per instance
+        """Queue one event. Never blocks, never raises for I/O reasons; takes ownership of ``fields``.
+
+        The buffer holds at most ``buffer_size`` unsent events (queued plus encoded); past that the
+        event is dropped and counted. The instance's ``emit`` is a closure built by ``_make_emit``:
+        free variables instead of attribute lookups keep the hot path near CPython's floor for a call.
+        """
+        raise AssertionError("replaced in __init__")
+
+    def _make_emit(self) -> Callable[[str, dict[str, Any] | None], None]:
+        buf, pending, cap, append, now = self._buf, self._pending_box, self._cap, self._buf.append, _time
+
+        def emit(type_: str, fields: dict[str, Any] | None = None) -> None:
+            if len(buf) + pending[0] < cap:
+                append((type_, now(), fields))
+            else:
+                self._drop()
+
+        emit.__doc__ = Publisher.emit.__doc__
+        return emit
+
+    def _drop(self) -> None:
+        with self._drop_lock:
+            self._dropped += 1
+
+    @property
+    def _pending_events(self) -> int:
+        return self._pending_box[0]
+
+    @_pending_events.setter
+    def _pending_events(self, value: int) -> None:
+        self._pending_box[0] = value
 
     # ---- control --------------------------------------------------------------------------------
 
