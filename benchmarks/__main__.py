@@ -14,7 +14,7 @@ from pathlib import Path
 
 from services.embedded import EmbeddedRedis
 
-from . import breakdown, hotpath, profile, throughput, typed_decode
+from . import breakdown, hotpath, profile, replay_bench, throughput, typed_decode
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_EMIT = 0.25
@@ -75,22 +75,6 @@ HISTORY_HEADER = [
     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 HISTORY_KEEP = 12
-#: Everything after this line in docs/performance.md belongs to other benchmarks and is kept as it is.
-KEPT_MARKER = (
-    "<!-- End of the `make bench` report. "
-    "Sections below come from other benchmarks and are kept as they are. -->"
-)
-
-
-def kept_tail(previous: str) -> str:
-    """The part of an earlier docs/performance.md that other benchmarks wrote (after KEPT_MARKER)."""
-    if KEPT_MARKER in previous:
-        return previous[previous.index(KEPT_MARKER) + len(KEPT_MARKER) :].lstrip("\n")
-    if "\n## Replay and rebuild" in previous:  # written before the marker existed
-        return previous[previous.index("\n## Replay and rebuild") + 1 :]
-    return ""
-
-
 def history_rows(previous: str) -> list[str]:
     """The history rows of an earlier docs/performance.md (empty if it has none)."""
     if HISTORY_BEGIN not in previous or HISTORY_END not in previous:
@@ -337,11 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         bd = breakdown.run(min(n_ours, 200_000))
         typed = typed_decode.run(min(n_ours, 200_000))
         prof = profile.run(server.url, args.profile_events)
+        print("replay and rebuild against the live consumer ...", flush=True)
+        replay_events, replay_reps = (20_000, 2) if args.quick else (200_000, 7)
+        replay = [
+            r for per_entry in (100, 10)
+            for r in replay_bench.run(server.url, replay_events, per_entry, replay_reps)
+        ]
     output = Path(args.output)
     previous = output.read_text() if output.exists() else ""
     text = render(facts, (before, load()), hp, tp, bd, typed, prof, args, history_rows(previous))
-    tail = kept_tail(previous)
-    text += "\n" + KEPT_MARKER + "\n" + ("\n" + tail if tail else "")
+    text += "\n" + replay_bench.section(replay, args.command) + "\n"
     if args.no_write or args.quick:
         print(text)
     else:
