@@ -9,6 +9,9 @@ command -v rclone       >/dev/null || need+=(rclone)
 command -v podman       >/dev/null || need+=(podman)
 command -v runc         >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+# Sync tests make genuine permission errors as root: chattr +i, and rclone without DAC capabilities.
+command -v chattr       >/dev/null || need+=(e2fsprogs)
+command -v setpriv      >/dev/null || need+=(util-linux)
 # The docker CLI (only its `compose config` is used: no engine is needed or started).
 command -v docker       >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
