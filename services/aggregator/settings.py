@@ -14,6 +14,19 @@ class SettingsError(ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> None:
+    """Reject a Redis URL redis-py cannot use, with a message naming the setting (no credentials)."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise SettingsError(
+            f"Redis URL must start with {', '.join(s + '://' for s in REDIS_SCHEMES)} "
+            f"(BOILERHOUSE_REDIS_URL or --redis-url); got scheme {scheme or 'none'!r}"
+        )
+
+
 def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = environ.get(name)
     if raw is None or raw == "":
@@ -33,7 +46,8 @@ def env_number(environ: Mapping[str, str], name: str, default: Any, kind: type =
     try:
         value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a {kind.__name__}") from None
+        expected = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{name}={raw!r}: expected {expected}") from None
     if value < minimum:
         raise SettingsError(f"{name}={raw!r}: must be >= {minimum}")
     return value
@@ -88,6 +102,7 @@ class AggregatorSettings:
     metrics_bearer_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
         if not self.metrics_path.startswith("/") or self.metrics_path in ("/healthz", "/readyz"):
             raise SettingsError(f"metrics path {self.metrics_path!r} must start with / and not clash")
         if not 0 <= self.shard < self.shards:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from services.aggregator.settings import SettingsError, env_number
+from services.aggregator.settings import SettingsError, check_redis_url, env_number
 from shared.events.streams import DEFAULT_PREFIX
 
 
@@ -36,6 +36,7 @@ class ApiSettings:
     pools_file: str | None = None
 
     def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
         if not 0 < self.port < 65536:
             raise SettingsError(f"port {self.port} is not a TCP port")
 
