@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from services.api.clock import ManualClock, SystemClock
 from services.api.containers import Container, ContainerManager
 from services.api.runtimes import ContainerRuntimeError, PodmanRuntime, ProcessRuntime
 from services.api.workloads import DEFAULT_IMAGE, Workload
-from shared.events.codec import validate_event
+from tests.support.recording import Events, process_alive
 
 pytestmark = pytest.mark.anyio
 
@@ -35,24 +34,6 @@ class SteppingClock(ManualClock):
         return now
 
 
-class Events:
-    """A plain list-appending ``emit`` that also validates every event against the catalogue."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, type_: str, fields: dict[str, Any]) -> None:
-        problem = validate_event({**fields, "type": type_, "seq": len(self.items) + 1, "ts": time.time()})
-        assert problem is None, f"{type_} {fields}: {problem}"
-        self.items.append((type_, fields))
-
-    def of(self, type_: str) -> list[dict[str, Any]]:
-        return [f for t, f in self.items if t == type_]
-
-    def types(self) -> list[str]:
-        return [t for t, _ in self.items]
-
-
 @pytest.fixture
 def events() -> Events:
     return Events()
@@ -67,18 +48,6 @@ async def manager(tmp_path: Path, events: Events) -> AsyncIterator[ContainerMana
     await m.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:  # reaped meanwhile
-        return False
-
-
 async def test_create_emits_created_with_the_measured_duration(
     manager: ContainerManager, events: Events, tmp_path: Path
 ) -> None:
@@ -87,7 +56,7 @@ async def test_create_emits_created_with_the_measured_duration(
     assert (c.pool_id, c.workload_id, c.runtime, c.tenant_id) == ("pool-a", "sleeper", "process", None)
     assert c.id.startswith("pool-a-")
     assert c.data_dir == tmp_path / "data" / "pool-a" / c.id and c.data_dir.is_dir()
-    assert c.pid is not None and _alive(c.pid)
+    assert c.pid is not None and process_alive(c.pid)
     assert events.items == [
         (
             "container.created",
@@ -121,7 +90,7 @@ async def test_wipe_clears_data_and_emits_wiped(manager: ContainerManager, event
     (c.data_dir / "sub").mkdir()
     await manager.wipe(c)
     assert list(c.data_dir.iterdir()) == []
-    assert c.pid is not None and _alive(c.pid)
+    assert c.pid is not None and process_alive(c.pid)
     assert events.of("container.wiped") == [{"pool_id": "pool-a", "status": "success", "duration_s": 0.25}]
 
 
@@ -139,7 +108,7 @@ async def test_destroy_stops_removes_and_emits(manager: ContainerManager, events
     assert pid is not None
     (c.data_dir / "x").write_text("x")
     await manager.destroy(c)
-    assert not _alive(pid)
+    assert not process_alive(pid)
     assert not c.data_dir.exists()
     assert manager.containers() == []
     assert events.of("container.destroyed") == [
@@ -156,7 +125,7 @@ async def test_failed_health_check_emits_event(manager: ContainerManager, events
     assert c.pid is not None
     os.kill(c.pid, 9)  # our own child, by pid: the container dies
     deadline = time.monotonic() + 10
-    while _alive(c.pid) and time.monotonic() < deadline:  # the OS needs a moment to finish it
+    while process_alive(c.pid) and time.monotonic() < deadline:  # the OS needs a moment to finish it
         await asyncio.sleep(0.01)
     assert await manager.health_check(c) is False
     assert events.of("container.health_check_failed") == [{"pool_id": "pool-c"}, {"pool_id": "pool-c"}]
@@ -167,7 +136,7 @@ async def test_close_destroys_everything_left(tmp_path: Path, events: Events) ->
     cs = [await m.create("p", SLEEPER) for _ in range(3)]
     pids = [c.pid for c in cs]
     await m.close()
-    assert not any(_alive(p) for p in pids if p is not None)
+    assert not any(process_alive(p) for p in pids if p is not None)
     assert [f["status"] for f in events.of("container.destroyed")] == ["success"] * 3
     assert events.of("container.destroyed")[0]["duration_s"] == 0.0  # a ManualClock that nobody advanced
 

@@ -26,32 +26,9 @@ from services.api.pool import TenantAlreadyClaimed
 from services.api.runtimes import ProcessRuntime
 from services.api.sync import SyncCoordinator, SyncNotConfigured
 from services.api.workloads import SyncSpec, Workload
-from shared.events.codec import validate_event
+from tests.support.recording import Events
 
 pytestmark = pytest.mark.anyio
-
-TENANT_MARK = "tnt-"
-
-
-class Events:
-    """``emit`` that keeps every event, checks it against the catalogue and for tenant ids."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, dict[str, Any]]] = []
-        self.threads: list[int] = []  # the thread each event was emitted from
-        self.lock = threading.Lock()
-
-    def __call__(self, type_: str, fields: dict[str, Any]) -> None:
-        problem = validate_event({**fields, "type": type_, "seq": 1, "ts": time.time()})
-        assert problem is None, f"{type_} {fields}: {problem}"
-        assert not any(TENANT_MARK in str(v) for v in fields.values()), f"tenant id in {type_} {fields}"
-        with self.lock:
-            self.items.append((type_, dict(fields)))
-            self.threads.append(threading.get_ident())
-
-    def of(self, type_: str, **match: Any) -> list[dict[str, Any]]:
-        return [f for t, f in self.items if t == type_ and all(f.get(k) == v for k, v in match.items())]
-
 
 def workloads(remote: Path) -> dict[str, Workload]:
     return {

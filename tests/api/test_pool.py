@@ -27,7 +27,6 @@ from services.api.pool import (
 from services.api.runtimes import ContainerRuntimeError, PodmanRuntime, ProcessRuntime
 from services.api.sync import SyncCoordinator, SyncFailed
 from services.api.workloads import DEFAULT_IMAGE, SyncSpec, Workload
-from shared.events.codec import validate_event
 
 pytestmark = pytest.mark.anyio
 
@@ -38,36 +37,7 @@ CHECKED = Workload(
     command=("sh", "-c", "touch healthy; exec sleep 1000"),
     health_command=("test", "-f", "healthy"),
 )
-TENANT_MARK = "tnt-"  # every tenant id in these tests holds it; no event may
-
-
-class Events:
-    """A plain list-appending ``emit``; validates each event and checks no tenant id leaks into it."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, type_: str, fields: dict[str, Any]) -> None:
-        problem = validate_event({**fields, "type": type_, "seq": len(self.items) + 1, "ts": time.time()})
-        assert problem is None, f"{type_} {fields}: {problem}"
-        assert not any(TENANT_MARK in str(v) for v in fields.values()), f"tenant id in {type_} {fields}"
-        self.items.append((type_, fields))
-
-    def of(self, type_: str) -> list[dict[str, Any]]:
-        return [f for t, f in self.items if t == type_]
-
-    def count(self, type_: str, **match: Any) -> int:
-        return sum(1 for f in self.of(type_) if all(f.get(k) == v for k, v in match.items()))
-
-    def lifecycle(self) -> list[str]:
-        """Event types without the pool.state snapshots."""
-        return [t for t, _ in self.items if t != "pool.state"]
-
-    def mark(self) -> int:
-        return len(self.items)
-
-    def since(self, mark: int) -> list[tuple[str, dict[str, Any]]]:
-        return self.items[mark:]
+from tests.support.recording import Events, process_alive
 
 
 @dataclass
@@ -117,19 +87,6 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> 
         await asyncio.sleep(0.005)
 
 
-def _alive(pid: int | None) -> bool:
-    assert pid is not None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:  # reaped meanwhile
-        return False
-
-
 # ---- sizing and lifecycle ---------------------------------------------------------------------------
 
 
@@ -152,11 +109,11 @@ async def test_start_fills_to_min_size_and_close_destroys_everything(env: Env) -
     # While they were being created the pool said so.
     assert any(s["pending"] == 2 and s["size"] == 2 for s in env.events.of("pool.state"))
     pids = [c.pid for c in pool.containers()]
-    assert all(_alive(p) for p in pids)
+    assert all(process_alive(p) for p in pids)
 
     held = await pool.acquire("tnt-a")
     await pool.close()
-    assert not any(_alive(p) for p in [*pids, held.pid])
+    assert not any(process_alive(p) for p in [*pids, held.pid])
     assert env.events.count("container.destroyed", status="success") == len({*pids, held.pid})
     assert env.events.items[-1] == ("pool.removed", {"pool_id": "pool-1", "workload_id": "sleeper"})
     n = env.events.mark()
@@ -205,7 +162,7 @@ async def test_scales_up_on_demand_and_back_down_after_idle(env: Env) -> None:
     await pool.tick()
     assert_state(pool, env.events, size=1, available=1, target_size=1, pending=0)
     assert env.events.count("container.destroyed", status="success") == 2
-    assert sum(_alive(x.pid) for x in (a, b, c)) == 1
+    assert sum(process_alive(x.pid) for x in (a, b, c)) == 1
 
 
 async def test_released_container_above_target_is_destroyed_on_eviction(env: Env) -> None:
@@ -423,7 +380,7 @@ async def test_failing_containers_are_destroyed_and_replaced(env: Env) -> None:
         "container.created",
     ]
     assert env.events.of("container.health_check_failed") == [{"pool_id": "pool-1"}]
-    assert first not in pool.containers() and second in pool.containers() and not _alive(first.pid)
+    assert first not in pool.containers() and second in pool.containers() and not process_alive(first.pid)
     assert_state(pool, env.events, size=2, available=2, pending=0)
 
     await until(lambda: all((c.data_dir / "healthy").exists() for c in pool.containers()), "replacement up")
@@ -433,7 +390,7 @@ async def test_failing_containers_are_destroyed_and_replaced(env: Env) -> None:
     await pool.release("tnt-a")
     await pool.settle()
     os.kill(c.pid or 0, 9)
-    await until(lambda: not _alive(c.pid), "killed container gone")
+    await until(lambda: not process_alive(c.pid), "killed container gone")
     env.clock.advance(10)
     await pool.tick()
     assert env.events.count("container.health_check_failed") == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from services.api.runtimes import (
     make_runtime,
 )
 from services.api.workloads import DEFAULT_IMAGE, Workload, load_workloads
+from tests.support.recording import process_alive
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_IMAGE = REPO / "scripts" / "build-busybox-image.sh"
@@ -229,7 +229,7 @@ class TestProcessRuntime(RuntimeContract):
         pid = self._pids.get(container_id)
         if pid is None:
             return False
-        return _alive(pid)
+        return process_alive(pid)
 
     async def test_destroy_stops_the_whole_process_group(
         self, runtime: ContainerRuntime, tmp_path: Path
@@ -242,9 +242,9 @@ class TestProcessRuntime(RuntimeContract):
             what="grandchild pid file",
         )
         grandchild = int((data / "child.pid").read_text())
-        assert _alive(grandchild)
+        assert process_alive(grandchild)
         await runtime.destroy(cid)
-        await eventually(lambda: not _alive(grandchild), what="grandchild stopped")
+        await eventually(lambda: not process_alive(grandchild), what="grandchild stopped")
 
     async def test_logs_go_to_the_log_dir(self, runtime: ContainerRuntime, tmp_path: Path) -> None:
         cid = self.cid()
@@ -327,19 +327,6 @@ class TestPodmanRuntime(RuntimeContract):
 
 def _nonempty(path: Path) -> bool:
     return path.exists() and path.read_text().strip() != ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) is not running.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_make_runtime(tmp_path: Path) -> None:
