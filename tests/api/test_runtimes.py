@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -345,3 +346,36 @@ def test_build_script_is_idempotent(busybox_image: str) -> None:
     result = subprocess.run([str(BUILD_IMAGE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "already present" in result.stdout
     assert subprocess.run(["podman", "image", "exists", busybox_image], timeout=30).returncode == 0
+
+
+PARENT = """
+import asyncio, sys
+from pathlib import Path
+from services.api.runtimes import ProcessRuntime
+from services.api.workloads import Workload
+
+async def main():
+    rt = ProcessRuntime()
+    await rt.create("orphan-check", Workload(id="w", command=("sleep", "1000")), Path(sys.argv[1]))
+    print(rt.pid("orphan-check"), flush=True)
+    await asyncio.sleep(1000)
+
+asyncio.run(main())
+"""
+
+
+async def test_process_containers_die_with_a_killed_server(tmp_path: Path) -> None:
+    """A server SIGKILLed before it could destroy its containers leaves no process behind."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "data")], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert parent.stdout is not None
+        container_pid = int(parent.stdout.readline())
+        assert process_alive(container_pid)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        parent.stdout.close()  # type: ignore[union-attr]
+    await eventually(lambda: not process_alive(container_pid), what="container gone with its server")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import errno
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +22,22 @@ logger = logging.getLogger(__name__)
 
 #: The only variables a container inherits from the server (its secrets, e.g. the Redis URL, stay out).
 INHERITED_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"})
+
+#: util-linux ``setpriv``: sets the container's parent-death signal, then execs it (same pid), so a
+#: container never outlives a server that was killed without a chance to destroy it.
+SETPRIV = shutil.which("setpriv")
+
+
+def _executable(command: str, cwd: Path, env: dict[str, str]) -> str:
+    """The program ``command`` names, resolved as exec would; a missing one fails at create time."""
+    if "/" in command:
+        path = command if os.path.isabs(command) else str(cwd / command)
+        found = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(command, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", command)
+    return found
 
 
 @dataclass
@@ -86,8 +104,13 @@ class ProcessRuntime:
     def _spawn(
         workload: Workload, data_dir: Path, env: dict[str, str], out: int | IO[bytes]
     ) -> subprocess.Popen[bytes]:
+        argv = list(workload.command)
+        if SETPRIV:
+            # Spawned from the event loop's thread, which lives as long as the server: the signal
+            # fires when the server process dies (prctl PR_SET_PDEATHSIG follows the creating thread).
+            argv = [SETPRIV, "--pdeathsig", "KILL", "--", _executable(argv[0], data_dir, env), *argv[1:]]
         return subprocess.Popen(
-            list(workload.command),
+            argv,
             cwd=data_dir,
             env=env,
             stdin=subprocess.DEVNULL,
