@@ -59,6 +59,10 @@ class Publisher:
         client: an already-built redis client (tests, shared connection pools); overrides ``redis_url``.
     """
 
+    #: ``emit(type, fields)``: the hot path. A closure built per instance by ``_make_emit``: free
+    #: variables instead of attribute lookups keep it near CPython's floor for a call.
+    emit: Callable[[str, dict[str, Any] | None], None]
+
     def __init__(
         self,
         redis_url: str | None = "redis://127.0.0.1:6379/0",
@@ -134,25 +138,20 @@ class Publisher:
 
     # ---- hot path -------------------------------------------------------------------------------
 
-    def emit(self, type_: str, fields: dict[str, Any] | None = None) -> None:  # replaced per instance
-        """Queue one event. Never blocks, never raises for I/O reasons; takes ownership of ``fields``.
-
-        The buffer holds at most ``buffer_size`` unsent events (queued plus encoded); past that the
-        event is dropped and counted. The instance's ``emit`` is a closure built by ``_make_emit``:
-        free variables instead of attribute lookups keep the hot path near CPython's floor for a call.
-        """
-        raise AssertionError("replaced in __init__")
-
     def _make_emit(self) -> Callable[[str, dict[str, Any] | None], None]:
         buf, pending, cap, append, now = self._buf, self._pending_box, self._cap, self._buf.append, _time
 
         def emit(type_: str, fields: dict[str, Any] | None = None) -> None:
+            """Queue one event. Never blocks, never raises for I/O reasons; takes ownership of ``fields``.
+
+            The buffer holds at most ``buffer_size`` unsent events (queued plus encoded); past that the
+            event is dropped and counted.
+            """
             if len(buf) + pending[0] < cap:
                 append((type_, now(), fields))
             else:
                 self._drop()
 
-        emit.__doc__ = Publisher.emit.__doc__
         return emit
 
     def _drop(self) -> None:
@@ -328,7 +327,7 @@ class Publisher:
         """Move buffered events into encoded batches, assigning sequence numbers in emit order."""
         buf, pending, size = self._buf, self._pending, self._batch_size
         while buf:
-            events = []
+            events: list[dict[str, Any]] = []
             seq = self._seq
             while buf and len(events) < size:
                 type_, ts, fields = buf.popleft()
