@@ -24,7 +24,6 @@ import pytest
 import redis
 import yaml
 
-from services.aggregator.metrics import CONTAINER_BUCKETS, HTTP_BUCKETS, SYNC_BUCKETS
 from services.embedded import EmbeddedRedis, free_port
 from shared.events.codec import ENTRY_FIELD, encode_batch
 from shared.events.publisher import Publisher
@@ -278,7 +277,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         "sum(boilerhouse_sync_concurrent_operations)": X.exact(S.gauge(P + "sync_concurrent_operations")),
         "sum(increase(boilerhouse_sync_errors_total[1h]))": ext(S.delta(P + "sync_errors_total")),
         "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))":
-            X.quantiles(S.quantile(acq, 0.5), CONTAINER_BUCKETS),
+            X.quantiles(S.quantile_range(acq, 0.5)),
         "sum(rate(boilerhouse_http_requests_total[5m]))": ext(S.delta(http), w),
         'sum(rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))': ext(S.delta(http, where=server_error), w),
         # dashboard
@@ -292,7 +291,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         "sum by (le) (rate(boilerhouse_sync_duration_seconds_bucket[5m]))":
             ext(S.delta(sync_d + "_bucket", ["le"]), w),
         "histogram_quantile(0.95, sum by (workload_id, le) (rate(boilerhouse_sync_duration_seconds_bucket[5m])))":
-            X.quantiles(S.quantile(sync_d, 0.95, ["workload_id"]), SYNC_BUCKETS),
+            X.quantiles(S.quantile_range(sync_d, 0.95, ["workload_id"])),
         "sum by (error_type) (rate(boilerhouse_sync_errors_total[5m]))":
             ext(S.delta(P + "sync_errors_total", ["error_type"]), w),
         "sum by (direction) (rate(boilerhouse_sync_bytes_transferred_total[5m]))":
@@ -304,7 +303,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         "sum by (le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m]))":
             ext(S.delta(http_d + "_bucket", ["le"]), w),
         "histogram_quantile(0.95, sum by (path, le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m])))":
-            X.quantiles(S.quantile(http_d, 0.95, ["path"]), HTTP_BUCKETS),
+            X.quantiles(S.quantile_range(http_d, 0.95, ["path"])),
         'sum by (path) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))':
             ext(S.delta(http, ["path"], where=server_error), w),
         "sum by (instance) (boilerhouse_aggregator_live_sources)": X.exact({X.key(): 1.0}),
@@ -320,7 +319,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
     for q in (0.5, 0.95, 0.99):
         expr = (f"histogram_quantile({q}, sum by (pool_id, le) "
                 "(rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))")
-        out[expr] = X.quantiles(S.quantile(acq, q, ["pool_id"]), CONTAINER_BUCKETS)
+        out[expr] = X.quantiles(S.quantile_range(acq, q, ["pool_id"]))
 
     alerts = alert_expressions()
     lost = S.gauge(P + "events_lost_total", ["reason"])
