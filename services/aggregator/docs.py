@@ -41,6 +41,7 @@ SOURCE_TEXT = {
     "events": "folded events (never decreases)",
     "snapshot": "sum over live sources of each source's latest snapshot",
     "runtime": "measured by the aggregator at scrape time",
+    "derived": "computed at scrape time from another metric's series (no state of its own)",
 }
 
 
@@ -112,6 +113,8 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
                 f"- buckets (seconds, upper bounds): {', '.join(_fmt_bucket(b) for b in m.buckets)}, +Inf"
             )
         out.append(f"- source: {m.source} — {SOURCE_TEXT[m.source]}")
+        if m.derived_from is not None:
+            out.append(f"- equals the `_count` of `{prefix}{m.derived_from}` with the same labels")
         out.append(f"- driven by: {_driven_by(m)}")
         out.append("")
     out += [

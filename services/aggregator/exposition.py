@@ -69,7 +69,11 @@ class StateCollector(Collector):
         labels = list(m.labels)
         if m.kind == COUNTER:
             fam = CounterMetricFamily(name, m.help, labels=labels)
-            for key, value in sorted(state.counters[m.name].items()):
+            if m.derived_from is not None:  # the _count of a histogram with the same labels
+                values = {k: float(sum(h[:-1])) for k, h in state.hists[m.derived_from].items()}
+            else:
+                values = state.counters[m.name]
+            for key, value in sorted(values.items()):
                 fam.add_metric(list(key), value)
             return fam
         if m.kind == HISTOGRAM:

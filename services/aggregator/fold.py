@@ -36,7 +36,7 @@ class State:
         self.hists: dict[str, dict[tuple[str, ...], list[float]]] = {}
         self.gauges: dict[str, dict[tuple[str, ...], dict[str, float]]] = {}
         for m in METRICS:
-            if m.kind == COUNTER:
+            if m.kind == COUNTER and m.derived_from is None:
                 self.counters[m.name] = {}
             elif m.kind == HISTOGRAM:
                 self.hists[m.name] = {}
@@ -288,11 +288,7 @@ def _http_request(state: State, src: str, ev: dict[str, Any]) -> None:
     else:
         h[bisect_left(_HTTP_BUCKETS, value)] += 1  # type: ignore[arg-type]
         h[-1] += value
-    counters = state.counters["http_requests_total"]
-    try:
-        counters[key] += 1
-    except KeyError:
-        _inc(state, "http_requests_total", key, 1)
+    # http_requests_total is this histogram's _count (metrics.py: derived), rendered at scrape time.
 
 
 def _nothing(state: State, src: str, ev: dict[str, Any]) -> None:

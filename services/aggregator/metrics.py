@@ -24,7 +24,8 @@ class MetricDef:
     ``name`` excludes the configurable prefix (``BOILERHOUSE_METRICS_PREFIX``, default ``boilerhouse_``).
     ``events`` lists the event types that change it; ``source`` says where its value comes from:
     ``events`` (folded state), ``snapshot`` (sum over live sources of the latest snapshot value) or
-    ``runtime`` (measured by the aggregator when scraped).
+    ``runtime`` (measured by the aggregator when scraped) or ``derived`` (computed at scrape time from
+    the series of ``derived_from``, so the fold keeps no second copy of the same count).
     """
 
     name: str
@@ -35,6 +36,7 @@ class MetricDef:
     events: tuple[str, ...] = ()
     source: str = "events"
     group: str = "seed"
+    derived_from: str | None = None
 
 
 def _pool_gauge(name: str, help_: str) -> MetricDef:
@@ -98,8 +100,10 @@ METRICS: tuple[MetricDef, ...] = (
     # ---- http ---------------------------------------------------------------------------------
     MetricDef("http_request_duration_seconds", HISTOGRAM, "HTTP request latency",
               ("method", "path", "status"), HTTP_BUCKETS, ("http.request",), group="http"),
+    # Every request is one observation of the latency histogram: its _count is this counter.
     MetricDef("http_requests_total", COUNTER, "Total requests", ("method", "path", "status"),
-              events=("http.request",), group="http"),
+              events=("http.request",), source="derived", group="http",
+              derived_from="http_request_duration_seconds"),
     # ---- system -------------------------------------------------------------------------------
     MetricDef("info", GAUGE, "Static info gauge (always 1), one series per version of a live source",
               ("version",), events=("source.started", "source.stopped"), source="snapshot", group="system"),
