@@ -70,17 +70,18 @@ class Snapshots:
             moved[labels] = v - before.get(labels, 0.0)
         return group(moved, by)
 
-    def quantile(self, name: str, q: float, by: Iterable[str] = ()) -> Result:
-        """``histogram_quantile(q, sum by (by, le) (rate(name_bucket[w])))`` from the bucket increases."""
-        by = tuple(by)
-        buckets = self.delta(name + "_bucket", (*by, "le"))
+    def bucket_increases(self, name: str, by: Iterable[str] = ()) -> dict[Key, list[tuple[float, float]]]:
+        """Per group, the sorted ``(le, increase)`` of a histogram's cumulative buckets."""
         groups: dict[Key, list[tuple[float, float]]] = {}
-        for labels, v in buckets.items():
+        for labels, v in self.delta(name + "_bucket", (*by, "le")).items():
             d = dict(labels)
             le = float(d.pop("le"))
             groups.setdefault(frozenset(d.items()), []).append((le, v))
-        return {k: histogram_quantile(q, sorted(bs)) for k, bs in groups.items()}
+        return {k: sorted(bs) for k, bs in groups.items()}
 
+    def quantile(self, name: str, q: float, by: Iterable[str] = ()) -> Result:
+        """``histogram_quantile(q, sum by (by, le) (rate(name_bucket[w])))`` from the bucket increases."""
+        return {k: histogram_quantile(q, bs) for k, bs in self.bucket_increases(name, by).items()}
 
     def quantile_range(self, name: str, q: float, by: Iterable[str] = (), slack: float = 1.3,
                        ) -> dict[Key, tuple[float, float]]:
@@ -91,16 +92,8 @@ class Snapshots:
         is its true increase times a factor in [1, ``slack``], not the same factor for all buckets.
         The lowest quantile inflates the finite buckets and not +Inf, the highest inflates only +Inf.
         """
-        by = tuple(by)
-        buckets = self.delta(name + "_bucket", (*by, "le"))
-        groups: dict[Key, list[tuple[float, float]]] = {}
-        for labels, v in buckets.items():
-            d = dict(labels)
-            le = float(d.pop("le"))
-            groups.setdefault(frozenset(d.items()), []).append((le, v))
         out: dict[Key, tuple[float, float]] = {}
-        for k, bs in groups.items():
-            bs.sort()
+        for k, bs in self.bucket_increases(name, by).items():
             *finite, (inf, total) = bs
             low = _monotonic([(b, c * slack) for b, c in finite] + [(inf, total)])
             high = _monotonic([*finite, (inf, total * slack)])
