@@ -56,49 +56,66 @@ class Snapshots:
     def gauge(self, name: str, by: Iterable[str] = ()) -> Result:
         return group(series(self.b, name), by)
 
-    def delta(self, name: str, by: Iterable[str] = (), where: Callable[[dict[str, str]], bool] = lambda _: True,
-              ) -> Result:
-        """Increase of a counter between the snapshots, grouped; every moved series must exist in ``a``."""
+    def series_delta(self, name: str) -> Result:
+        """Increase of every series of a counter between the snapshots; each moved one must exist in ``a``."""
         before, after = series(self.a, name), series(self.b, name)
-        moved: dict[Key, float] = {}
         for labels, v in after.items():
-            if not where(dict(labels)):
-                continue
             assert labels in before or v == 0, (
                 f"{name}{dict(labels)} (value {v}) appeared during the measured traffic: the warm-up must "
                 "create every series so Prometheus has a baseline for it")
-            moved[labels] = v - before.get(labels, 0.0)
-        return group(moved, by)
+        return {labels: v - before.get(labels, 0.0) for labels, v in after.items()}
+
+    def delta(self, name: str, by: Iterable[str] = (), where: Callable[[dict[str, str]], bool] = lambda _: True,
+              ) -> Result:
+        """Increase of a counter between the snapshots, grouped."""
+        return group({k: v for k, v in self.series_delta(name).items() if where(dict(k))}, by)
 
     def bucket_increases(self, name: str, by: Iterable[str] = ()) -> dict[Key, list[tuple[float, float]]]:
         """Per group, the sorted ``(le, increase)`` of a histogram's cumulative buckets."""
-        groups: dict[Key, list[tuple[float, float]]] = {}
-        for labels, v in self.delta(name + "_bucket", (*by, "le")).items():
-            d = dict(labels)
-            le = float(d.pop("le"))
-            groups.setdefault(frozenset(d.items()), []).append((le, v))
-        return {k: sorted(bs) for k, bs in groups.items()}
+        return buckets(self.delta(name + "_bucket", (*by, "le")))
 
     def quantile(self, name: str, q: float, by: Iterable[str] = ()) -> Result:
-        """``histogram_quantile(q, sum by (by, le) (rate(name_bucket[w])))`` from the bucket increases."""
+        """The quantile of the observations made between the snapshots (no extrapolation)."""
         return {k: histogram_quantile(q, bs) for k, bs in self.bucket_increases(name, by).items()}
 
-    def quantile_range(self, name: str, q: float, by: Iterable[str] = (), slack: float = 1.3,
-                       ) -> dict[Key, tuple[float, float]]:
-        """Where ``histogram_quantile(q, sum by (by, le) (rate(name_bucket[w])))`` can land.
+    def rate_quantile(self, name: str, q: float, by: Iterable[str], rates: Result, window: float,
+                      slack: float) -> Result:
+        """``histogram_quantile(q, sum by (by, le) (rate(name_bucket[window])))`` from Prometheus' own
+        per-series ``rates`` at the same instant, after checking each against the traffic.
 
-        Prometheus extrapolates every ``le`` series on its own (by up to about one scrape interval at
-        each edge of the window, less near a counter's zero point), so each cumulative bucket's rate
-        is its true increase times a factor in [1, ``slack``], not the same factor for all buckets.
-        The lowest quantile inflates the finite buckets and not +Inf, the highest inflates only +Inf.
+        Prometheus extrapolates every ``le`` series on its own (by a different factor in [1, ``slack``],
+        less near a counter's zero point), so the quantile of the rates is not the quantile of the
+        observations; the rates themselves are what the traffic pins down.
         """
-        out: dict[Key, tuple[float, float]] = {}
-        for k, bs in self.bucket_increases(name, by).items():
-            *finite, (inf, total) = bs
-            low = _monotonic([(b, c * slack) for b, c in finite] + [(inf, total)])
-            high = _monotonic([*finite, (inf, total * slack)])
-            out[k] = (histogram_quantile(q, low), histogram_quantile(q, high))
-        return out
+        increases = self.series_delta(name + "_bucket")
+        _same_keys(rates, increases)
+        for k, inc in increases.items():
+            lo, hi = inc / window, inc * slack / window
+            assert lo - 1e-9 <= rates[k] <= hi + 1e-9, (
+                f"rate({name}_bucket{dict(k)}) = {rates[k]}, but the series grew by {inc} in the window: "
+                f"want {lo}..{hi}")
+        grouped = buckets(group(rates, (*by, "le")))
+        return {k: histogram_quantile(q, _monotonic(bs)) for k, bs in grouped.items()}
+
+
+def buckets(values: Result) -> dict[Key, list[tuple[float, float]]]:
+    """``le``-labelled values regrouped as sorted ``(upper bound, value)`` lists per remaining label set."""
+    out: dict[Key, list[tuple[float, float]]] = {}
+    for labels, v in values.items():
+        d = dict(labels)
+        le = float(d.pop("le"))
+        out.setdefault(frozenset(d.items()), []).append((le, v))
+    return {k: sorted(bs) for k, bs in out.items()}
+
+
+def extrapolation_limit(timestamps: list[float]) -> float:
+    """The largest factor by which ``rate``/``increase`` can stretch the increase of a series whose samples
+    in the window were taken at ``timestamps``: promql's extrapolatedRate extends the sampled interval
+    towards each edge of the window by at most 1.1 average sample intervals."""
+    if len(timestamps) < 2:
+        return 1.0      # no rate at all for a series with a single sample
+    sampled = timestamps[-1] - timestamps[0]
+    return (sampled + 2.2 * sampled / (len(timestamps) - 1)) / sampled
 
 
 def _monotonic(buckets: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -156,16 +173,17 @@ def extrapolated(want: Result, divisor: float = 1.0, factor: float = 1.0, slack:
     return check
 
 
-def quantiles(want: dict[Key, tuple[float, float]]) -> Checker:
-    """Quantiles within the range that per-bucket extrapolation allows (``Snapshots.quantile_range``)."""
+def computed(want: Callable[[], Result]) -> Checker:
+    """Equal (to float rounding) to ``want()``, computed when checked so its own assertions are reported
+    with the query."""
     def check(got: Result) -> None:
-        assert set(got) == set(want), f"series differ: got {sorted(map(dict, got), key=str)}, " \
-                                      f"want {sorted(map(dict, want), key=str)}"
-        for k, (lo, hi) in want.items():
-            if math.isnan(lo):
+        expected = want()
+        _same_keys(got, expected)
+        for k, v in expected.items():
+            if math.isnan(v):
                 assert math.isnan(got[k]), f"{dict(k)}: got {got[k]}, want NaN (no observations)"
                 continue
-            assert lo - 1e-9 <= got[k] <= hi + 1e-9, f"{dict(k)}: got {got[k]}, want {lo}..{hi}"
+            assert math.isclose(got[k], v, rel_tol=1e-9, abs_tol=1e-12), f"{dict(k)}: got {got[k]}, want {v}"
     return check
 
 

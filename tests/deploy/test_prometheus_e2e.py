@@ -70,13 +70,13 @@ class Stack:
     requests_b: Counter[str] = field(default_factory=Counter)
     pools_api: list[dict[str, Any]] = field(default_factory=list)
     live_before: float = 0.0
-    first_scrape: float = 0.0
 
-    def slack(self) -> float:
-        """Largest extrapolation factor of rate()/increase() now: the sampled span is stretched by at most
-        1.1 scrape intervals at each end (plus one interval for not knowing the first scrape exactly)."""
-        span = time.time() - self.first_scrape
-        return (span + 3.3) / span
+    def slack(self, at: float) -> float:
+        """Largest extrapolation factor of a ``[5m]`` rate()/increase() over the aggregator's series at
+        instant ``at``, from the timestamps of the samples Prometheus stored for each of them."""
+        stored = self.prom.raw_samples(f'{{job="{AGGREGATOR_JOB}"}}', "5m", at)
+        assert stored, "Prometheus stored no samples of the aggregator"
+        return max(X.extrapolation_limit(timestamps) for _, timestamps in stored)
 
 
 def exposition(url: str) -> tuple[str, Samples]:
@@ -179,7 +179,6 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         # ---- Prometheus from here on: its first sample of every series is the warm-up state ------------
         prom.start()
         started = time.time()
-        first_scrape = prom.wait_for(f'timestamp(up{{job="{AGGREGATOR_JOB}"}})', bool)[0].value
         prom.wait_scraped(after=started + 5)
         _, a = exposition(agg_url)
         live_before = total(a, P + "aggregator_live_sources")
@@ -221,8 +220,7 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         assert snaps.delta(P + "sync_bytes_transferred_total", ["direction"]) == {
             X.key(direction="upload"): float(sum(s["bytes"] for s in synced))}
         assert total(b, P + "affinity_hits_total", pool_id="web") == 1   # t-web-1 got its container back
-        yield Stack(prom, api_url, agg_url, agg, api_proc, snaps, text_b, api.sent, pools, live_before,
-                    first_scrape)
+        yield Stack(prom, api_url, agg_url, agg, api_proc, snaps, text_b, api.sent, pools, live_before)
     finally:
         api.http.close()
         prom.stop()
@@ -245,11 +243,17 @@ def server_error(labels: dict[str, str]) -> bool:
     return labels["status"].startswith("5")
 
 
-def expectations(s: Stack) -> dict[str, X.Checker]:
-    """What every shipped query must return, keyed by the query."""
+def expectations(s: Stack, at: float) -> dict[str, X.Checker]:
+    """What every shipped query evaluated at instant ``at`` must return, keyed by the query."""
     S = s.snaps
     w = 300.0  # [5m] windows, in seconds
-    slack = s.slack()
+    slack = s.slack(at)
+
+    def quantile(name: str, q: float, by: list[str]) -> X.Checker:
+        def want() -> X.Result:
+            rates = X.as_result(s.prom.query(f"rate({name}_bucket[5m])", at))
+            return S.rate_quantile(name, q, by, rates, w, slack)
+        return X.computed(want)
 
     def ext(want: X.Result, divisor: float = 1.0, factor: float = 1.0) -> X.Checker:
         return X.extrapolated(want, divisor, factor, slack)
@@ -277,7 +281,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         "sum(boilerhouse_sync_concurrent_operations)": X.exact(S.gauge(P + "sync_concurrent_operations")),
         "sum(increase(boilerhouse_sync_errors_total[1h]))": ext(S.delta(P + "sync_errors_total")),
         "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))":
-            X.quantiles(S.quantile_range(acq, 0.5)),
+            quantile(acq, 0.5, []),
         "sum(rate(boilerhouse_http_requests_total[5m]))": ext(S.delta(http), w),
         'sum(rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))': ext(S.delta(http, where=server_error), w),
         # dashboard
@@ -291,7 +295,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         "sum by (le) (rate(boilerhouse_sync_duration_seconds_bucket[5m]))":
             ext(S.delta(sync_d + "_bucket", ["le"]), w),
         "histogram_quantile(0.95, sum by (workload_id, le) (rate(boilerhouse_sync_duration_seconds_bucket[5m])))":
-            X.quantiles(S.quantile_range(sync_d, 0.95, ["workload_id"])),
+            quantile(sync_d, 0.95, ["workload_id"]),
         "sum by (error_type) (rate(boilerhouse_sync_errors_total[5m]))":
             ext(S.delta(P + "sync_errors_total", ["error_type"]), w),
         "sum by (direction) (rate(boilerhouse_sync_bytes_transferred_total[5m]))":
@@ -303,7 +307,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
         "sum by (le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m]))":
             ext(S.delta(http_d + "_bucket", ["le"]), w),
         "histogram_quantile(0.95, sum by (path, le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m])))":
-            X.quantiles(S.quantile_range(http_d, 0.95, ["path"])),
+            quantile(http_d, 0.95, ["path"]),
         'sum by (path) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))':
             ext(S.delta(http, ["path"], where=server_error), w),
         "sum by (instance) (boilerhouse_aggregator_live_sources)": X.exact({X.key(): 1.0}),
@@ -319,7 +323,7 @@ def expectations(s: Stack) -> dict[str, X.Checker]:
     for q in (0.5, 0.95, 0.99):
         expr = (f"histogram_quantile({q}, sum by (pool_id, le) "
                 "(rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))")
-        out[expr] = X.quantiles(S.quantile_range(acq, q, ["pool_id"]))
+        out[expr] = quantile(acq, q, ["pool_id"])
 
     alerts = alert_expressions()
     lost = S.gauge(P + "events_lost_total", ["reason"])
@@ -364,7 +368,8 @@ def test_pool_gauges_match_the_api(stack: Stack) -> None:
 
 
 def test_every_shipped_query_returns_what_the_traffic_implies(stack: Stack) -> None:
-    table = expectations(stack)
+    at = time.time()    # one instant for every query and for what it is compared with
+    table = expectations(stack, at)
     shipped = all_queries()
     assert set(table) == set(shipped.values()), (
         f"queries without expectations: {sorted(set(shipped.values()) - set(table))}; "
@@ -372,7 +377,7 @@ def test_every_shipped_query_returns_what_the_traffic_implies(stack: Stack) -> N
     failures = []
     for where, expr in shipped.items():
         try:
-            table[expr](X.as_result(stack.prom.query(expr)))
+            table[expr](X.as_result(stack.prom.query(expr, at)))
         except AssertionError as exc:
             failures.append(f"{where}: {expr}\n    {exc}")
     assert not failures, "\n".join(failures)

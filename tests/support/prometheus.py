@@ -163,6 +163,13 @@ class Prometheus:
             return [Sample({}, float(data["result"][1]))]
         raise PrometheusError(f"{expr}: unexpected result type {data['resultType']}")
 
+    def raw_samples(self, selector: str, window: str, at: float) -> list[tuple[dict[str, str], list[float]]]:
+        """The stored sample timestamps of every series ``selector`` matches in ``[at - window, at]``."""
+        data = self._get("/api/v1/query", query=f"{selector}[{window}]", time=at)
+        if data["resultType"] != "matrix":
+            raise PrometheusError(f"{selector}[{window}]: unexpected result type {data['resultType']}")
+        return [(dict(r["metric"]), [float(t) for t, _ in r["values"]]) for r in data["result"]]
+
     def value(self, expr: str, at: float | None = None) -> float | None:
         """The single value of ``expr``; None if the result is empty."""
         result = self.query(expr, at)
