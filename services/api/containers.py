@@ -43,6 +43,9 @@ class Container:
     state: str = PENDING
     created_at: float = 0.0
     reserved_until: float | None = None
+    #: The last health check's verdict. A borrowed container that fails one stays with its tenant and
+    #: is destroyed (and replaced) when released, instead of being wiped and reused.
+    healthy: bool = True
     pid: int | None = field(default=None, repr=False)
 
     def info(self) -> dict[str, Any]:
@@ -52,6 +55,7 @@ class Container:
             "pool_id": self.pool_id,
             "workload_id": self.workload_id,
             "state": self.state,
+            "healthy": self.healthy,
             "tenant_id": self.tenant_id,
             "data_dir": str(self.data_dir),
             "runtime": self.runtime,

@@ -102,7 +102,8 @@ class ContainerPool:
         affinity_timeout_s: how long a released container stays reserved for its tenant (0: not at all).
         acquire_timeout_s: how long an acquire waits for a container when the pool is exhausted.
         idle_timeout_s: without a claim for this long, the target size goes back to ``min_size``.
-        health_interval_s: how often idle containers are health-checked.
+        health_interval_s: how often containers are health-checked (idle ones are replaced when they
+            fail; a borrowed one is flagged and replaced when its tenant releases it).
         spare: idle containers to keep warm while there is demand (the scale-up low-water mark).
         tick_interval_s: how often the background maintenance runs :meth:`tick`.
         sync: the sync coordinator (used when the workload has a sync spec).
@@ -356,9 +357,12 @@ class ContainerPool:
                 status = "failure"
                 logger.warning("pool %s: sync on release failed, releasing anyway: %s", self.pool_id, exc)
         del self._borrowed[tenant_id]
-        if self._closed:
+        if self._closed or not container.healthy:
+            if not container.healthy:
+                logger.warning("pool %s: %s failed its health check while borrowed; replacing it",
+                               self.pool_id, container.id)
             self.emit("container.released", self._timed(start, status))
-            await self._destroy(next(iter(self._mark_destroying([container]))), update=False)
+            await self._destroy(next(iter(self._mark_destroying([container]))), update=not self._closed)
         elif self.affinity_timeout_s > 0:
             container.state = RESERVED
             container.reserved_until = self.clock.monotonic() + self.affinity_timeout_s
@@ -624,11 +628,19 @@ class ContainerPool:
     async def _health_checks(self) -> None:
         idle: list[tuple[str | None, Container]] = [(None, c) for c in self._free]
         idle += list(self._reserved.items())
-        if not idle:
+        held = [(t, c) for t, c in self._borrowed.items() if c.state == BORROWED]
+        if not idle and not held:
             return
-        results = await asyncio.gather(*(self.manager.health_check(c) for _, c in idle))
+        results = await asyncio.gather(*(self.manager.health_check(c) for _, c in idle + held))
+        for (tenant, container), ok in zip(held, results[len(idle):], strict=True):
+            # Not taken from its tenant: flagged, and replaced on release (see release()).
+            if self._borrowed.get(tenant or "") is container and container.state == BORROWED:
+                if container.healthy and not ok:
+                    logger.warning("pool %s: borrowed container %s failed its health check",
+                                   self.pool_id, container.id)
+                container.healthy = ok
         failed: list[Container] = []
-        for (tenant, container), ok in zip(idle, results, strict=True):
+        for (tenant, container), ok in zip(idle, results[:len(idle)], strict=True):
             if ok:
                 continue
             if tenant is None and container in self._free:

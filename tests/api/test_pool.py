@@ -398,6 +398,38 @@ async def test_failing_containers_are_destroyed_and_replaced(env: Env) -> None:
     assert c not in pool.containers()
     await pool.settle()
     assert_state(pool, env.events, pending=0, affinity_reservations=0)
+
+
+async def test_borrowed_container_failing_its_health_check_is_replaced_on_release(env: Env) -> None:
+    """A tenant keeps the container it holds (nothing is pulled from under it); the failure is counted
+    and shown, and on release the container is destroyed and replaced instead of reserved for reuse."""
+    pool = await env.pool(CHECKED, min_size=1, max_size=2, health_interval_s=10, affinity_timeout_s=300)
+    held = await pool.acquire("tnt-a")
+    await until(lambda: (held.data_dir / "healthy").exists(), "container up")
+    env.clock.advance(10)
+    await pool.tick()
+    assert env.events.count("container.health_check_failed") == 0 and held.healthy
+
+    (held.data_dir / "healthy").unlink()
+    env.clock.advance(10)
+    mark = env.events.mark()
+    await pool.tick()
+    assert [t for t, _ in env.events.since(mark) if t != "pool.state"] == ["container.health_check_failed"]
+    assert pool.tenants() == {"tnt-a": held} and held.state == "borrowed" and process_alive(held.pid)
+    assert held.info()["healthy"] is False
+
+    mark = env.events.mark()
+    await pool.release("tnt-a")
+    await pool.settle()
+    assert [t for t, _ in env.events.since(mark) if t != "pool.state"] == [
+        "container.released", "container.destroyed", "container.created"]
+    assert env.events.of("container.released")[-1]["status"] == "success"
+    assert held not in pool.containers() and not process_alive(held.pid)
+    assert pool.reservations() == {}     # no affinity reservation on a broken container
+    again = await pool.acquire("tnt-a")  # a miss, on the healthy replacement
+    assert again is not held and again.healthy
+    assert env.events.of("container.acquired")[-1]["affinity"] == "miss"
+    assert_state(pool, env.events, borrowed=1, affinity_reservations=0)
     assert pool.stats()["size"] == pool.target_size
 
 
