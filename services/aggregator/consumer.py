@@ -151,6 +151,9 @@ class PartitionConsumer:
         self.to_ack: list[bytes] = []
         self.dead: list[dict[bytes, bytes]] = []
         self.events_since_checkpoint = 0
+        #: After a checkpoint transaction failed: its blob and how many dead letters it wrote (the first
+        #: ones of ``dead``), to find out whether Redis executed it although the reply was lost.
+        self.unconfirmed: tuple[bytes, int] | None = None
 
 
 class Consumer:
@@ -457,18 +460,30 @@ class Consumer:
             ids, dead = pc.to_ack, pc.dead
             pc.to_ack, pc.dead = [], []
             pc.events_since_checkpoint = 0
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(pc.checkpoint, blob)
-        for fields in dead:
-            pipe.xadd(pc.dead_letters, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-        if ids:
-            pipe.xack(pc.stream, self.settings.group, *ids)
+        sent = False
         try:
+            written = 0
+            if pc.unconfirmed is not None:
+                failed_blob, failed_dead = pc.unconfirmed
+                if self.client.get(pc.checkpoint) == failed_blob:
+                    # Redis executed the failed transaction; only its reply was lost. Its dead letters
+                    # (the first ones retried) are in the stream already: do not add them twice.
+                    written = failed_dead
+                pc.unconfirmed = None
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(pc.checkpoint, blob)
+            for fields in dead[written:]:
+                pipe.xadd(pc.dead_letters, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+            if ids:
+                pipe.xack(pc.stream, self.settings.group, *ids)
+            sent = True
             pipe.execute()
         except BaseException:
-            with self.lock:  # try again next round; nothing was acknowledged
+            with self.lock:  # try again next round (acknowledging twice is harmless)
                 pc.to_ack = ids + pc.to_ack
-                pc.dead = dead + pc.dead
+                pc.dead = dead[written:] + pc.dead
+                if sent:
+                    pc.unconfirmed = (blob, len(dead) - written)
             raise
         pc.last_checkpoint = time.time()
         self.checkpoints += 1
