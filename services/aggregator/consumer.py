@@ -29,6 +29,7 @@ from .fold import (
     State,
     apply_batch,
     copy_state,
+    count_trimmed_gap,
     merge_states,
     record_dead_letter,
     record_lost,
@@ -424,7 +425,7 @@ class Consumer:
                         continue
                     if pc.trim.open:
                         if pc.trim.check(batch.src):
-                            _count_trimmed_gap(state, batch)
+                            count_trimmed_gap(state, batch)
                         pc.trim.maybe_close(eid)
                     rejected = apply_batch(state, batch)
                     pc.events_since_checkpoint += len(batch.events)
@@ -520,8 +521,9 @@ class Consumer:
         ``info``/``groups`` were taken atomically with the read that returned ``read``. With the
         group's ``last-delivered-id`` L before that read (everything up to L was delivered to us, so
         it is folded or pending), entries were lost unread when the stream's first entry is after L and
-        the group's lag (entries added minus entries read) exceeds what is left in the stream, or when
-        an entry after L was deleted (``max-deleted-entry-id`` > L).
+        the group's lag (entries added minus entries read) exceeds what is left in the stream (for a
+        group that has delivered nothing: when the stream holds fewer entries than were ever added), or
+        when an entry after L was deleted (``max-deleted-entry-id`` > L).
         """
         group = next((g for g in groups if _text(g.get("name")) == self.settings.group), None)
         if group is None:
@@ -539,10 +541,14 @@ class Consumer:
         if first is not None and parse_id(first[0]) <= last_delivered:
             return  # everything removed had been delivered: folded, or pending (seen when drained)
         added, entries_read = info.get("entries-added"), group.get("entries-read")
-        if added is not None and entries_read is not None:
+        if last_delivered == (0, 0):
+            # A group that has delivered nothing (new, or set back to the start by a rebuild): what the
+            # stream no longer holds was never read by it. Replay counts the same (replay.fold_entry).
+            lost_unread = added is not None and int(added) > length
+        elif added is not None and entries_read is not None:
             lost_unread = int(added) - int(entries_read) > length
         else:
-            lost_unread = group.get("lag") is None and length > 0 and last_delivered != (0, 0)
+            lost_unread = group.get("lag") is None and length > 0
         if not lost_unread:
             return
         with self.lock:
@@ -596,18 +602,6 @@ class Consumer:
             if removed:
                 logger.info("partition %d: trimmed %d entries older than %.0fs", pc.partition, removed,
                             self.settings.retention_s)
-
-
-def _count_trimmed_gap(state: State, batch: Any) -> None:
-    """Count the gap before ``batch`` as trimmed and advance ``last_seq`` so it is not counted twice."""
-    last = state.last_seq.get(batch.src, 0)
-    for ev in batch.events:
-        seq = ev.get("seq") if type(ev) is dict else None
-        if type(seq) is int and seq > last:
-            if seq > last + 1:
-                record_lost(state, "trimmed", seq - last - 1)
-                state.last_seq[batch.src] = seq - 1
-            return
 
 
 def _pack_checkpoint(doc: dict[str, Any]) -> bytes:

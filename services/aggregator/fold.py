@@ -401,7 +401,21 @@ def record_lost(state: State, reason: str, count: int) -> None:
         _inc(state, "events_lost_total", (reason,), count)
 
 
-__all__ = ["GAUGE", "HANDLERS", "State", "apply_all", "apply_batch", "record_dead_letter", "record_lost"]
+def count_trimmed_gap(state: State, batch: Any) -> None:
+    """Count the gap before ``batch`` (in its source's ``seq``) as lost to trimming, and advance the
+    source's ``last_seq`` so that :func:`apply_batch` does not count it again as a ``seq_gap``."""
+    last = state.last_seq.get(batch.src, 0)
+    for ev in batch.events:
+        seq = ev.get("seq") if type(ev) is dict else None
+        if type(seq) is int and seq > last:
+            if seq > last + 1:
+                record_lost(state, "trimmed", seq - last - 1)
+                state.last_seq[batch.src] = seq - 1
+            return
+
+
+__all__ = ["GAUGE", "HANDLERS", "State", "apply_all", "apply_batch", "count_trimmed_gap", "record_dead_letter",
+           "record_lost"]
 
 
 def copy_state(state: State) -> State:

@@ -21,7 +21,7 @@ from shared.events.streams import checkpoint_key
 
 from .consumer import CHECKPOINT_VERSION, TrimWindow, mapping_fingerprint
 from .fold import State
-from .replay import Progress, StreamReader, fold_entry, format_id, parse_id
+from .replay import Progress, StreamReader, entries_removed, fold_entry, format_id, parse_id
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
@@ -51,13 +51,14 @@ def rebuild_partition(client: redis.Redis, settings: AggregatorSettings, partiti
     last_raw = info.get("last-generated-id")
     last = parse_id(last_raw) if last_raw else (0, 0)
     added = info.get("entries-added")
+    trimmed = entries_removed(info)
     if progress is not None:
         progress.total = float(info.get("length", 0))
     state = State(settings.series_cap)
     entries = events = 0
     if last != (0, 0):
         for entry in reader.range((0, 0), last, partitions=[partition]):
-            n = fold_entry(state, entry)
+            n = fold_entry(state, entry, trimmed)
             entries += 1
             events += n
             if progress is not None:

@@ -32,7 +32,7 @@ from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME, ID_PATTERN
 from shared.events.streams import DEFAULT_PREFIX, stream_key
 
 from .exposition import StateCollector
-from .fold import DEFAULT_SERIES_CAP, State, apply_batch, merge_states, record_dead_letter
+from .fold import DEFAULT_SERIES_CAP, State, apply_batch, count_trimmed_gap, merge_states, record_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,13 @@ class Entry:
         return format_id(self.id)
 
 
+def entries_removed(xinfo_stream: dict[str, Any]) -> bool:
+    """From ``XINFO STREAM``: whether entries were removed (trimmed or deleted). Redis 7 counts every entry
+    ever added (``entries-added``); older servers do not, and this says False."""
+    added = xinfo_stream.get("entries-added")
+    return isinstance(added, int) and added > int(xinfo_stream.get("length", 0))
+
+
 def decode_entry(partition: int, raw_id: bytes, fields: dict[bytes, bytes] | None) -> Entry:
     sid = parse_id(raw_id)
     try:
@@ -282,6 +289,14 @@ class StreamReader:
             found.extend(got[:count])
         found.sort(key=lambda x: x[0])
         return [(e, ev) for _, e, ev in found[-count:]] if count else []
+
+    def lost_entries(self, partition: int) -> bool:
+        """Whether entries were removed from the partition's stream (trimmed or deleted): Redis 7 counts
+        every entry ever added (``entries-added``); older servers cannot tell, and say False."""
+        try:
+            return entries_removed(self.client.xinfo_stream(self.key(partition)))
+        except redis.ResponseError:  # no such stream
+            return False
 
     def bounds(self) -> tuple[StreamId, StreamId] | None:
         """First and last ids over all partitions, or None if every stream is empty."""
@@ -365,16 +380,20 @@ class Progress:
 # ---- fold -------------------------------------------------------------------------------------------
 
 
-def fold_entry(state: State, entry: Entry) -> int:
+def fold_entry(state: State, entry: Entry, trimmed: bool = False) -> int:
     """Fold one entry the way the live consumer does (dead letters are counted, not written).
 
-    Returns the number of events in the entry.
+    ``trimmed``: entries were removed from the head of the stream, so a source's missing history before
+    its first retained entry is counted as ``events_lost_total{reason="trimmed"}`` (what the live
+    aggregator, which saw the trim, counts), not as a ``seq_gap``. Returns the number of events.
     """
     state.positions[entry.partition] = entry.id_str
     if entry.batch is None:
         assert entry.error is not None
         record_dead_letter(state, entry.error.reason)
         return 0
+    if trimmed and entry.batch.src not in state.last_seq:
+        count_trimmed_gap(state, entry.batch)
     for reason, _detail, _ev in apply_batch(state, entry.batch):
         record_dead_letter(state, reason)
     return len(entry.batch.events)
@@ -397,6 +416,8 @@ class Replayer:
         self.metrics_prefix = metrics_prefix
         self.source_ttl_s = source_ttl_s
         self.position: StreamId = (0, 0)  # everything <= position has been folded
+        #: Partitions whose stream lost entries (trimmed by age or length, or deleted).
+        self.trimmed = {p: reader.lost_entries(p) for p in reader.partitions}
         self.entries = 0
         self.events = 0
 
@@ -412,7 +433,7 @@ class Replayer:
             start = (0, 0)
         n = 0
         for entry in self.reader.range(start, end):
-            events = fold_entry(self.states[entry.partition], entry)
+            events = fold_entry(self.states[entry.partition], entry, self.trimmed[entry.partition])
             n += 1
             self.events += events
             if progress is not None:

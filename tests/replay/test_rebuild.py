@@ -78,6 +78,18 @@ def test_rebuild_writes_the_checkpoint_the_consumer_restores(history: int, redis
                  pool_id="web", status="failure") == 1
 
 
+def test_rebuild_of_a_trimmed_stream_counts_the_trimmed_history_as_a_live_consumer_does(
+        history: int, redis_url: str, redis_client: redis.Redis) -> None:
+    redis_client.xtrim(stream_key(0), minid=f"{(BASE_S + 30) * 1000}-0", approximate=False)
+    settings = AggregatorSettings(redis_url=redis_url, block_ms=10)
+    rebuild(redis_client, settings, show_progress=False)
+    restored = Consumer(redis_client, settings)
+    restored.setup()
+    fresh = _caught_up(redis_client, settings.with_(group="fresh"))
+    assert restored.snapshot().counters["events_lost_total"] == {("trimmed",): 12}
+    assert _render(restored) == _render(fresh)
+
+
 def test_rebuild_of_an_empty_bus(redis_url: str, redis_client: redis.Redis) -> None:
     [result] = rebuild(redis_client, AggregatorSettings(redis_url=redis_url), show_progress=False)
     assert (result.entries, result.position) == (0, None)

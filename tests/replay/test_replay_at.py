@@ -79,20 +79,29 @@ def test_replay_before_the_first_entry_has_no_event_metrics(history: int, run: R
     assert not [k for k in s if k[0].startswith("boilerhouse_pool_")]
 
 
-def test_counters_start_at_the_oldest_retained_entry(history: int, run: Run, redis_client: redis.Redis) -> None:
+def test_counters_start_at_the_oldest_retained_entry(history: int, run: Run, redis_url: str,
+                                                     redis_client: redis.Redis) -> None:
     """After trimming, counters count from the first retained entry, and the trimmed history of sources
-    that were already running shows up as events_lost_total{reason="seq_gap"}."""
+    that were already running shows up as events_lost_total{reason="trimmed"}, as the live aggregator
+    counts it."""
     redis_client.xtrim(stream_key(0), minid=f"{(BASE_S + 30) * 1000}-0", approximate=False)
     _, out, _ = run("replay", "--at", "2025-11-27T00:02:00Z")
     s = parse(out)
     # acquisitions at 00:00:30 and 00:01:40 remain; 00:00:10 and 00:00:20 were trimmed
     assert value(s, "boilerhouse_container_acquire_duration_seconds_count", pool_id="web", status="success") == 2
     # api: first retained seq is 9 (8 trimmed); sync-worker: first retained seq is 5 (4 trimmed)
-    assert value(s, "boilerhouse_events_lost_total", reason="seq_gap") == 12
+    assert value(s, "boilerhouse_events_lost_total", reason="trimmed") == 12
+    assert value(s, "boilerhouse_events_lost_total", reason="seq_gap") is None
     # gauges are snapshots: right as soon as one is retained
     assert value(s, "boilerhouse_pool_available", pool_id="web", workload_id="echo") == 0
     # source.started of the api was trimmed: its version is unknown, so no boilerhouse_info series
     assert not [k for k in s if k[0] == "boilerhouse_info"]
+    # a live aggregator started on the trimmed stream counts the same loss, with the same reason
+    consumer = Consumer(redis_client, AggregatorSettings(redis_url=redis_url, block_ms=10))
+    consumer.setup()
+    while consumer.poll_once():
+        pass
+    assert consumer.snapshot().counters["events_lost_total"] == {("trimmed",): 12}
 
 
 def test_replay_at_openmetrics_format_and_file(history: int, run: Run, tmp_path: Path) -> None:
