@@ -405,7 +405,8 @@ async def test_borrowed_container_failing_its_health_check_is_replaced_on_releas
     and shown, and on release the container is destroyed and replaced instead of reserved for reuse."""
     pool = await env.pool(CHECKED, min_size=1, max_size=2, health_interval_s=10, affinity_timeout_s=300)
     held = await pool.acquire("tnt-a")
-    await until(lambda: (held.data_dir / "healthy").exists(), "container up")
+    await pool.settle()  # the spare container the claim asked for is created too
+    await until(lambda: all((c.data_dir / "healthy").exists() for c in pool.containers()), "containers up")
     env.clock.advance(10)
     await pool.tick()
     assert env.events.count("container.health_check_failed") == 0 and held.healthy
