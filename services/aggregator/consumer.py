@@ -22,17 +22,23 @@ import msgpack
 import redis
 
 from shared.events.codec import ENTRY_FIELD, EventDecodeError, decode_batch
-from shared.events.streams import checkpoint_key, dead_letter_key, stream_key
+from shared.events.streams import (
+    checkpoint_key,
+    dead_letter_key,
+    entries_removed,
+    format_id,
+    parse_id,
+    stream_key,
+)
 
 from .fold import (
     LAST_SEEN,
     State,
+    TrimWindow,
     apply_batch,
     copy_state,
-    count_trimmed_gap,
     merge_states,
     record_dead_letter,
-    record_lost,
 )
 from .metrics import METRICS
 from .settings import AggregatorSettings
@@ -49,16 +55,6 @@ MAINTENANCE_INTERVAL_S = 5.0
 TRIM_INTERVAL_S = 60.0
 
 
-def parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = raw.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(entry_id: tuple[int, int]) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
-
-
 def mapping_fingerprint() -> list[Any]:
     """What a checkpoint's state layout depends on: metric names, kinds and buckets."""
     return [[m.name, m.kind, list(m.buckets or ())] for m in METRICS]
@@ -66,66 +62,6 @@ def mapping_fingerprint() -> list[Any]:
 
 class CheckpointMismatch(RuntimeError):
     """The checkpoint was written by a different metric mapping; run ``aggregator --rebuild``."""
-
-
-class TrimWindow:
-    """Sources whose next sequence gap is attributed to entries trimmed before they were read.
-
-    Opened when the consumer sees that entries it had not read were removed. Each source's first
-    batch after that is checked (``check``): its gap, if any, is what the trim took. The window stays
-    open until every source known at the detection (``suspects``) was seen again or forgotten, and
-    the consumer has read up to the stream's last entry at the detection (``until``), so sources
-    first seen in that backlog are checked too.
-    """
-
-    __slots__ = ("handled_deleted", "open", "seen", "suspects", "until")
-
-    def __init__(self) -> None:
-        self.suspects: set[str] = set()
-        self.seen: set[str] = set()
-        self.open = False
-        self.until: tuple[int, int] = (0, 0)
-        #: The stream's max-deleted-entry-id already accounted for.
-        self.handled_deleted: tuple[int, int] = (0, 0)
-
-    def start(self, known: set[str], until: tuple[int, int]) -> None:
-        self.suspects = set(known)
-        self.seen = set()
-        self.until = max(self.until, until) if self.open else until
-        self.open = True
-
-    def check(self, src: str) -> bool:
-        """True if ``src``'s current batch is its first since the window opened."""
-        if not self.open or src in self.seen:
-            return False
-        self.seen.add(src)
-        self.suspects.discard(src)
-        return True
-
-    def maybe_close(self, position: tuple[int, int]) -> None:
-        if self.open and not self.suspects and position >= self.until:
-            self.open = False
-            self.seen = set()
-
-    def forget(self, srcs: set[str]) -> None:
-        if self.open:
-            self.suspects -= srcs
-            self.seen -= srcs
-
-    def to_data(self) -> dict[str, Any]:
-        return {"open": self.open, "suspects": sorted(self.suspects), "seen": sorted(self.seen),
-                "until": format_id(self.until), "handled_deleted": format_id(self.handled_deleted)}
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any] | None) -> TrimWindow:
-        w = cls()
-        if data:
-            w.open = bool(data.get("open"))
-            w.suspects = set(data.get("suspects", ()))
-            w.seen = set(data.get("seen", ()))
-            w.until = parse_id(data.get("until", "0-0"))
-            w.handled_deleted = parse_id(data.get("handled_deleted", "0-0"))
-        return w
 
 
 class PartitionConsumer:
@@ -423,10 +359,7 @@ class Consumer:
                         record_dead_letter(state, exc.reason)
                         pc.dead.append(_dead_letter(entry_id, exc.reason, exc.detail, fields))
                         continue
-                    if pc.trim.open:
-                        if pc.trim.check(batch.src):
-                            count_trimmed_gap(state, batch)
-                        pc.trim.maybe_close(eid)
+                    pc.trim.attribute(state, batch, eid)
                     rejected = apply_batch(state, batch)
                     pc.events_since_checkpoint += len(batch.events)
                     for reason, detail, ev in rejected:
@@ -544,7 +477,7 @@ class Consumer:
         if last_delivered == (0, 0):
             # A group that has delivered nothing (new, or set back to the start by a rebuild): what the
             # stream no longer holds was never read by it. Replay counts the same (replay.fold_entry).
-            lost_unread = added is not None and int(added) > length
+            lost_unread = entries_removed(info)
         elif added is not None and entries_read is not None:
             lost_unread = int(added) - int(entries_read) > length
         else:
@@ -640,4 +573,4 @@ def _dead_letter(entry_id: bytes, reason: str, detail: str, fields: dict[Any, An
     }
 
 
-__all__ = ["CheckpointMismatch", "Consumer", "TrimWindow", "record_lost"]
+__all__ = ["CheckpointMismatch", "Consumer"]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from shared.events.codec import FAST_VALIDATORS, Batch, explain_invalid
+from shared.events.streams import StreamId, format_id, parse_id
 
 from .metrics import COUNTER, GAUGE, HISTOGRAM, METRICS, METRICS_BY_NAME, OVERFLOW, MetricDef
 
@@ -414,8 +415,77 @@ def count_trimmed_gap(state: State, batch: Any) -> None:
             return
 
 
-__all__ = ["GAUGE", "HANDLERS", "State", "apply_all", "apply_batch", "count_trimmed_gap", "record_dead_letter",
-           "record_lost"]
+class TrimWindow:
+    """Sources whose next sequence gap is attributed to entries trimmed before they were read.
+
+    Opened when the consumer sees that entries it had not read were removed (and by replay and rebuild
+    when the stream they fold from the start lost entries). Each source's first
+    batch after that is checked (``check``): its gap, if any, is what the trim took. The window stays
+    open until every source known at the detection (``suspects``) was seen again or forgotten, and
+    the consumer has read up to the stream's last entry at the detection (``until``), so sources
+    first seen in that backlog are checked too.
+    """
+
+    __slots__ = ("handled_deleted", "open", "seen", "suspects", "until")
+
+    def __init__(self) -> None:
+        self.suspects: set[str] = set()
+        self.seen: set[str] = set()
+        self.open = False
+        self.until: StreamId = (0, 0)
+        #: The stream's max-deleted-entry-id already accounted for.
+        self.handled_deleted: StreamId = (0, 0)
+
+    def start(self, known: set[str], until: StreamId) -> None:
+        self.suspects = set(known)
+        self.seen = set()
+        self.until = max(self.until, until) if self.open else until
+        self.open = True
+
+    def check(self, src: str) -> bool:
+        """True if ``src``'s current batch is its first since the window opened."""
+        if not self.open or src in self.seen:
+            return False
+        self.seen.add(src)
+        self.suspects.discard(src)
+        return True
+
+    def attribute(self, state: State, batch: Batch, position: StreamId) -> None:
+        """Before ``batch`` (at stream ``position``) is folded: if it is its source's first since the
+        window opened, count the gap in front of it as trimmed (:func:`count_trimmed_gap`)."""
+        if self.open:
+            if self.check(batch.src):
+                count_trimmed_gap(state, batch)
+            self.maybe_close(position)
+
+    def maybe_close(self, position: StreamId) -> None:
+        if self.open and not self.suspects and position >= self.until:
+            self.open = False
+            self.seen = set()
+
+    def forget(self, srcs: set[str]) -> None:
+        if self.open:
+            self.suspects -= srcs
+            self.seen -= srcs
+
+    def to_data(self) -> dict[str, Any]:
+        return {"open": self.open, "suspects": sorted(self.suspects), "seen": sorted(self.seen),
+                "until": format_id(self.until), "handled_deleted": format_id(self.handled_deleted)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> TrimWindow:
+        w = cls()
+        if data:
+            w.open = bool(data.get("open"))
+            w.suspects = set(data.get("suspects", ()))
+            w.seen = set(data.get("seen", ()))
+            w.until = parse_id(data.get("until", "0-0"))
+            w.handled_deleted = parse_id(data.get("handled_deleted", "0-0"))
+        return w
+
+
+__all__ = ["GAUGE", "HANDLERS", "State", "TrimWindow", "apply_all", "apply_batch", "count_trimmed_gap",
+           "record_dead_letter", "record_lost"]
 
 
 def copy_state(state: State) -> State:

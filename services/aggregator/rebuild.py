@@ -17,11 +17,11 @@ from typing import Any, TextIO
 import msgpack
 import redis
 
-from shared.events.streams import checkpoint_key
+from shared.events.streams import checkpoint_key, format_id, parse_id
 
-from .consumer import CHECKPOINT_VERSION, TrimWindow, mapping_fingerprint
-from .fold import State
-from .replay import Progress, StreamReader, entries_removed, fold_entry, format_id, parse_id
+from .consumer import CHECKPOINT_VERSION, mapping_fingerprint
+from .fold import State, TrimWindow
+from .replay import Progress, StreamReader, fold_entry, trim_window
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
@@ -51,14 +51,14 @@ def rebuild_partition(client: redis.Redis, settings: AggregatorSettings, partiti
     last_raw = info.get("last-generated-id")
     last = parse_id(last_raw) if last_raw else (0, 0)
     added = info.get("entries-added")
-    trimmed = entries_removed(info)
+    trim = trim_window(info)
     if progress is not None:
         progress.total = float(info.get("length", 0))
     state = State(settings.series_cap)
     entries = events = 0
     if last != (0, 0):
         for entry in reader.range((0, 0), last, partitions=[partition]):
-            n = fold_entry(state, entry, trimmed)
+            n = fold_entry(state, entry, trim)
             entries += 1
             events += n
             if progress is not None:

@@ -29,15 +29,13 @@ from prometheus_client.utils import floatToGoString
 
 from shared.events.codec import ENTRY_FIELD, Batch, EventDecodeError, decode_batch
 from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME, ID_PATTERN
-from shared.events.streams import DEFAULT_PREFIX, stream_key
+from shared.events.streams import DEFAULT_PREFIX, StreamId, entries_removed, format_id, parse_id, stream_key
 
 from .exposition import StateCollector
-from .fold import DEFAULT_SERIES_CAP, State, apply_batch, count_trimmed_gap, merge_states, record_dead_letter
+from .fold import DEFAULT_SERIES_CAP, State, TrimWindow, apply_batch, merge_states, record_dead_letter
 
 logger = logging.getLogger(__name__)
 
-#: A stream id as (milliseconds, sequence).
-StreamId = tuple[int, int]
 MAX_SEQ = 2**64 - 1
 PAGE = 1000
 #: Entries of the first page read, and the bytes a page should hold at most.
@@ -130,16 +128,6 @@ def format_ts(seconds: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def format_id(sid: StreamId) -> str:
-    return f"{sid[0]}-{sid[1]}"
-
-
-def parse_id(raw: bytes | str) -> StreamId:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 # ---- filters ----------------------------------------------------------------------------------------
 
 
@@ -203,11 +191,13 @@ class Entry:
         return format_id(self.id)
 
 
-def entries_removed(xinfo_stream: dict[str, Any]) -> bool:
-    """From ``XINFO STREAM``: whether entries were removed (trimmed or deleted). Redis 7 counts every entry
-    ever added (``entries-added``); older servers do not, and this says False."""
-    added = xinfo_stream.get("entries-added")
-    return isinstance(added, int) and added > int(xinfo_stream.get("length", 0))
+def trim_window(xinfo_stream: dict[str, Any]) -> TrimWindow:
+    """For a fold from the start of a stream (its ``XINFO STREAM``): a trim window open up to the stream's
+    last entry if entries were removed from it (trimmed or deleted), closed otherwise."""
+    window = TrimWindow()
+    if entries_removed(xinfo_stream):
+        window.start(set(), parse_id(xinfo_stream.get("last-generated-id") or b"0-0"))
+    return window
 
 
 def decode_entry(partition: int, raw_id: bytes, fields: dict[bytes, bytes] | None) -> Entry:
@@ -290,13 +280,12 @@ class StreamReader:
         found.sort(key=lambda x: x[0])
         return [(e, ev) for _, e, ev in found[-count:]] if count else []
 
-    def lost_entries(self, partition: int) -> bool:
-        """Whether entries were removed from the partition's stream (trimmed or deleted): Redis 7 counts
-        every entry ever added (``entries-added``); older servers cannot tell, and say False."""
+    def trim_window(self, partition: int) -> TrimWindow:
+        """The :func:`trim_window` of the partition's stream as it is now."""
         try:
-            return entries_removed(self.client.xinfo_stream(self.key(partition)))
+            return trim_window(self.client.xinfo_stream(self.key(partition)))
         except redis.ResponseError:  # no such stream
-            return False
+            return TrimWindow()
 
     def bounds(self) -> tuple[StreamId, StreamId] | None:
         """First and last ids over all partitions, or None if every stream is empty."""
@@ -380,20 +369,20 @@ class Progress:
 # ---- fold -------------------------------------------------------------------------------------------
 
 
-def fold_entry(state: State, entry: Entry, trimmed: bool = False) -> int:
+def fold_entry(state: State, entry: Entry, trim: TrimWindow | None = None) -> int:
     """Fold one entry the way the live consumer does (dead letters are counted, not written).
 
-    ``trimmed``: entries were removed from the head of the stream, so a source's missing history before
-    its first retained entry is counted as ``events_lost_total{reason="trimmed"}`` (what the live
-    aggregator, which saw the trim, counts), not as a ``seq_gap``. Returns the number of events.
+    ``trim``: the partition's window from :meth:`StreamReader.trim_window`; while it is open, a source's
+    missing history before its first retained entry counts as ``events_lost_total{reason="trimmed"}``,
+    as in the live aggregator. Returns the number of events in the entry.
     """
     state.positions[entry.partition] = entry.id_str
     if entry.batch is None:
         assert entry.error is not None
         record_dead_letter(state, entry.error.reason)
         return 0
-    if trimmed and entry.batch.src not in state.last_seq:
-        count_trimmed_gap(state, entry.batch)
+    if trim is not None:
+        trim.attribute(state, entry.batch, entry.id)
     for reason, _detail, _ev in apply_batch(state, entry.batch):
         record_dead_letter(state, reason)
     return len(entry.batch.events)
@@ -416,8 +405,8 @@ class Replayer:
         self.metrics_prefix = metrics_prefix
         self.source_ttl_s = source_ttl_s
         self.position: StreamId = (0, 0)  # everything <= position has been folded
-        #: Partitions whose stream lost entries (trimmed by age or length, or deleted).
-        self.trimmed = {p: reader.lost_entries(p) for p in reader.partitions}
+        #: Per partition: where gaps count as trimmed (its stream lost entries before the fold).
+        self.trims = {p: reader.trim_window(p) for p in reader.partitions}
         self.entries = 0
         self.events = 0
 
@@ -433,7 +422,7 @@ class Replayer:
             start = (0, 0)
         n = 0
         for entry in self.reader.range(start, end):
-            events = fold_entry(self.states[entry.partition], entry, self.trimmed[entry.partition])
+            events = fold_entry(self.states[entry.partition], entry, self.trims[entry.partition])
             n += 1
             self.events += events
             if progress is not None:

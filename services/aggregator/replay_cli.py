@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import redis
 
 from shared.events.schema import EVENT_TYPES_BY_NAME
-from shared.events.streams import dead_letter_key
+from shared.events.streams import dead_letter_key, parse_id
 
 from .replay import (
     MAX_SEQ,
@@ -26,14 +26,13 @@ from .replay import (
     EventFilter,
     OpenMetricsWriter,
     Progress,
-    ReplayError,
     Replayer,
+    ReplayError,
     StreamReader,
     TimePoint,
     decode_entry,
     format_ts,
     parse_duration_ms,
-    parse_id,
     parse_time,
     replay_range,
     step_times,

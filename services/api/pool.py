@@ -632,9 +632,9 @@ class ContainerPool:
         if not idle and not held:
             return
         results = await asyncio.gather(*(self.manager.health_check(c) for _, c in idle + held))
-        for (tenant, container), ok in zip(held, results[len(idle):], strict=True):
+        for (holder, container), ok in zip(held, results[len(idle):], strict=True):
             # Not taken from its tenant: flagged, and replaced on release (see release()).
-            if self._borrowed.get(tenant or "") is container and container.state == BORROWED:
+            if self._borrowed.get(holder) is container and container.state == BORROWED:
                 if container.healthy and not ok:
                     logger.warning("pool %s: borrowed container %s failed its health check",
                                    self.pool_id, container.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 DEFAULT_PREFIX = "boilerhouse"
 DEFAULT_GROUP = "aggregator"
@@ -23,3 +24,25 @@ def dead_letter_key(partition: int, prefix: str = DEFAULT_PREFIX) -> str:
 
 def checkpoint_key(partition: int, group: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:checkpoint:{{{partition}}}:{group}"
+
+
+#: A stream entry id as (milliseconds, sequence).
+StreamId = tuple[int, int]
+
+
+def parse_id(raw: bytes | str) -> StreamId:
+    """``b"1764201600000-3"`` (or a bare ``"1764201600000"``) as ``(1764201600000, 3)``."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def entries_removed(xinfo_stream: dict[str, Any]) -> bool:
+    """From ``XINFO STREAM``: whether entries were removed (trimmed or deleted). Redis 7 counts every entry
+    ever added (``entries-added``); older servers do not, and this says False."""
+    added = xinfo_stream.get("entries-added")
+    return isinstance(added, int) and added > int(xinfo_stream.get("length", 0))

@@ -161,7 +161,7 @@ def exact(want: Result) -> Checker:
     return check
 
 
-def extrapolated(want: Result, divisor: float = 1.0, factor: float = 1.0, slack: float = 1.3) -> Checker:
+def extrapolated(want: Result, divisor: float, factor: float, slack: float) -> Checker:
     """``increase``/``rate`` of a counter whose true increase is ``want``: Prometheus extrapolates the
     sampled increase to the edges of the window by at most about one scrape interval on each side, so
     the result lies between the true value and ``slack`` times it."""
