@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -349,33 +352,47 @@ def test_build_script_is_idempotent(busybox_image: str) -> None:
 
 
 PARENT = """
-import asyncio, sys
+import asyncio, os, signal, sys
 from pathlib import Path
 from services.api.runtimes import ProcessRuntime
 from services.api.workloads import Workload
 
 async def main():
     rt = ProcessRuntime()
-    await rt.create("orphan-check", Workload(id="w", command=("sleep", "1000")), Path(sys.argv[1]))
-    print(rt.pid("orphan-check"), flush=True)
-    await asyncio.sleep(1000)
+    for i in range(int(sys.argv[2])):
+        await rt.create(f"orphan-{i}", Workload(id="w", command=("sleep", "1000")), Path(sys.argv[1]) / str(i))
+        print(rt.pid(f"orphan-{i}"), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the moment create returns: no time to set anything up later
 
 asyncio.run(main())
 """
 
 
 async def test_process_containers_die_with_a_killed_server(tmp_path: Path) -> None:
-    """A server SIGKILLed before it could destroy its containers leaves no process behind."""
+    """A server SIGKILLed before it could destroy its containers leaves no process behind.
+
+    The server kills itself right after its last ``create`` returns, so a container that arranged
+    its parent-death signal only after exec (as ``setpriv --pdeathsig`` does) would be left running.
+    """
+    count = 20
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "data")], stdout=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[2],
+        [sys.executable, "-c", PARENT, str(tmp_path / "data"), str(count)], stdout=subprocess.PIPE,
+        text=True, cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert parent.stdout is not None
-        container_pid = int(parent.stdout.readline())
-        assert process_alive(container_pid)
+        pids = [int(line) for line in parent.stdout]
     finally:
         parent.kill()
         parent.wait(10)
         parent.stdout.close()  # type: ignore[union-attr]
-    await eventually(lambda: not process_alive(container_pid), what="container gone with its server")
+    assert parent.returncode == -signal.SIGKILL and len(pids) == count
+    try:
+        await eventually(
+            lambda: not any(process_alive(pid) for pid in pids), what="every container gone with its server"
+        )
+    finally:
+        for pid in pids:  # never leave a sleeper behind, even when the assertion fails
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cmdline").read_bytes().endswith(b"sleep\x001000\x00"):
+                    os.kill(pid, signal.SIGKILL)

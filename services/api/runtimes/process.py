@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
-import errno
 import os
-import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -23,21 +23,30 @@ logger = logging.getLogger(__name__)
 #: The only variables a container inherits from the server (its secrets, e.g. the Redis URL, stay out).
 INHERITED_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"})
 
-#: util-linux ``setpriv``: sets the container's parent-death signal, then execs it (same pid), so a
-#: container never outlives a server that was killed without a chance to destroy it.
-SETPRIV = shutil.which("setpriv")
+#: libc's ``prctl`` (Linux), resolved once at import: the child calls it between fork and exec.
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+PR_SET_PDEATHSIG = 1
+_SIGKILL = int(signal.SIGKILL)
 
 
-def _executable(command: str, cwd: Path, env: dict[str, str]) -> str:
-    """The program ``command`` names, resolved as exec would; a missing one fails at create time."""
-    if "/" in command:
-        path = command if os.path.isabs(command) else str(cwd / command)
-        found = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-    else:
-        found = shutil.which(command, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory", command)
-    return found
+def _die_with(server_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the container die with the server, without a window.
+
+    It runs in the forked child before exec: PR_SET_PDEATHSIG asks the kernel for SIGKILL when the
+    parent (the server thread that forked) dies, and the signal survives exec, so the container's
+    own pid carries it. A server killed between fork and prctl would never send that signal, so the
+    child then checks it still has the server as parent and exits if not. Only pre-resolved calls
+    happen here (no imports, no locks, no logging), which is what makes a preexec_fn safe with
+    threads.
+    """
+
+    def preexec() -> None:
+        if _PRCTL is not None and _PRCTL(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:
+            os._exit(127)
+        if os.getppid() != server_pid:
+            os._exit(137)
+
+    return preexec
 
 
 @dataclass
@@ -93,7 +102,7 @@ class ProcessRuntime:
                     popen = self._spawn(workload, data_dir, env, out)
             else:
                 popen = self._spawn(workload, data_dir, env, subprocess.DEVNULL)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise ContainerRuntimeError(
                 container_id, "create", f"cannot start {list(workload.command)}: {exc}"
             ) from exc
@@ -104,19 +113,17 @@ class ProcessRuntime:
     def _spawn(
         workload: Workload, data_dir: Path, env: dict[str, str], out: int | IO[bytes]
     ) -> subprocess.Popen[bytes]:
-        argv = list(workload.command)
-        if SETPRIV:
-            # Spawned from the event loop's thread, which lives as long as the server: the signal
-            # fires when the server process dies (prctl PR_SET_PDEATHSIG follows the creating thread).
-            argv = [SETPRIV, "--pdeathsig", "KILL", "--", _executable(argv[0], data_dir, env), *argv[1:]]
+        # Spawned from the event loop's thread, which lives as long as the server: the signal
+        # fires when the server process dies (PR_SET_PDEATHSIG follows the creating thread).
         return subprocess.Popen(
-            argv,
+            list(workload.command),
             cwd=data_dir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 -- async-signal-safe calls only, see _die_with
         )
 
     async def destroy(self, container_id: str) -> None:
