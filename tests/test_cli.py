@@ -51,3 +51,10 @@ def test_settings_validate_the_redis_url_without_echoing_credentials() -> None:
     assert "s3cret" not in str(err.value)
     assert ApiSettings(redis_url="unix:///run/redis.sock").redis_url == "unix:///run/redis.sock"
     assert AggregatorSettings(redis_url="rediss://h:6380/1").redis_url == "rediss://h:6380/1"
+
+
+def test_an_empty_redis_url_variable_counts_as_unset() -> None:
+    """``BOILERHOUSE_REDIS_URL=`` (an env file's blank line) means the default, as for the numbers."""
+    for settings in (AggregatorSettings, ApiSettings):
+        assert settings.from_env({"BOILERHOUSE_REDIS_URL": ""}).redis_url == settings().redis_url
+        assert settings.from_env({"BOILERHOUSE_REDIS_URL": "redis://h:1/2"}).redis_url == "redis://h:1/2"

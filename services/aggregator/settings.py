@@ -132,7 +132,7 @@ class AggregatorSettings:
         env = os.environ if environ is None else environ
         d = cls()
         return cls(
-            redis_url=env.get("BOILERHOUSE_REDIS_URL", d.redis_url),
+            redis_url=env.get("BOILERHOUSE_REDIS_URL") or d.redis_url,  # empty = unset, as for numbers
             host=env.get("BOILERHOUSE_METRICS_HOST", d.host),
             port=env_number(env, "BOILERHOUSE_METRICS_PORT", d.port, minimum=1),
             metrics_enabled=env_bool(env, "BOILERHOUSE_METRICS_ENABLED", d.metrics_enabled),

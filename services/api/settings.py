@@ -48,7 +48,7 @@ class ApiSettings:
         env = os.environ if environ is None else environ
         d = cls()
         return cls(
-            redis_url=env.get("BOILERHOUSE_REDIS_URL", d.redis_url),
+            redis_url=env.get("BOILERHOUSE_REDIS_URL") or d.redis_url,  # empty = unset, as for numbers
             host=env.get("BOILERHOUSE_API_HOST", d.host),
             port=env_number(env, "BOILERHOUSE_API_PORT", d.port, minimum=1),
             key_prefix=env.get("BOILERHOUSE_STREAM_PREFIX", d.key_prefix),

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from services.api.workloads import Workload
+from services.children import die_with_parent
 
 from .base import ContainerRuntimeError, clear_directory
 
@@ -22,31 +21,6 @@ logger = logging.getLogger(__name__)
 
 #: The only variables a container inherits from the server (its secrets, e.g. the Redis URL, stay out).
 INHERITED_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"})
-
-#: libc's ``prctl`` (Linux), resolved once at import: the child calls it between fork and exec.
-_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
-PR_SET_PDEATHSIG = 1
-_SIGKILL = int(signal.SIGKILL)
-
-
-def _die_with(server_pid: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the container die with the server, without a window.
-
-    It runs in the forked child before exec: PR_SET_PDEATHSIG asks the kernel for SIGKILL when the
-    parent (the server thread that forked) dies, and the signal survives exec, so the container's
-    own pid carries it. A server killed between fork and prctl would never send that signal, so the
-    child then checks it still has the server as parent and exits if not. Only pre-resolved calls
-    happen here (no imports, no locks, no logging), which is what makes a preexec_fn safe with
-    threads.
-    """
-
-    def preexec() -> None:
-        if _PRCTL is not None and _PRCTL(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:
-            os._exit(127)
-        if os.getppid() != server_pid:
-            os._exit(137)
-
-    return preexec
 
 
 @dataclass
@@ -123,7 +97,7 @@ class ProcessRuntime:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 -- async-signal-safe calls only, see _die_with
+            preexec_fn=die_with_parent(signal.SIGKILL),  # noqa: PLW1509 -- thread-safe, see its docstring
         )
 
     async def destroy(self, container_id: str) -> None:

@@ -1,0 +1,121 @@
+"""The embedded Redis of `boilerhouse up`: one owner per data directory, nothing left behind by a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from services.embedded import EmbeddedRedis, EmbeddedRedisError, free_port, stale_server, stop_pid
+from tests.conftest import real_redis_binary
+from tests.support.procs import Proc, boilerhouse, wait_http
+from tests.support.recording import process_alive
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll an OS process's side effect (a process exiting), not logic."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached after {timeout}s")
+        time.sleep(0.05)
+
+
+def server(workdir: Path) -> EmbeddedRedis:
+    return EmbeddedRedis(workdir=workdir, binary=real_redis_binary(), allow_fake=False, appendonly=True)
+
+
+def test_a_second_owner_of_a_data_directory_is_refused(tmp_path: Path) -> None:
+    first = server(tmp_path / "redis").start()
+    try:
+        second = server(tmp_path / "redis")
+        with pytest.raises(EmbeddedRedisError) as info:
+            second.start()
+        assert str(info.value) == (
+            f"{tmp_path / 'redis'} is in use by another process (pid {os.getpid()}) running "
+            "its Redis; stop it or choose another data directory"
+        )
+        assert second.pid is None and redis.Redis.from_url(first.url).ping()
+    finally:
+        first.stop()
+    second.start()  # the first owner has stopped: the directory is free again
+    second.stop()
+
+
+ORPHANING_OWNER = """
+import os, signal, sys
+import redis
+from services.embedded import EmbeddedRedis
+srv = EmbeddedRedis(workdir=sys.argv[1], binary=sys.argv[2], allow_fake=False, appendonly=True).start()
+redis.Redis.from_url(srv.url).set("kept", "yes")
+print(srv.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no chance to stop its server
+"""
+
+
+def test_a_server_left_by_a_killed_owner_is_stopped_by_the_next_one_and_its_data_kept(tmp_path: Path) -> None:
+    workdir = tmp_path / "redis"
+    owner = subprocess.run([sys.executable, "-c", ORPHANING_OWNER, str(workdir), real_redis_binary()],
+                           check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert owner.returncode == -signal.SIGKILL, owner.stderr
+    orphan = int(owner.stdout)
+    try:
+        assert process_alive(orphan), "without die_with_parent the server outlives its owner"
+        successor = server(workdir).start()
+        try:
+            assert not process_alive(orphan), "the successor stopped the orphan before starting"
+            client = redis.Redis.from_url(successor.url)
+            assert client.get("kept") == b"yes", "the orphan's data was written out and loaded"
+            client.close()
+        finally:
+            successor.stop()
+    finally:
+        if process_alive(orphan):
+            stop_pid(orphan)
+
+
+def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
+    data = tmp_path / "bh"
+
+    def start(name: str) -> Proc:
+        api, metrics = free_port(), free_port()
+        up = boilerhouse(["up", "--api-port", str(api), "--metrics-port", str(metrics), "--data-dir", str(data)],
+                         tmp_path, name, {"BOILERHOUSE_REDIS_URL": ""})
+        wait_http(f"http://127.0.0.1:{api}/healthz", timeout=60, proc=up)
+        return up
+
+    up = start("up-1")
+    try:
+        redis_pid = int((data / "redis" / "redis.pid").read_text())
+        assert process_alive(redis_pid)
+        # A second `up` on the same data directory is refused with a message, not a traceback.
+        clash = subprocess.run([sys.executable, "-m", "services.cli", "up", "--data-dir", str(data),
+                                "--api-port", str(free_port()), "--metrics-port", str(free_port())],
+                               check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
+                               env={**os.environ, "BOILERHOUSE_REDIS_URL": ""})
+        assert clash.returncode == 2, clash.stderr
+        assert f"is in use by another process (pid {up.pid}) running its Redis" in clash.stderr
+        assert "Traceback" not in clash.stderr
+        up.kill()  # SIGKILL: no shutdown code runs
+        eventually(lambda: not process_alive(redis_pid), "the embedded Redis gone with `up`")
+        assert "Received SIGTERM" in (data / "redis" / "redis.log").read_text(), "a clean shutdown, AOF written"
+    finally:
+        if up.popen.poll() is None:
+            up.stop()
+        leftover = stale_server(data / "redis" / "redis.pid", data / "redis")
+        if leftover is not None:  # a failed run leaves nothing behind
+            stop_pid(leftover)
+    again = start("up-2")  # the data directory is free again
+    try:
+        assert again.popen.poll() is None
+    finally:
+        assert again.stop(sig=signal.SIGINT, timeout=30) == 0, again.output()[-3000:]
