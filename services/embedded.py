@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from services.children import die_with_parent
+from services import children
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class EmbeddedRedis:
         self._proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=die_with_parent(signal.SIGTERM) if self.die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=children.die_with_parent(signal.SIGTERM) if self.die_with_parent else None,  # noqa: PLW1509
         )
         self.pid = self._proc.pid
         try:

@@ -15,7 +15,7 @@ import redis
 
 from services.embedded import EmbeddedRedis, EmbeddedRedisError, free_port, stale_server, stop_pid
 from tests.conftest import real_redis_binary
-from tests.support.procs import Proc, boilerhouse, wait_http
+from tests.support.procs import BOILERHOUSE, Proc, boilerhouse, wait_http
 from tests.support.recording import process_alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
         redis_pid = int((data / "redis" / "redis.pid").read_text())
         assert process_alive(redis_pid)
         # A second `up` on the same data directory is refused with a message, not a traceback.
-        clash = subprocess.run([sys.executable, "-m", "services.cli", "up", "--data-dir", str(data),
+        clash = subprocess.run([*BOILERHOUSE, "up", "--data-dir", str(data),
                                 "--api-port", str(free_port()), "--metrics-port", str(free_port())],
                                check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
                                env={**os.environ, "BOILERHOUSE_REDIS_URL": ""})
