@@ -75,6 +75,8 @@ HISTORY_HEADER = [
     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 HISTORY_KEEP = 12
+
+
 def history_rows(previous: str) -> list[str]:
     """The history rows of an earlier docs/performance.md (empty if it has none)."""
     if HISTORY_BEGIN not in previous or HISTORY_END not in previous:
@@ -87,7 +89,7 @@ def history_row(
     facts: dict[str, str], load_before: str, hp: hotpath.HotPathResult, tp: throughput.ThroughputResult
 ) -> str:
     return (
-        f"| {facts['date'].removesuffix(' UTC')} | {load_before.split()[0]} "
+        f"| {facts['date'].removesuffix(' UTC')} | {load_before.split(maxsplit=1)[0]} "
         f"| {hp.emit_idle_thread_cpu / hp.counter_inc:.2f}x | {hp.emit_ratio:.2f}x "
         f"| {hp.producer_ratio:.2f}x "
         f"| {tp.best_ours.rate:,.0f} | {tp.best_naive.rate:,.0f} | {tp.ratio:.1f}x |"
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         print("replay and rebuild against the live consumer ...", flush=True)
         replay_events, replay_reps = (20_000, 2) if args.quick else (200_000, 7)
         replay = [
-            r for per_entry in (100, 10)
+            r
+            for per_entry in (100, 10)
             for r in replay_bench.run(server.url, replay_events, per_entry, replay_reps)
         ]
     output = Path(args.output)

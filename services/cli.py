@@ -34,8 +34,15 @@ class _Server(uvicorn.Server):
 
 
 def _uvicorn(app: Any, host: str, port: int) -> _Server:
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
-                            access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
     return _Server(config)
 
 
@@ -72,11 +79,17 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     from services.aggregator.app import create_app  # noqa: PLC0415
 
     settings = AggregatorSettings.from_env().with_(
-        redis_url=args.redis_url, host=args.host, port=args.port, shard=args.shard, shards=args.shards,
+        redis_url=args.redis_url,
+        host=args.host,
+        port=args.port,
+        shard=args.shard,
+        shards=args.shards,
         partitions=args.partitions,
     )
     _write_pidfile(args.pidfile)
-    if args.rebuild:  # fold the retained stream into fresh checkpoints (progress bar); the consumer restores them
+    if (
+        args.rebuild
+    ):  # fold the retained stream into fresh checkpoints (progress bar); the consumer restores them
         from services.aggregator.rebuild import rebuild_offline  # noqa: PLC0415
 
         rebuild_offline(settings)
@@ -89,12 +102,19 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     from services.api.app import create_app  # noqa: PLC0415
 
-    settings = ApiSettings.from_env().with_(redis_url=args.redis_url, host=args.host, port=args.port,
-                                            workloads_dir=args.workloads, data_dir=args.data_dir)
+    settings = ApiSettings.from_env().with_(
+        redis_url=args.redis_url,
+        host=args.host,
+        port=args.port,
+        workloads_dir=args.workloads,
+        data_dir=args.data_dir,
+    )
     _write_pidfile(args.pidfile)
     app = _build_api(create_app, settings, args.demo)
-    print(f"api: http://{settings.host}:{settings.port}/api/v1" + (" (demo traffic on)" if args.demo else ""),
-          flush=True)
+    print(
+        f"api: http://{settings.host}:{settings.port}/api/v1" + (" (demo traffic on)" if args.demo else ""),
+        flush=True,
+    )
     asyncio.run(serve_all([_uvicorn(app, settings.host, settings.port)]))
     return 0
 
@@ -125,10 +145,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise CliError(f"cannot start the embedded Redis: {exc}") from None
         redis_url = embedded.url
     try:
-        agg_settings = AggregatorSettings.from_env().with_(redis_url=redis_url, host=args.host,
-                                                           port=args.metrics_port)
-        api_settings = ApiSettings.from_env().with_(redis_url=redis_url, host=args.host, port=args.api_port,
-                                                    workloads_dir=args.workloads, data_dir=args.data_dir)
+        agg_settings = AggregatorSettings.from_env().with_(
+            redis_url=redis_url, host=args.host, port=args.metrics_port
+        )
+        api_settings = ApiSettings.from_env().with_(
+            redis_url=redis_url,
+            host=args.host,
+            port=args.api_port,
+            workloads_dir=args.workloads,
+            data_dir=args.data_dir,
+        )
         _write_pidfile(args.pidfile)
         api_app = _build_api(create_api, api_settings, args.demo)
         servers = [
@@ -141,8 +167,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  api:        http://{api_settings.host}:{api_settings.port}/api/v1\n"
             f"  metrics:    http://{agg_settings.host}:{agg_settings.port}{agg_settings.metrics_path}\n"
             f"  event bus:  {bus}\n"
-            + ("  demo:       pools demo-* with generated traffic; every metric moves within a minute\n"
-               if args.demo else "")
+            + (
+                "  demo:       pools demo-* with generated traffic; every metric moves within a minute\n"
+                if args.demo
+                else ""
+            )
             + "Press Ctrl-C to stop.",
             flush=True,
         )
@@ -170,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="boilerhouse", description="Boilerhouse with Prometheus metrics from lifecycle events."
     )
-    parser.add_argument("--log-level", default=os.environ.get("BOILERHOUSE_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("BOILERHOUSE_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -202,8 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--partitions", type=int, help="partition streams in use (default 1)")
     agg.add_argument("--shard", type=int, help="this aggregator's shard index (default 0)")
     agg.add_argument("--shards", type=int, help="number of aggregator shards (default 1)")
-    agg.add_argument("--rebuild", action="store_true",
-                     help="ignore the checkpoint and re-fold the retained stream from its start")
+    agg.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="ignore the checkpoint and re-fold the retained stream from its start",
+    )
     agg.set_defaults(func=cmd_aggregator)
 
     for register in _plugin_registrations():

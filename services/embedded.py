@@ -183,8 +183,11 @@ class EmbeddedRedis:
             self._lock = lock
         stale = stale_server(self.pidfile, self.workdir)
         if stale is not None:
-            logger.warning("stopping redis-server pid %d, left running on %s by a run that was killed",
-                           stale, self.workdir)
+            logger.warning(
+                "stopping redis-server pid %d, left running on %s by a run that was killed",
+                stale,
+                self.workdir,
+            )
             stop_pid(stale)
 
     def _release_workdir(self) -> None:
@@ -198,18 +201,29 @@ class EmbeddedRedis:
         self._claim_workdir()
         args = [
             str(self.binary),
-            "--bind", self.host,
-            "--port", str(self.port),
-            "--dir", str(self.workdir),
-            "--pidfile", str(self.pidfile),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--protected-mode", "no",
-            "--logfile", str(self.workdir / "redis.log"),
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.workdir),
+            "--pidfile",
+            str(self.pidfile),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            str(self.workdir / "redis.log"),
             *self.extra_args,
         ]
         self._proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=children.die_with_parent(signal.SIGTERM) if self.die_with_parent else None,  # noqa: PLW1509
         )
@@ -218,7 +232,7 @@ class EmbeddedRedis:
             wait_for_port(self.host, self.port)
         except EmbeddedRedisError:
             self.stop()
-            log = (self.workdir / "redis.log")
+            log = self.workdir / "redis.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise EmbeddedRedisError(f"{self.binary} did not start on port {self.port}: {tail}") from None
         self.kind = "redis-server"

@@ -26,8 +26,9 @@ def real_redis_binary() -> str:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """One real redis-server for the session; tests that restart or kill Redis start their own."""
-    server = EmbeddedRedis(workdir=tmp_path_factory.mktemp("redis"), binary=real_redis_binary(),
-                           allow_fake=False)
+    server = EmbeddedRedis(
+        workdir=tmp_path_factory.mktemp("redis"), binary=real_redis_binary(), allow_fake=False
+    )
     server.start()
     yield server
     server.stop()

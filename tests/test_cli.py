@@ -13,7 +13,10 @@ from services.api.settings import ApiSettings
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "services.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
 
@@ -23,7 +26,11 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
     [
         (["aggregator", "--redis-url", "nonsense://x"], {}, "got scheme 'nonsense'"),
         (["api", "--redis-url", "localhost:6379"], {}, "Redis URL must start with redis://"),
-        (["aggregator"], {"BOILERHOUSE_METRICS_PORT": "abc"}, "BOILERHOUSE_METRICS_PORT='abc': expected an integer"),
+        (
+            ["aggregator"],
+            {"BOILERHOUSE_METRICS_PORT": "abc"},
+            "BOILERHOUSE_METRICS_PORT='abc': expected an integer",
+        ),
         (["aggregator"], {"BOILERHOUSE_METRICS_ENABLED": "maybe"}, "expected true or false"),
         (["aggregator", "--shard", "3", "--shards", "2"], {}, "shard 3 is not in 0..1"),
         (["aggregator", "--port", "70000"], {}, "70000 is not in 1..65535"),
@@ -31,7 +38,9 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
         (["frobnicate"], {}, "invalid choice: 'frobnicate'"),
     ],
 )
-def test_bad_configuration_is_a_message_and_exit_2(args: list[str], env: dict[str, str], message: str) -> None:
+def test_bad_configuration_is_a_message_and_exit_2(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
     result = run(args, env)
     assert result.returncode == 2, result
     assert message in result.stderr

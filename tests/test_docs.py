@@ -30,7 +30,7 @@ P = "boilerhouse_"
 def code_block(text: str, lang: str, after: str = "") -> str:
     """The first fenced block of ``lang`` after the heading/text ``after``."""
     start = text.index(after) if after else 0
-    m = re.compile(rf"^```{lang}\n(.*?)^```", re.S | re.M).search(text, start)
+    m = re.compile(rf"^```{lang}\n(.*?)^```", re.DOTALL | re.MULTILINE).search(text, start)
     assert m, f"no ```{lang} block after {after!r}"
     return m.group(1)
 
@@ -208,7 +208,7 @@ def test_partitions_seq_retries_and_gaps_as_documented(redis_url: str, redis_cli
 def test_every_documented_dead_letter_reason(redis_url: str, redis_client: redis.Redis) -> None:
     text = EVENTS_MD.read_text()
     table = text[text.index("## What the aggregator rejects") : text.index("## Versioning")]
-    documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:entry|event) \|", table, re.M))
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| (?:entry|event) \|", table, re.MULTILINE))
     stream = "boilerhouse:events:{0}"
     src = "bad:host:1:00"
     good = _ev("affinity.evicted", 1, pool_id="p")

@@ -64,8 +64,14 @@ os.kill(os.getpid(), signal.SIGKILL)  # no chance to stop its server
 
 def test_a_server_left_by_a_killed_owner_is_stopped_by_the_next_one_and_its_data_kept(tmp_path: Path) -> None:
     workdir = tmp_path / "redis"
-    owner = subprocess.run([sys.executable, "-c", ORPHANING_OWNER, str(workdir), real_redis_binary()],
-                           check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    owner = subprocess.run(
+        [sys.executable, "-c", ORPHANING_OWNER, str(workdir), real_redis_binary()],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert owner.returncode == -signal.SIGKILL, owner.stderr
     orphan = int(owner.stdout)
     try:
@@ -88,8 +94,12 @@ def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
 
     def start(name: str) -> Proc:
         api, metrics = free_port(), free_port()
-        up = boilerhouse(["up", "--api-port", str(api), "--metrics-port", str(metrics), "--data-dir", str(data)],
-                         tmp_path, name, {"BOILERHOUSE_REDIS_URL": ""})
+        up = boilerhouse(
+            ["up", "--api-port", str(api), "--metrics-port", str(metrics), "--data-dir", str(data)],
+            tmp_path,
+            name,
+            {"BOILERHOUSE_REDIS_URL": ""},
+        )
         wait_http(f"http://127.0.0.1:{api}/healthz", timeout=60, proc=up)
         return up
 
@@ -98,16 +108,32 @@ def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
         redis_pid = int((data / "redis" / "redis.pid").read_text())
         assert process_alive(redis_pid)
         # A second `up` on the same data directory is refused with a message, not a traceback.
-        clash = subprocess.run([*BOILERHOUSE, "up", "--data-dir", str(data),
-                                "--api-port", str(free_port()), "--metrics-port", str(free_port())],
-                               check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
-                               env={**os.environ, "BOILERHOUSE_REDIS_URL": ""})
+        clash = subprocess.run(
+            [
+                *BOILERHOUSE,
+                "up",
+                "--data-dir",
+                str(data),
+                "--api-port",
+                str(free_port()),
+                "--metrics-port",
+                str(free_port()),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**os.environ, "BOILERHOUSE_REDIS_URL": ""},
+        )
         assert clash.returncode == 2, clash.stderr
         assert f"is in use by another process (pid {up.pid}) running its Redis" in clash.stderr
         assert "Traceback" not in clash.stderr
         up.kill()  # SIGKILL: no shutdown code runs
         eventually(lambda: not process_alive(redis_pid), "the embedded Redis gone with `up`")
-        assert "Received SIGTERM" in (data / "redis" / "redis.log").read_text(), "a clean shutdown, AOF written"
+        assert "Received SIGTERM" in (data / "redis" / "redis.log").read_text(), (
+            "a clean shutdown, AOF written"
+        )
     finally:
         if up.popen.poll() is None:
             up.stop()

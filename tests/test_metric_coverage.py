@@ -83,7 +83,9 @@ def test_every_event_type_is_emitted_by_producer_code() -> None:
 
 def test_every_metric_is_produced() -> None:
     emitted = emitted_event_types()
-    aggregator_code = [p for p in python_files("services/aggregator") if p.name not in ("metrics.py", "docs.py")]
+    aggregator_code = [
+        p for p in python_files("services/aggregator") if p.name not in ("metrics.py", "docs.py")
+    ]
     aggregator_strings = set().union(*(string_constants(p) for p in aggregator_code))
     orphans = []
     for m in METRICS:

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 def make_registry(consumer: Consumer, settings: AggregatorSettings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        StateCollector(consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.runtime_values)
+        StateCollector(
+            consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.runtime_values
+        )
     )
     # The aggregator's own process metrics, from the library's standard collectors.
     ProcessCollector(registry=registry)
@@ -41,7 +43,9 @@ def make_registry(consumer: Consumer, settings: AggregatorSettings) -> Collector
 
 def _same(given: str, expected: str) -> bool:
     """Constant-time comparison that does not reveal the expected length either."""
-    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    )
 
 
 def _authorized(request: Request, settings: AggregatorSettings) -> bool:
@@ -73,8 +77,11 @@ def _challenge(settings: AggregatorSettings) -> str:
 
 
 def _auth_mode(settings: AggregatorSettings) -> str:
-    modes = [name for name, on in (("basic", settings.metrics_username), ("bearer", settings.metrics_bearer_token))
-             if on]
+    modes = [
+        name
+        for name, on in (("basic", settings.metrics_username), ("bearer", settings.metrics_bearer_token))
+        if on
+    ]
     return "+".join(modes) or "none"
 
 
@@ -84,8 +91,13 @@ def create_app(
     rebuild: bool = False,
 ) -> Starlette:
     """Build the app; the consumer thread starts and stops with the ASGI lifespan."""
-    client = client or redis.Redis.from_url(settings.redis_url, protocol=2, socket_timeout=10.0,
-                                            socket_connect_timeout=2.0, health_check_interval=30)
+    client = client or redis.Redis.from_url(
+        settings.redis_url,
+        protocol=2,
+        socket_timeout=10.0,
+        socket_connect_timeout=2.0,
+        health_check_interval=30,
+    )
     consumer = Consumer(client, settings, rebuild=rebuild)
     registry = make_registry(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
@@ -95,8 +107,11 @@ def create_app(
         if not _authorized(request, settings):
             # Who asked and how, never what they sent: the header may hold a near-miss of the secret.
             scheme = request.headers.get("authorization", "").partition(" ")[0] or "none"
-            logger.info("metrics: rejected scrape from %s (authorization scheme: %s)",
-                        request.client.host if request.client else "?", scheme[:16])
+            logger.info(
+                "metrics: rejected scrape from %s (authorization scheme: %s)",
+                request.client.host if request.client else "?",
+                scheme[:16],
+            )
             return JSONResponse(
                 {"error": "unauthorized", "detail": "metrics require credentials"},
                 status_code=401,
@@ -104,8 +119,10 @@ def create_app(
             )
         if not scrape_slots.acquire(blocking=False):
             return JSONResponse(
-                {"error": "too_many_scrapes",
-                 "detail": f"at most {settings.max_concurrent_scrapes} concurrent scrapes"},
+                {
+                    "error": "too_many_scrapes",
+                    "detail": f"at most {settings.max_concurrent_scrapes} concurrent scrapes",
+                },
                 status_code=429,
                 headers={"Retry-After": "1"},
             )
@@ -133,9 +150,15 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         consumer.start()
-        logger.info("aggregator consuming partitions %s as group %r; metrics at %s (auth: %s, "
-                    "at most %d concurrent scrapes)", sorted(consumer.parts), settings.group,
-                    settings.metrics_path, _auth_mode(settings), settings.max_concurrent_scrapes)
+        logger.info(
+            "aggregator consuming partitions %s as group %r; metrics at %s (auth: %s, "
+            "at most %d concurrent scrapes)",
+            sorted(consumer.parts),
+            settings.group,
+            settings.metrics_path,
+            _auth_mode(settings),
+            settings.max_concurrent_scrapes,
+        )
         try:
             yield
         finally:

@@ -240,8 +240,12 @@ class Consumer:
                 pos = state.positions.get(pc.partition)
                 pc.position = parse_id(pos) if pos else (0, 0)
                 pc.last_checkpoint = float(doc.get("saved_at", time.time()))
-                logger.info("partition %d restored from checkpoint at %s (%d sources)",
-                            pc.partition, pos, len(state.last_seq))
+                logger.info(
+                    "partition %d restored from checkpoint at %s (%d sources)",
+                    pc.partition,
+                    pos,
+                    len(state.last_seq),
+                )
             elif self.rebuild:
                 # Re-read everything retained: move the group back to the start of the stream. Pending
                 # entries are delivered again by ">", so they are not drained separately.
@@ -268,9 +272,16 @@ class Consumer:
             if got:
                 self._apply_entries(got)
 
-    def _read_from(self, ids: dict[str, str], block: int | None = None) -> list[tuple[PartitionConsumer, list[Any]]]:
-        reply = self.client.xreadgroup(self.settings.group, self.settings.consumer_name, ids,  # type: ignore[arg-type]
-                                       count=self._read_count(), block=block)
+    def _read_from(
+        self, ids: dict[str, str], block: int | None = None
+    ) -> list[tuple[PartitionConsumer, list[Any]]]:
+        reply = self.client.xreadgroup(
+            self.settings.group,
+            self.settings.consumer_name,
+            ids,  # type: ignore[arg-type]
+            count=self._read_count(),
+            block=block,
+        )
         by_stream = {pc.stream.encode(): pc for pc in self.parts.values()}
         return [(by_stream[stream], entries) for stream, entries in reply or [] if entries]
 
@@ -287,8 +298,11 @@ class Consumer:
             # Nothing waiting: wait for new entries with a plain XREAD (it takes nothing from the
             # group), then read them atomically with the inspection as above. A blocking XREADGROUP
             # would fold whatever follows a hole trimmed while we waited, before we could see the hole.
-            self.client.xread({pc.stream: format_id(pc.last_delivered) for pc in self.parts.values()},
-                              count=1, block=self.settings.block_ms)
+            self.client.xread(
+                {pc.stream: format_id(pc.last_delivered) for pc in self.parts.values()},
+                count=1,
+                block=self.settings.block_ms,
+            )
             got = self._inspect_and_read()
         n = self._apply_entries(got) if got else 0
         self.checkpoint_all()
@@ -308,8 +322,12 @@ class Consumer:
             pipe.xinfo_stream(pc.stream)
             pipe.xinfo_groups(pc.stream)
             pipe.xpending(pc.stream, self.settings.group)
-        pipe.xreadgroup(self.settings.group, self.settings.consumer_name,
-                        {pc.stream: ">" for pc in parts}, count=self._read_count())  # type: ignore[arg-type]
+        pipe.xreadgroup(
+            self.settings.group,
+            self.settings.consumer_name,
+            {pc.stream: ">" for pc in parts},
+            count=self._read_count(),
+        )  # type: ignore[arg-type]
         replies = pipe.execute(raise_on_error=False)
         reply = replies[-1]
         if isinstance(reply, Exception):
@@ -319,16 +337,22 @@ class Consumer:
         read = {pc.partition: entries for pc, entries in got}
         unseen = False
         for i, pc in enumerate(parts):
-            info, groups, pending = replies[3 * i: 3 * i + 3]
+            info, groups, pending = replies[3 * i : 3 * i + 3]
             if isinstance(info, Exception) or isinstance(groups, Exception):
                 continue
             self._inspect(pc, info, groups, read.get(pc.partition, []))
-            if isinstance(pending, dict) and pending.get("pending") and pending.get("max") is not None \
-                    and parse_id(pending["max"]) > pc.position:
+            if (
+                isinstance(pending, dict)
+                and pending.get("pending")
+                and pending.get("max") is not None
+                and parse_id(pending["max"]) > pc.position
+            ):
                 unseen = True
         if unseen:
-            logger.warning("entries were delivered to us by a read whose reply was lost; re-reading "
-                           "them from the pending list")
+            logger.warning(
+                "entries were delivered to us by a read whose reply was lost; re-reading "
+                "them from the pending list"
+            )
             self._drain_pending()  # in stream order, including what this read returned
             return []
         return got
@@ -388,8 +412,13 @@ class Consumer:
     def _checkpoint(self, pc: PartitionConsumer) -> None:
         with self.lock:
             blob = _pack_checkpoint(
-                {"v": CHECKPOINT_VERSION, "mapping": mapping_fingerprint(), "saved_at": time.time(),
-                 "state": pc.state.to_data(), "trim": pc.trim.to_data()}
+                {
+                    "v": CHECKPOINT_VERSION,
+                    "mapping": mapping_fingerprint(),
+                    "saved_at": time.time(),
+                    "state": pc.state.to_data(),
+                    "trim": pc.trim.to_data(),
+                }
             )
             ids, dead = pc.to_ack, pc.dead
             pc.to_ack, pc.dead = [], []
@@ -447,8 +476,9 @@ class Consumer:
                 continue  # no stream yet
             self._inspect(pc, info, groups, [])
 
-    def _inspect(self, pc: PartitionConsumer, info: dict[str, Any], groups: list[dict[str, Any]],
-                 read: list[Any]) -> None:
+    def _inspect(
+        self, pc: PartitionConsumer, info: dict[str, Any], groups: list[dict[str, Any]], read: list[Any]
+    ) -> None:
         """Open a trim window if entries after the group's last delivered id were removed unread.
 
         ``info``/``groups`` were taken atomically with the read that returned ``read``. With the
@@ -489,15 +519,26 @@ class Consumer:
         # Redis keeps counting the trimmed entries as unread: set the group's read counter to the
         # truth (all removed entries, plus those this read returned) so the lag gauge is right again.
         last = read[-1][0].decode() if read else format_id(last_delivered)
-        self.client.execute_command("XGROUP", "SETID", pc.stream, self.settings.group, last,
-                                    "ENTRIESREAD", int(added or 0) - length + len(read))
+        self.client.execute_command(
+            "XGROUP",
+            "SETID",
+            pc.stream,
+            self.settings.group,
+            last,
+            "ENTRIESREAD",
+            int(added or 0) - length + len(read),
+        )
 
     def _trim_detected(self, pc: PartitionConsumer, why: str) -> None:
         """Called with the lock held."""
         pc.trims_detected += 1
         if not pc.trim.open:
-            logger.warning("partition %d: %s; gaps of the next batch of each known source are "
-                           "counted as lost (reason=trimmed)", pc.partition, why)
+            logger.warning(
+                "partition %d: %s; gaps of the next batch of each known source are "
+                "counted as lost (reason=trimmed)",
+                pc.partition,
+                why,
+            )
         pc.trim.start(set(pc.state.last_seq), max(pc.stream_last, pc.position))
         pc.events_since_checkpoint += 1  # make the next checkpoint save the window
 
@@ -524,8 +565,12 @@ class Consumer:
                             del per_src[src]
                 pc.trim.forget(dead)
                 pc.events_since_checkpoint += 1
-                logger.info("partition %d: forgot %d sources silent for over %.0fs",
-                            pc.partition, len(dead), horizon_s)
+                logger.info(
+                    "partition %d: forgot %d sources silent for over %.0fs",
+                    pc.partition,
+                    len(dead),
+                    horizon_s,
+                )
 
     def trim(self, approximate: bool = True) -> None:
         """Trim each stream by age (the replay window)."""
@@ -533,8 +578,12 @@ class Consumer:
         for pc in self.parts.values():
             removed = self.client.xtrim(pc.stream, minid=f"{min_ms}-0", approximate=approximate)
             if removed:
-                logger.info("partition %d: trimmed %d entries older than %.0fs", pc.partition, removed,
-                            self.settings.retention_s)
+                logger.info(
+                    "partition %d: trimmed %d entries older than %.0fs",
+                    pc.partition,
+                    removed,
+                    self.settings.retention_s,
+                )
 
 
 def _pack_checkpoint(doc: dict[str, Any]) -> bytes:
@@ -563,8 +612,10 @@ def _text(value: Any) -> str:
 def _dead_letter(entry_id: bytes, reason: str, detail: str, fields: dict[Any, Any]) -> dict[bytes, bytes]:
     payload = fields.get(ENTRY_FIELD)
     if not isinstance(payload, bytes):
-        payload = msgpack.packb({k.decode(errors="replace") if isinstance(k, bytes) else str(k): v
-                                 for k, v in fields.items()}, default=repr)
+        payload = msgpack.packb(
+            {k.decode(errors="replace") if isinstance(k, bytes) else str(k): v for k, v in fields.items()},
+            default=repr,
+        )
     return {
         b"entry_id": entry_id,
         b"reason": reason.encode(),

@@ -47,7 +47,7 @@ class StateCollector(Collector):
         self._state = state
         self._prefix = prefix
         self._ttl = source_ttl_s
-        self._runtime = runtime or (lambda: {})
+        self._runtime = runtime or (dict)
         self._clock = clock
 
     def describe(self) -> list[Metric]:

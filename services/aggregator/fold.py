@@ -30,7 +30,7 @@ class State:
     last stream id applied.
     """
 
-    __slots__ = ("counters", "hists", "gauges", "sources", "last_seq", "positions", "newest_ts", "series_cap")
+    __slots__ = ("counters", "gauges", "hists", "last_seq", "newest_ts", "positions", "series_cap", "sources")
 
     def __init__(self, series_cap: int = DEFAULT_SERIES_CAP) -> None:
         self.counters: dict[str, dict[tuple[str, ...], float]] = {}
@@ -86,8 +86,13 @@ class State:
         return {s for s, info in self.sources.items() if not info[STOPPED] and info[LAST_SEEN] >= horizon}
 
 
-def _series(state: State, table: dict[str, dict[tuple[str, ...], Any]], name: str,
-            key: tuple[str, ...], new: Callable[[], Any]) -> Any:
+def _series(
+    state: State,
+    table: dict[str, dict[tuple[str, ...], Any]],
+    name: str,
+    key: tuple[str, ...],
+    new: Callable[[], Any],
+) -> Any:
     """The series for ``key``, created on first use; past the cap, the metric's overflow series."""
     series = table[name]
     value = series.get(key)
@@ -363,8 +368,7 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
         handlers[type_](state, src, ev)
         per_type[type_] = per_type.get(type_, 0) + 1
         ts = ev["ts"]
-        if ts > newest:
-            newest = ts
+        newest = max(newest, ts)
     if per_type:
         applied = state.counters["aggregator_events_applied_total"]
         for type_, n in per_type.items():
@@ -382,8 +386,7 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
             info = state.sources[src] = [parts[0], "", 0.0, newest, False]
         elif newest > info[LAST_SEEN]:
             info[LAST_SEEN] = newest
-        if newest > state.newest_ts:
-            state.newest_ts = newest
+        state.newest_ts = max(state.newest_ts, newest)
     return rejected
 
 
@@ -469,8 +472,13 @@ class TrimWindow:
             self.seen -= srcs
 
     def to_data(self) -> dict[str, Any]:
-        return {"open": self.open, "suspects": sorted(self.suspects), "seen": sorted(self.seen),
-                "until": format_id(self.until), "handled_deleted": format_id(self.handled_deleted)}
+        return {
+            "open": self.open,
+            "suspects": sorted(self.suspects),
+            "seen": sorted(self.seen),
+            "until": format_id(self.until),
+            "handled_deleted": format_id(self.handled_deleted),
+        }
 
     @classmethod
     def from_data(cls, data: dict[str, Any] | None) -> TrimWindow:
@@ -484,8 +492,17 @@ class TrimWindow:
         return w
 
 
-__all__ = ["GAUGE", "HANDLERS", "State", "TrimWindow", "apply_all", "apply_batch", "count_trimmed_gap",
-           "record_dead_letter", "record_lost"]
+__all__ = [
+    "GAUGE",
+    "HANDLERS",
+    "State",
+    "TrimWindow",
+    "apply_all",
+    "apply_batch",
+    "count_trimmed_gap",
+    "record_dead_letter",
+    "record_lost",
+]
 
 
 def copy_state(state: State) -> State:

@@ -38,8 +38,9 @@ class RebuildResult:
     seconds: float
 
 
-def rebuild_partition(client: redis.Redis, settings: AggregatorSettings, partition: int,
-                      progress: Progress | None = None) -> RebuildResult:
+def rebuild_partition(
+    client: redis.Redis, settings: AggregatorSettings, partition: int, progress: Progress | None = None
+) -> RebuildResult:
     """Fold the partition's stream up to its current last id; save checkpoint + group position atomically."""
     started = time.monotonic()
     reader = StreamReader(client, settings.partitions, settings.key_prefix)
@@ -67,8 +68,13 @@ def rebuild_partition(client: redis.Redis, settings: AggregatorSettings, partiti
     if position is not None:
         state.positions[partition] = position
     blob = msgpack.packb(
-        {"v": CHECKPOINT_VERSION, "mapping": mapping_fingerprint(), "saved_at": time.time(),
-         "state": state.to_data(), "trim": TrimWindow().to_data()},
+        {
+            "v": CHECKPOINT_VERSION,
+            "mapping": mapping_fingerprint(),
+            "saved_at": time.time(),
+            "state": state.to_data(),
+            "trim": TrimWindow().to_data(),
+        },
         use_bin_type=True,
     )
     try:
@@ -84,18 +90,35 @@ def rebuild_partition(client: redis.Redis, settings: AggregatorSettings, partiti
     pipe.execute_command(*setid)
     pipe.execute()
     result = RebuildResult(partition, entries, events, position, time.monotonic() - started)
-    logger.debug("partition %d rebuilt: %d entries, %d events folded in %.2fs; checkpoint at %s",
-                partition, entries, events, result.seconds, position)
+    logger.debug(
+        "partition %d rebuilt: %d entries, %d events folded in %.2fs; checkpoint at %s",
+        partition,
+        entries,
+        events,
+        result.seconds,
+        position,
+    )
     return result
 
 
-def rebuild(client: redis.Redis, settings: AggregatorSettings, show_progress: bool = True,
-            stream: TextIO | None = None, progress_delay_s: float = 1.0) -> list[RebuildResult]:
+def rebuild(
+    client: redis.Redis,
+    settings: AggregatorSettings,
+    show_progress: bool = True,
+    stream: TextIO | None = None,
+    progress_delay_s: float = 1.0,
+) -> list[RebuildResult]:
     """Rebuild every partition of this shard; a progress bar per partition on stderr (after a second)."""
     results = []
     for p in settings.my_partitions:
-        progress = Progress(f"rebuild partition {p}", 0, "entries", stream=stream, enabled=show_progress,
-                            delay_s=progress_delay_s)
+        progress = Progress(
+            f"rebuild partition {p}",
+            0,
+            "entries",
+            stream=stream,
+            enabled=show_progress,
+            delay_s=progress_delay_s,
+        )
         results.append(rebuild_partition(client, settings, p, progress))
         progress.finish()
     return results
@@ -109,7 +132,9 @@ def rebuild_offline(settings: AggregatorSettings, show_progress: bool = True) ->
 
     An unreachable bus ends the process with a message (exit status 1), never a traceback.
     """
-    client = redis.Redis.from_url(settings.redis_url, protocol=2, socket_timeout=30.0, socket_connect_timeout=5.0)
+    client = redis.Redis.from_url(
+        settings.redis_url, protocol=2, socket_timeout=30.0, socket_connect_timeout=5.0
+    )
     try:
         results = rebuild(client, settings, show_progress)
     except redis.RedisError as exc:
@@ -117,6 +142,10 @@ def rebuild_offline(settings: AggregatorSettings, show_progress: bool = True) ->
     finally:
         client.close()
     for r in results:
-        print(f"rebuild: partition {r.partition}: {r.entries} entries, {r.events} events folded in "
-              f"{r.seconds:.2f}s; checkpoint at {r.position or 'the start'}", file=sys.stderr, flush=True)
+        print(
+            f"rebuild: partition {r.partition}: {r.entries} entries, {r.events} events folded in "
+            f"{r.seconds:.2f}s; checkpoint at {r.position or 'the start'}",
+            file=sys.stderr,
+            flush=True,
+        )
     return results

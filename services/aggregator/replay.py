@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import redis
@@ -42,8 +42,10 @@ PAGE = 1000
 FIRST_PAGE = 16
 PAGE_BYTES = 8 << 20
 
-TIME_FORMS = ("RFC 3339 / ISO 8601 (2026-11-27T03:00:00Z; no zone means UTC), unix seconds (1795748400), "
-              "relative to now (-15m, now-2h, -1h30m), 'now', or a stream id (1795748400000-0)")
+TIME_FORMS = (
+    "RFC 3339 / ISO 8601 (2026-11-27T03:00:00Z; no zone means UTC), unix seconds (1795748400), "
+    "relative to now (-15m, now-2h, -1h30m), 'now', or a stream id (1795748400000-0)"
+)
 
 
 class ReplayError(ValueError):
@@ -115,7 +117,7 @@ def parse_time(text: str, now: float | None = None) -> TimePoint:
     except ValueError:
         raise ReplayError(f"cannot parse time {text!r}: expected {TIME_FORMS}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     ms = round(dt.timestamp() * 1000)
     if ms < 0:
         raise ReplayError(f"time {text!r} is before 1970")
@@ -124,7 +126,7 @@ def parse_time(text: str, now: float | None = None) -> TimePoint:
 
 def format_ts(seconds: float) -> str:
     """Unix seconds as RFC 3339 UTC with milliseconds."""
-    dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    dt = datetime.fromtimestamp(seconds, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
@@ -148,13 +150,18 @@ class EventFilter:
         else:
             types = frozenset(fnmatch.filter(known, self.type_pattern))
             if not types:
-                raise ReplayError(f"--type {self.type_pattern!r} matches no event type; known types: "
-                                  + ", ".join(known))
-        for flag, value, name in (("--pool", self.pool, "pool_id"), ("--workload", self.workload, "workload_id")):
+                raise ReplayError(
+                    f"--type {self.type_pattern!r} matches no event type; known types: " + ", ".join(known)
+                )
+        for flag, value, name in (
+            ("--pool", self.pool, "pool_id"),
+            ("--workload", self.workload, "workload_id"),
+        ):
             if value is not None and not ID_PATTERN.match(value):
                 raise ReplayError(f"{flag} {value!r} is not a valid identifier")
-            if value is not None and not any(name in {f.name for f in EVENT_TYPES_BY_NAME[t].fields}
-                                             for t in types):
+            if value is not None and not any(
+                name in {f.name for f in EVENT_TYPES_BY_NAME[t].fields} for t in types
+            ):
                 raise ReplayError(f"{flag} given, but none of the selected event types has a {name}")
         if self.source is not None and not self.source:
             raise ReplayError("--source must not be empty")
@@ -208,8 +215,15 @@ def decode_entry(partition: int, raw_id: bytes, fields: dict[bytes, bytes] | Non
         return Entry(partition, sid, None, exc)
 
 
-def _partition_entries(client: redis.Redis, key: str, partition: int, start: StreamId, end: StreamId,
-                       page: int, reverse: bool = False) -> Iterator[Entry]:
+def _partition_entries(
+    client: redis.Redis,
+    key: str,
+    partition: int,
+    start: StreamId,
+    end: StreamId,
+    page: int,
+    reverse: bool = False,
+) -> Iterator[Entry]:
     """Pages of at most ``page`` entries and about :data:`PAGE_BYTES`; the first page is small (a tail
     usually needs a few entries, and entries hold up to 1 MiB)."""
     lo, hi = format_id(start), format_id(end)
@@ -242,8 +256,9 @@ class StreamReader:
         key_prefix: stream key prefix (``BOILERHOUSE_STREAM_PREFIX``).
     """
 
-    def __init__(self, client: redis.Redis, partitions: int = 1, key_prefix: str = DEFAULT_PREFIX,
-                 page: int = PAGE) -> None:
+    def __init__(
+        self, client: redis.Redis, partitions: int = 1, key_prefix: str = DEFAULT_PREFIX, page: int = PAGE
+    ) -> None:
         self.client = client
         self.partitions = list(range(partitions))
         self.key_prefix = key_prefix
@@ -252,8 +267,12 @@ class StreamReader:
     def key(self, partition: int) -> str:
         return stream_key(partition, self.key_prefix)
 
-    def range(self, start: StreamId = (0, 0), end: StreamId = (MAX_SEQ, MAX_SEQ),
-              partitions: Iterable[int] | None = None) -> Iterator[Entry]:
+    def range(
+        self,
+        start: StreamId = (0, 0),
+        end: StreamId = (MAX_SEQ, MAX_SEQ),
+        partitions: Iterable[int] | None = None,
+    ) -> Iterator[Entry]:
         """Entries with start <= id <= end of all partitions, merged in id order."""
         parts = list(self.partitions if partitions is None else partitions)
         iters = [_partition_entries(self.client, self.key(p), p, start, end, self.page) for p in parts]
@@ -266,8 +285,9 @@ class StreamReader:
         found: list[tuple[tuple[StreamId, int, int], Entry, dict[str, Any]]] = []
         for p in self.partitions:
             got: list[tuple[tuple[StreamId, int, int], Entry, dict[str, Any]]] = []
-            for entry in _partition_entries(self.client, self.key(p), p, (0, 0), (MAX_SEQ, MAX_SEQ),
-                                            self.page, reverse=True):
+            for entry in _partition_entries(
+                self.client, self.key(p), p, (0, 0), (MAX_SEQ, MAX_SEQ), self.page, reverse=True
+            ):
                 if entry.batch is None:
                     continue
                 for i in range(len(entry.batch.events) - 1, -1, -1):
@@ -314,8 +334,16 @@ class Progress:
         enabled: False draws nothing (``--quiet``).
     """
 
-    def __init__(self, label: str, total: float, unit: str = "entries", stream: TextIO | None = None,
-                 enabled: bool = True, delay_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: float,
+        unit: str = "entries",
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        delay_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.label = label
         self.total = total
         self.unit = unit
@@ -346,8 +374,10 @@ class Progress:
             frac = min(1.0, max(0.0, self.done / self.total))
             bar = "#" * int(frac * 30)
             eta = (elapsed / frac - elapsed) if frac > 0 else 0.0
-            return (f"{self.label}: [{bar:<30}] {frac * 100:5.1f}% {self.done:,.0f}/{self.total:,.0f} "
-                    f"{self.unit}, {rate}, {elapsed:.1f}s elapsed, ETA {eta:.0f}s")
+            return (
+                f"{self.label}: [{bar:<30}] {frac * 100:5.1f}% {self.done:,.0f}/{self.total:,.0f} "
+                f"{self.unit}, {rate}, {elapsed:.1f}s elapsed, ETA {eta:.0f}s"
+            )
         return f"{self.label}: {self.done:,.0f} {self.unit}, {rate}, {elapsed:.1f}s elapsed"
 
     def _draw(self, now: float, final: bool) -> None:
@@ -398,8 +428,13 @@ class Replayer:
         source_ttl_s: a source silent for longer stops contributing to gauges (``BOILERHOUSE_SOURCE_TTL_S``).
     """
 
-    def __init__(self, reader: StreamReader, series_cap: int = DEFAULT_SERIES_CAP,
-                 metrics_prefix: str = "boilerhouse_", source_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        reader: StreamReader,
+        series_cap: int = DEFAULT_SERIES_CAP,
+        metrics_prefix: str = "boilerhouse_",
+        source_ttl_s: float = 30.0,
+    ) -> None:
         self.reader = reader
         self.states = {p: State(series_cap) for p in reader.partitions}
         self.metrics_prefix = metrics_prefix
@@ -417,7 +452,11 @@ class Replayer:
         """
         if end <= self.position:
             return 0
-        start = (self.position[0], self.position[1] + 1) if self.position[1] < MAX_SEQ else (self.position[0] + 1, 0)
+        start = (
+            (self.position[0], self.position[1] + 1)
+            if self.position[1] < MAX_SEQ
+            else (self.position[0] + 1, 0)
+        )
         if self.position == (0, 0):
             start = (0, 0)
         n = 0
@@ -502,7 +541,9 @@ class OpenMetricsWriter:
             for s in fam.samples:
                 key = tuple((k, v) for k, v in s.labels.items() if k != "le")
                 value = s.value
-                text = floatToGoString(value) if not (isinstance(value, float) and math.isnan(value)) else "NaN"
+                text = (
+                    floatToGoString(value) if not (isinstance(value, float) and math.isnan(value)) else "NaN"
+                )
                 grouped.setdefault(key, []).append(f"{s.name}{_labels(s.labels)} {text}")
             for key, lines in grouped.items():
                 target.points.setdefault(key, []).append((ts_ms, lines))
@@ -529,8 +570,14 @@ def step_times(start_ms: int, end_ms: int, step_ms: int) -> list[int]:
     return list(range(start_ms, end_ms + 1, step_ms))
 
 
-def replay_range(replayer: Replayer, start_ms: int, end_ms: int, step_ms: int, writer: OpenMetricsWriter,
-                 progress: Progress | None = None) -> int:
+def replay_range(
+    replayer: Replayer,
+    start_ms: int,
+    end_ms: int,
+    step_ms: int,
+    writer: OpenMetricsWriter,
+    progress: Progress | None = None,
+) -> int:
     """Fold to each step time and add its families to ``writer``; returns the number of steps."""
     steps = step_times(start_ms, end_ms, step_ms)
     for i, t in enumerate(steps):

@@ -81,8 +81,12 @@ def _positive_int(value: str) -> int:
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--type", dest="type_pattern", metavar="PATTERN",
-                   help="event type glob, e.g. 'container.*' or pool.state")
+    p.add_argument(
+        "--type",
+        dest="type_pattern",
+        metavar="PATTERN",
+        help="event type glob, e.g. 'container.*' or pool.state",
+    )
     p.add_argument("--pool", metavar="ID", help="only events of this pool_id")
     p.add_argument("--workload", metavar="ID", help="only events of this workload_id")
     p.add_argument("--source", metavar="SRC", help="only events whose source id contains SRC")
@@ -100,32 +104,48 @@ def register(subparsers: Any) -> None:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing events as they arrive")
     tail.set_defaults(func=cmd_tail)
 
-    rng = _parser(ev_sub, "range", help="the events between two times or stream ids",
-                  epilog=f"T: {TIME_FORMS}. Entries are selected by stream id (when Redis accepted them).")
+    rng = _parser(
+        ev_sub,
+        "range",
+        help="the events between two times or stream ids",
+        epilog=f"T: {TIME_FORMS}. Entries are selected by stream id (when Redis accepted them).",
+    )
     _filters(rng)
     rng.add_argument("--from", dest="start", metavar="T", help="first time or stream id (default: oldest)")
     rng.add_argument("--to", dest="end", metavar="T", default="now", help="last time or stream id (now)")
     rng.add_argument("--count", "-n", type=_positive_int, help="stop after this many events")
     rng.set_defaults(func=cmd_range)
 
-    stats = _parser(ev_sub, "stats", help="counts and rates per type, producers, consumer groups, dead letters",
-                    epilog=f"T: {TIME_FORMS}.")
+    stats = _parser(
+        ev_sub,
+        "stats",
+        help="counts and rates per type, producers, consumer groups, dead letters",
+        epilog=f"T: {TIME_FORMS}.",
+    )
     stats.add_argument("--from", dest="start", metavar="T", help="window start (default: oldest entry)")
     stats.add_argument("--to", dest="end", metavar="T", help="window end (default: now)")
     stats.add_argument("--recent", type=int, default=5, help="recent dead letters to show (5)")
     stats.set_defaults(func=cmd_stats)
 
-    replay = _parser(subparsers, "replay", help="metrics as they were: at an instant, or a window as OpenMetrics",
-                     epilog=f"T: {TIME_FORMS}. See docs/debugging.md.")
+    replay = _parser(
+        subparsers,
+        "replay",
+        help="metrics as they were: at an instant, or a window as OpenMetrics",
+        epilog=f"T: {TIME_FORMS}. See docs/debugging.md.",
+    )
     replay.add_argument("--at", metavar="T", help="print the /metrics exposition as it was at T")
     replay.add_argument("--from", dest="start", metavar="T", help="window start (with --openmetrics)")
     replay.add_argument("--to", dest="end", metavar="T", help="window end (default now)")
     replay.add_argument("--step", default="15s", help="resolution of the window (15s)")
-    replay.add_argument("--openmetrics", metavar="FILE",
-                        help="write timestamped OpenMetrics here ('-' for stdout), for promtool tsdb "
-                             "create-blocks-from openmetrics")
-    replay.add_argument("--format", choices=["text", "openmetrics"], default="text",
-                        help="exposition format of --at (text)")
+    replay.add_argument(
+        "--openmetrics",
+        metavar="FILE",
+        help="write timestamped OpenMetrics here ('-' for stdout), for promtool tsdb "
+        "create-blocks-from openmetrics",
+    )
+    replay.add_argument(
+        "--format", choices=["text", "openmetrics"], default="text", help="exposition format of --at (text)"
+    )
     replay.set_defaults(func=cmd_replay)
 
 
@@ -136,8 +156,9 @@ def _settings(args: argparse.Namespace) -> AggregatorSettings:
     return AggregatorSettings.from_env().with_(redis_url=args.redis_url, partitions=args.partitions)
 
 
-def _guard(body: Callable[[argparse.Namespace, AggregatorSettings, redis.Redis], int]
-           ) -> Callable[[argparse.Namespace], int]:
+def _guard(
+    body: Callable[[argparse.Namespace, AggregatorSettings, redis.Redis], int],
+) -> Callable[[argparse.Namespace], int]:
     """Bad arguments exit 2 with a message, an unreachable bus exits 1; never a traceback."""
 
     def run(args: argparse.Namespace) -> int:
@@ -220,8 +241,12 @@ def _event_time(ev: dict[str, Any], entry: Entry) -> str:
 
 def json_line(entry: Entry, ev: dict[str, Any]) -> str:
     assert entry.batch is not None
-    doc = {"id": entry.id_str, "partition": entry.partition, "src": entry.batch.src,
-           **{k if isinstance(k, str) else repr(k): v for k, v in ev.items()}}
+    doc = {
+        "id": entry.id_str,
+        "partition": entry.partition,
+        "src": entry.batch.src,
+        **{k if isinstance(k, str) else repr(k): v for k, v in ev.items()},
+    }
     return json.dumps(doc, default=repr)
 
 
@@ -310,7 +335,9 @@ def _tail(args: argparse.Namespace, settings: AggregatorSettings, client: redis.
     out.flush()
     by_key = {reader.key(p).encode(): p for p in reader.partitions}
     while True:
-        reply = client.xread({reader.key(p): last[p] for p in reader.partitions}, count=PAGE_FOLLOW, block=1000)
+        reply = client.xread(
+            {reader.key(p): last[p] for p in reader.partitions}, count=PAGE_FOLLOW, block=1000
+        )
         for key, rows in reply or []:
             p = by_key[key]
             for raw_id, fields in rows:
@@ -353,8 +380,11 @@ def _range(args: argparse.Namespace, settings: AggregatorSettings, client: redis
     printer.close()
     progress.finish()
     if skipped:
-        print(f"{skipped} undecodable entr{'y' if skipped == 1 else 'ies'} skipped "
-              "(see `boilerhouse events stats`)", file=sys.stderr)
+        print(
+            f"{skipped} undecodable entr{'y' if skipped == 1 else 'ies'} skipped "
+            "(see `boilerhouse events stats`)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -370,7 +400,9 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int] | None = N
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     out = []
     for row in [headers, *rows]:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         out.append("  ".join(cells).rstrip())
     return out
 
@@ -404,8 +436,16 @@ def _stats(args: argparse.Namespace, settings: AggregatorSettings, client: redis
                 undecodable += 1
                 continue
             src = entry.batch.src
-            info = sources.setdefault(src, {"service": src.split(":", 1)[0], "version": "", "events": 0,
-                                            "last_ts": 0.0, "stopped": False})
+            info = sources.setdefault(
+                src,
+                {
+                    "service": src.split(":", 1)[0],
+                    "version": "",
+                    "events": 0,
+                    "last_ts": 0.0,
+                    "stopped": False,
+                },
+            )
             for ev in entry.batch.events:
                 info["events"] += 1
                 if type(ev) is not dict:
@@ -437,8 +477,10 @@ def _stats(args: argparse.Namespace, settings: AggregatorSettings, client: redis
     if first is None:
         out.append(f"no entries in {parts} partition{'s' if parts != 1 else ''}")
     else:
-        out.append(f"window: {format_ts(w_lo / 1000)} .. {format_ts(w_hi / 1000)} ({seconds:g}s), "
-                   f"{entries} entries, {total} events, {parts} partition{'s' if parts != 1 else ''}")
+        out.append(
+            f"window: {format_ts(w_lo / 1000)} .. {format_ts(w_hi / 1000)} ({seconds:g}s), "
+            f"{entries} entries, {total} events, {parts} partition{'s' if parts != 1 else ''}"
+        )
         if undecodable:
             out.append(f"undecodable entries: {undecodable}")
     out.append("")
@@ -457,8 +499,16 @@ def _stats(args: argparse.Namespace, settings: AggregatorSettings, client: redis
             live += 1
         else:
             state = "silent"
-        prow.append([src, info["service"], info["version"] or "-", str(info["events"]),
-                     format_ts(info["last_ts"]) if info["last_ts"] else "-", state])
+        prow.append(
+            [
+                src,
+                info["service"],
+                info["version"] or "-",
+                str(info["events"]),
+                format_ts(info["last_ts"]) if info["last_ts"] else "-",
+                state,
+            ]
+        )
     out.append(f"PRODUCERS: {live} live (an event within {ttl:g}s of {format_ts(ref_s)}, not stopped)")
     out += _table(["SOURCE", "SERVICE", "VERSION", "EVENTS", "LAST EVENT", "STATE"], prow, {3})
     out.append("")
@@ -472,9 +522,19 @@ def _stats(args: argparse.Namespace, settings: AggregatorSettings, client: redis
         for g in groups:
             name = _s(g.get("name"))
             lag = g.get("lag")
-            grows.append([str(p), name, str(g.get("consumers", 0)), "?" if lag is None else str(lag),
-                          str(g.get("pending", 0)), _s(g.get("last-delivered-id"))])
-    out += _table(["PARTITION", "GROUP", "CONSUMERS", "LAG", "PENDING", "LAST DELIVERED"], grows, {0, 2, 3, 4})
+            grows.append(
+                [
+                    str(p),
+                    name,
+                    str(g.get("consumers", 0)),
+                    "?" if lag is None else str(lag),
+                    str(g.get("pending", 0)),
+                    _s(g.get("last-delivered-id")),
+                ]
+            )
+    out += _table(
+        ["PARTITION", "GROUP", "CONSUMERS", "LAG", "PENDING", "LAST DELIVERED"], grows, {0, 2, 3, 4}
+    )
     out.append("")
     out += _dead_letters(client, reader.partitions, settings.key_prefix, args.recent)
     sys.stdout.write("\n".join(out) + "\n")
@@ -499,14 +559,21 @@ def _dead_letters(client: redis.Redis, partitions: list[int], prefix: str, recen
                 when = format_ts(parse_id(entry_id)[0] / 1000)
             except ValueError:
                 when = "?"
-            latest.append((parse_id(raw_id), [when, str(p), entry_id, _s(f.get(b"reason", b"?")),
-                                              _s(f.get(b"detail", b""))[:80]]))
-    lines = [f"DEAD LETTERS: {total}" + (" (" + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) + ")"
-                                          if reasons else "")]
+            latest.append(
+                (
+                    parse_id(raw_id),
+                    [when, str(p), entry_id, _s(f.get(b"reason", b"?")), _s(f.get(b"detail", b""))[:80]],
+                )
+            )
+    lines = [
+        f"DEAD LETTERS: {total}"
+        + (" (" + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) + ")" if reasons else "")
+    ]
     if latest and recent > 0:
         latest.sort(key=lambda x: x[0])
-        lines += _table(["ENTRY TIME", "PARTITION", "ENTRY", "REASON", "DETAIL"], [r for _, r in latest[-recent:]],
-                        {1})
+        lines += _table(
+            ["ENTRY TIME", "PARTITION", "ENTRY", "REASON", "DETAIL"], [r for _, r in latest[-recent:]], {1}
+        )
     return lines
 
 
@@ -563,7 +630,9 @@ def _replay(args: argparse.Namespace, settings: AggregatorSettings, client: redi
             sys.stdout.write(text)
         return 0
     if not args.openmetrics:
-        raise UsageError("a window (--from/--to) is written as timestamped OpenMetrics: add --openmetrics FILE")
+        raise UsageError(
+            "a window (--from/--to) is written as timestamped OpenMetrics: add --openmetrics FILE"
+        )
     start, end = _window(args, now)
     assert start is not None
     end = end or TimePoint(round(now * 1000))
@@ -573,7 +642,9 @@ def _replay(args: argparse.Namespace, settings: AggregatorSettings, client: redi
         raise UsageError(f"--step: {exc}") from None
     count = (end.ms - start.ms) // step_ms + 1
     if count > MAX_STEPS:
-        raise UsageError(f"--from..--to at --step {args.step} is {count} steps (max {MAX_STEPS}): use a larger step")
+        raise UsageError(
+            f"--from..--to at --step {args.step} is {count} steps (max {MAX_STEPS}): use a larger step"
+        )
     _fold_before(replayer, bounds, (start.ms - 1, MAX_SEQ), args.quiet)
     writer = OpenMetricsWriter()
     progress = Progress("replay window", count, "steps", enabled=not args.quiet)
@@ -582,14 +653,21 @@ def _replay(args: argparse.Namespace, settings: AggregatorSettings, client: redi
         samples = writer.write(fh)
     progress.finish()
     times = step_times(start.ms, end.ms, step_ms)
-    print(f"replay: {steps} steps {format_ts(times[0] / 1000)} .. {format_ts(times[-1] / 1000)} every "
-          f"{step_ms / 1000:g}s, {samples} samples, {replayer.entries} entries / {replayer.events} events folded "
-          f"-> {args.openmetrics}", file=sys.stderr)
+    print(
+        f"replay: {steps} steps {format_ts(times[0] / 1000)} .. {format_ts(times[-1] / 1000)} every "
+        f"{step_ms / 1000:g}s, {samples} samples, {replayer.entries} entries / {replayer.events} events folded "
+        f"-> {args.openmetrics}",
+        file=sys.stderr,
+    )
     return 0
 
 
-def _fold_before(replayer: Replayer, bounds: tuple[tuple[int, int], tuple[int, int]] | None,
-                 end: tuple[int, int], quiet: bool) -> None:
+def _fold_before(
+    replayer: Replayer,
+    bounds: tuple[tuple[int, int], tuple[int, int]] | None,
+    end: tuple[int, int],
+    quiet: bool,
+) -> None:
     """Fold the history up to ``end`` with progress (this is the long part of a replay)."""
     if bounds is None:
         return

@@ -39,7 +39,9 @@ def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r}: expected true or false")
 
 
-def env_number(environ: Mapping[str, str], name: str, default: Any, kind: type = int, minimum: float = 0) -> Any:
+def env_number(
+    environ: Mapping[str, str], name: str, default: Any, kind: type = int, minimum: float = 0
+) -> Any:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -112,7 +114,9 @@ class AggregatorSettings:
         if not 0 < self.port < 65536:
             raise SettingsError(f"port {self.port} is not a TCP port")
         if self.metrics_username and ":" in self.metrics_username:
-            raise SettingsError("BOILERHOUSE_METRICS_USERNAME must not contain ':' (basic auth separates at it)")
+            raise SettingsError(
+                "BOILERHOUSE_METRICS_USERNAME must not contain ':' (basic auth separates at it)"
+            )
         if bool(self.metrics_username) != bool(self.metrics_password):
             raise SettingsError("BOILERHOUSE_METRICS_USERNAME and BOILERHOUSE_METRICS_PASSWORD go together")
 

@@ -83,7 +83,9 @@ def pool_specs(settings: ApiSettings, workloads: dict[str, Workload]) -> list[Po
         except ApiError as exc:
             raise WorkloadError(f"{settings.pools_file}: pool #{i + 1}: {exc.detail}") from None
         if spec.workload_id not in workloads:
-            raise WorkloadError(f"{settings.pools_file}: pool {spec.pool_id!r}: no workload {spec.workload_id!r}")
+            raise WorkloadError(
+                f"{settings.pools_file}: pool {spec.pool_id!r}: no workload {spec.workload_id!r}"
+            )
         specs.append(spec)
     return specs
 
@@ -103,8 +105,9 @@ def create_app(
     it; so is the publisher (flushed). ``runtime`` overrides the container runtime named in settings;
     ``demo`` starts the traffic driver of :mod:`services.api.demo` once the app is up.
     """
-    defs = with_data_dir(workloads if workloads is not None else load_workloads(settings.workloads_dir),
-                         settings.data_dir)
+    defs = with_data_dir(
+        workloads if workloads is not None else load_workloads(settings.workloads_dir), settings.data_dir
+    )
     pools = pool_specs(settings, defs) if settings.pools_file else []
     if runtime is None and settings.runtime not in RUNTIMES:
         raise UnknownRuntime(settings.runtime)
@@ -112,12 +115,14 @@ def create_app(
 
     async def healthz(request: Request) -> Response:
         platform = getattr(request.app.state, "platform", None)
-        return JSONResponse({
-            "status": "ok" if platform is not None else "starting",
-            "pools": len(platform.pools_info()) if platform is not None else 0,
-            "events_buffered": pub.buffered(),
-            "bus_connected": pub.connected,
-        })
+        return JSONResponse(
+            {
+                "status": "ok" if platform is not None else "starting",
+                "pools": len(platform.pools_info()) if platform is not None else 0,
+                "events_buffered": pub.buffered(),
+                "bus_connected": pub.connected,
+            }
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -156,4 +161,3 @@ def create_app(
     app.state.settings = settings
     app.state.platform = None
     return app
-

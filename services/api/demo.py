@@ -36,12 +36,24 @@ def demo_workloads(remote_root: Path, settings: ApiSettings) -> list[Workload]:
     writer = ("sh", "-c", "while :; do date >> notes.txt; sleep 1; done")
     return [
         Workload("demo-flaky", command=("sh", "-c", "sleep 12"), source="<demo>"),
-        Workload("demo-offsite", command=writer, source="<demo>",
-                 sync=SyncSpec(remote=":webdav,url='http://127.0.0.1:9/':offsite", mode="copy",
-                               direction="upload", timeout_s=10.0, extra_args=("--retries", "1"))),
-        Workload("demo-slow", command=writer, source="<demo>",
-                 sync=SyncSpec(remote=str(remote_root / "slow"), mode="copy", direction="upload",
-                               timeout_s=0.001)),
+        Workload(
+            "demo-offsite",
+            command=writer,
+            source="<demo>",
+            sync=SyncSpec(
+                remote=":webdav,url='http://127.0.0.1:9/':offsite",
+                mode="copy",
+                direction="upload",
+                timeout_s=10.0,
+                extra_args=("--retries", "1"),
+            ),
+        ),
+        Workload(
+            "demo-slow",
+            command=writer,
+            source="<demo>",
+            sync=SyncSpec(remote=str(remote_root / "slow"), mode="copy", direction="upload", timeout_s=0.001),
+        ),
     ]
 
 
@@ -54,8 +66,12 @@ DEMO_POOLS: list[dict[str, Any]] = [
     {"pool_id": "demo-offsite", "workload_id": "demo-offsite", "min_size": 1, "max_size": 1},
     {"pool_id": "demo-slow", "workload_id": "demo-slow", "min_size": 1, "max_size": 1},
 ]
-DEMO_TIMINGS = {"affinity_timeout_s": 6.0, "acquire_timeout_s": 1.0, "idle_timeout_s": 20.0,
-                "health_interval_s": 2.0}
+DEMO_TIMINGS = {
+    "affinity_timeout_s": 6.0,
+    "acquire_timeout_s": 1.0,
+    "idle_timeout_s": 20.0,
+    "health_interval_s": 2.0,
+}
 TRAFFIC_POOLS = ("demo-web", "demo-web", "demo-notes", "demo-journal")
 
 
@@ -70,8 +86,15 @@ class DemoDriver:
         step_s: pause between two actions.
     """
 
-    def __init__(self, app: Starlette, platform: Boilerhouse, settings: ApiSettings, *, seed: int = 7,
-                 step_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        platform: Boilerhouse,
+        settings: ApiSettings,
+        *,
+        seed: int = 7,
+        step_s: float = 0.25,
+    ) -> None:
         self.app = app
         self.platform = platform
         self.settings = settings
@@ -89,12 +112,16 @@ class DemoDriver:
         remote_root = Path(self.settings.data_dir) / "demo-remote"
         for w in demo_workloads(remote_root, self.settings):
             self.platform.add_workload(w)
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
-                                         base_url="http://demo", timeout=60)
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
+            base_url="http://demo",
+            timeout=60,
+        )
         for body in DEMO_POOLS:
             if body["workload_id"] not in self.platform.workloads:
-                logger.warning("demo: workload %s not loaded; skipping pool %s", body["workload_id"],
-                               body["pool_id"])
+                logger.warning(
+                    "demo: workload %s not loaded; skipping pool %s", body["workload_id"], body["pool_id"]
+                )
                 continue
             await self._call("POST", f"{API}/pools", {**body, **DEMO_TIMINGS})
         self._task = asyncio.create_task(self._run(), name="demo-traffic")
@@ -107,12 +134,18 @@ class DemoDriver:
                 await self._task
         if self._client is not None:
             await self._client.aclose()
-        logger.info("demo traffic stopped after %d requests: %s", self.requests, dict(sorted(self.statuses.items())))
+        logger.info(
+            "demo traffic stopped after %d requests: %s", self.requests, dict(sorted(self.statuses.items()))
+        )
 
-    async def _call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> httpx.Response:
+    async def _call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None
+    ) -> httpx.Response:
         assert self._client is not None
         if raw is not None:
-            r = await self._client.request(method, path, content=raw, headers={"content-type": "application/json"})
+            r = await self._client.request(
+                method, path, content=raw, headers={"content-type": "application/json"}
+            )
         else:
             r = await self._client.request(method, path, json=body)
         self.requests += 1
@@ -186,8 +219,9 @@ class DemoDriver:
         r = await self._call("GET", f"{API}/pools/{pool_id}")
         size = int(r.json().get("max_size", 4)) if r.status_code == 200 else 4
         tenants = [self._new_tenant() for _ in range(size + 1)]
-        results = await asyncio.gather(*(self._call("POST", f"{API}/tenants/{t}/claim", {"pool_id": pool_id})
-                                         for t in tenants))
+        results = await asyncio.gather(
+            *(self._call("POST", f"{API}/tenants/{t}/claim", {"pool_id": pool_id}) for t in tenants)
+        )
         for t, res in zip(tenants, results, strict=True):
             if res.status_code == 200:
                 await self._call("POST", f"{API}/tenants/{t}/release")

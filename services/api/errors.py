@@ -60,8 +60,9 @@ def error_body(error: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": error, "detail": detail, **extra}
 
 
-def json_error(status: int, error: str, detail: str, headers: dict[str, str] | None = None,
-               **extra: Any) -> JSONResponse:
+def json_error(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     return JSONResponse(error_body(error, detail, **extra), status_code=status, headers=headers)
 
 
@@ -99,8 +100,14 @@ def _status(status: int, error: str) -> Callable[[Request, Exception], Response]
 def _pool_exhausted(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, pool.PoolExhausted)
     retry_after = max(1, math.ceil(exc.retry_after_s))
-    return json_error(503, "pool_exhausted", str(exc), headers={"Retry-After": str(retry_after)},
-                      pool_id=exc.pool_id, retry_after_s=retry_after)
+    return json_error(
+        503,
+        "pool_exhausted",
+        str(exc),
+        headers={"Retry-After": str(retry_after)},
+        pool_id=exc.pool_id,
+        retry_after_s=retry_after,
+    )
 
 
 def _sync_failed(request: Request, exc: Exception) -> Response:

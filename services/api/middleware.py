@@ -21,7 +21,7 @@ def route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if not path:
         return UNMATCHED_PATH
-    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")):]
+    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
     return (prefix + path) or "/"
 
 

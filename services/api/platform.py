@@ -75,9 +75,13 @@ class PoolSpec:
         if not ID_PATTERN.match(self.pool_id):
             raise InvalidPool(f"pool_id {self.pool_id!r} must match {ID_PATTERN.pattern}")
         if not 0 <= self.min_size <= self.max_size or self.max_size < 1:
-            raise InvalidPool(f"need 0 <= min_size <= max_size and max_size >= 1 ({self.min_size}, {self.max_size})")
-        if min(self.affinity_timeout_s, self.acquire_timeout_s, self.idle_timeout_s) < 0 \
-                or self.health_interval_s <= 0:
+            raise InvalidPool(
+                f"need 0 <= min_size <= max_size and max_size >= 1 ({self.min_size}, {self.max_size})"
+            )
+        if (
+            min(self.affinity_timeout_s, self.acquire_timeout_s, self.idle_timeout_s) < 0
+            or self.health_interval_s <= 0
+        ):
             raise InvalidPool("timeouts must be >= 0 and health_interval_s > 0")
 
 
@@ -177,11 +181,18 @@ class Boilerhouse:
             if spec.pool_id in self._pools:
                 raise PoolExists(spec.pool_id)
             pool = ContainerPool(
-                spec.pool_id, workload, self.manager, self.emit,
-                min_size=spec.min_size, max_size=spec.max_size,
-                affinity_timeout_s=spec.affinity_timeout_s, acquire_timeout_s=spec.acquire_timeout_s,
-                idle_timeout_s=spec.idle_timeout_s, health_interval_s=spec.health_interval_s,
-                sync=self.syncer if workload.sync is not None else None, clock=self.clock,
+                spec.pool_id,
+                workload,
+                self.manager,
+                self.emit,
+                min_size=spec.min_size,
+                max_size=spec.max_size,
+                affinity_timeout_s=spec.affinity_timeout_s,
+                acquire_timeout_s=spec.acquire_timeout_s,
+                idle_timeout_s=spec.idle_timeout_s,
+                health_interval_s=spec.health_interval_s,
+                sync=self.syncer if workload.sync is not None else None,
+                clock=self.clock,
             )
             self._pools[spec.pool_id] = pool
             self._specs[spec.pool_id] = spec
@@ -192,8 +203,13 @@ class Boilerhouse:
             self._specs.pop(spec.pool_id, None)
             await pool.close()
             raise
-        logger.info("pool %s created (workload %s, %d..%d)", spec.pool_id, spec.workload_id,
-                    spec.min_size, spec.max_size)
+        logger.info(
+            "pool %s created (workload %s, %d..%d)",
+            spec.pool_id,
+            spec.workload_id,
+            spec.min_size,
+            spec.max_size,
+        )
         return self.pool_info(spec.pool_id)
 
     async def delete_pool(self, pool_id: str) -> None:
@@ -278,8 +294,12 @@ class Boilerhouse:
 
     def tenant_info(self, tenant: str) -> dict[str, Any]:
         pool_id, pool, container = self._held(tenant)
-        return {"tenant_id": tenant, "pool_id": pool_id, "workload_id": pool.workload.id,
-                "container": container_info(container)}
+        return {
+            "tenant_id": tenant,
+            "pool_id": pool_id,
+            "workload_id": pool.workload.id,
+            "container": container_info(container),
+        }
 
     # ---- listings -------------------------------------------------------------------------------
 
@@ -302,10 +322,20 @@ def container_info(container: Container) -> dict[str, Any]:
 
 
 def workload_info(w: Workload) -> dict[str, Any]:
-    info: dict[str, Any] = {"id": w.id, "command": list(w.command), "image": w.image,
-                            "health_command": list(w.health_command) or None, "sync": None}
+    info: dict[str, Any] = {
+        "id": w.id,
+        "command": list(w.command),
+        "image": w.image,
+        "health_command": list(w.health_command) or None,
+        "sync": None,
+    }
     if w.sync is not None:
-        info["sync"] = {"remote": w.sync.remote, "mode": w.sync.mode, "direction": w.sync.direction,
-                        "period_s": w.sync.period_s, "concurrency": w.sync.concurrency,
-                        "timeout_s": w.sync.timeout_s}
+        info["sync"] = {
+            "remote": w.sync.remote,
+            "mode": w.sync.mode,
+            "direction": w.sync.direction,
+            "period_s": w.sync.period_s,
+            "concurrency": w.sync.concurrency,
+            "timeout_s": w.sync.timeout_s,
+        }
     return info

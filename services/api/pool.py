@@ -359,8 +359,11 @@ class ContainerPool:
         del self._borrowed[tenant_id]
         if self._closed or not container.healthy:
             if not container.healthy:
-                logger.warning("pool %s: %s failed its health check while borrowed; replacing it",
-                               self.pool_id, container.id)
+                logger.warning(
+                    "pool %s: %s failed its health check while borrowed; replacing it",
+                    self.pool_id,
+                    container.id,
+                )
             self.emit("container.released", self._timed(start, status))
             await self._destroy(next(iter(self._mark_destroying([container]))), update=not self._closed)
         elif self.affinity_timeout_s > 0:
@@ -632,15 +635,16 @@ class ContainerPool:
         if not idle and not held:
             return
         results = await asyncio.gather(*(self.manager.health_check(c) for _, c in idle + held))
-        for (holder, container), ok in zip(held, results[len(idle):], strict=True):
+        for (holder, container), ok in zip(held, results[len(idle) :], strict=True):
             # Not taken from its tenant: flagged, and replaced on release (see release()).
             if self._borrowed.get(holder) is container and container.state == BORROWED:
                 if container.healthy and not ok:
-                    logger.warning("pool %s: borrowed container %s failed its health check",
-                                   self.pool_id, container.id)
+                    logger.warning(
+                        "pool %s: borrowed container %s failed its health check", self.pool_id, container.id
+                    )
                 container.healthy = ok
         failed: list[Container] = []
-        for (tenant, container), ok in zip(idle, results[:len(idle)], strict=True):
+        for (tenant, container), ok in zip(idle, results[: len(idle)], strict=True):
             if ok:
                 continue
             if tenant is None and container in self._free:

@@ -24,23 +24,34 @@ LOG_FLAGS = ("--use-json-log", "-v", "--stats-one-line")
 EXIT_DIR_NOT_FOUND = 3
 
 RCLONE_ERROR, TIMEOUT, PERMISSION_DENIED, NETWORK_ERROR = (
-    "rclone_error", "timeout", "permission_denied", "network_error")
+    "rclone_error",
+    "timeout",
+    "permission_denied",
+    "network_error",
+)
 
 # Order matters: the first class whose pattern appears in any error message wins.
-_PERMISSION = re.compile(r"permission denied|operation not permitted|\beacces\b|\beperm\b|\b401 unauthorized"
-                         r"|\b403 forbidden|access denied", re.I)
+_PERMISSION = re.compile(
+    r"permission denied|operation not permitted|\beacces\b|\beperm\b|\b401 unauthorized"
+    r"|\b403 forbidden|access denied",
+    re.IGNORECASE,
+)
 _TIMEOUT = re.compile(
     r"i/o timeout|context deadline exceeded|timeout awaiting|tls handshake timeout|client\.timeout exceeded"
-    r"|connection timed out|\btimed out\b|max transfer duration reached", re.I)
+    r"|connection timed out|\btimed out\b|max transfer duration reached",
+    re.IGNORECASE,
+)
 _NETWORK = re.compile(
     r"connection refused|connection reset|no route to host|network is unreachable|\bdial tcp\b|\bdial udp\b"
-    r"|no such host|broken pipe|server misbehaving", re.I)
+    r"|no such host|broken pipe|server misbehaving",
+    re.IGNORECASE,
+)
 #: rclone's plain (non-JSON) log format, used for its final "Failed to ..." / "Fatal error" line.
 _PLAIN_LOG = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
 _QUEUED_TO_PATH1 = re.compile(r"Queue copy to Path1\s+- (.+)$")
 _LOCK = re.compile(r"prior lock file found: (\S+\.lck)")
-_RESYNC = re.compile(r"must run --resync", re.I)
-_SOURCE_MISSING = re.compile(r"error reading source root directory: directory not found", re.I)
+_RESYNC = re.compile(r"must run --resync", re.IGNORECASE)
+_SOURCE_MISSING = re.compile(r"error reading source root directory: directory not found", re.IGNORECASE)
 
 
 def classify_error(exit_code: int | None, messages: Iterable[str], deadline_exceeded: bool = False) -> str:
@@ -206,8 +217,14 @@ async def run_rclone(
     """
     full_env = {**os.environ, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=full_env, start_new_session=True, limit=1 << 20)
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=full_env,
+        start_new_session=True,
+        limit=1 << 20,
+    )
     pid = proc.pid
     if on_start:
         on_start(pid)

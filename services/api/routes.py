@@ -24,8 +24,14 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_POOL_SIZE = 1000
 
 _POOL_FIELDS = {
-    "pool_id", "workload_id", "min_size", "max_size", "affinity_timeout_s", "acquire_timeout_s",
-    "idle_timeout_s", "health_interval_s",
+    "pool_id",
+    "workload_id",
+    "min_size",
+    "max_size",
+    "affinity_timeout_s",
+    "acquire_timeout_s",
+    "idle_timeout_s",
+    "health_interval_s",
 }
 
 
@@ -57,25 +63,35 @@ def _reject_unknown(body: dict[str, Any], known: set[str]) -> None:
         raise BadRequest(f"unknown field(s) {unknown}; known: {sorted(known)}", error="unknown_field")
 
 
-def _string(body: dict[str, Any], name: str, pattern: re.Pattern[str], *, required: bool = True) -> str | None:
+def _string(
+    body: dict[str, Any], name: str, pattern: re.Pattern[str], *, required: bool = True
+) -> str | None:
     value = body.get(name)
     if value is None:
         if required:
             raise BadRequest(f"field {name!r} is required", error="missing_field")
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"field {name!r} must be a string, got {type(value).__name__}", error="invalid_field")
+        raise BadRequest(
+            f"field {name!r} must be a string, got {type(value).__name__}", error="invalid_field"
+        )
     if not pattern.match(value):
-        raise BadRequest(f"field {name!r}: {value[:80]!r} does not match {pattern.pattern}", error="invalid_field")
+        raise BadRequest(
+            f"field {name!r}: {value[:80]!r} does not match {pattern.pattern}", error="invalid_field"
+        )
     return value
 
 
 def _int(body: dict[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"field {name!r} must be an integer, got {type(value).__name__}", error="invalid_field")
+        raise BadRequest(
+            f"field {name!r} must be an integer, got {type(value).__name__}", error="invalid_field"
+        )
     if not minimum <= value <= maximum:
-        raise BadRequest(f"field {name!r} must be in {minimum}..{maximum}, got {value}", error="invalid_field")
+        raise BadRequest(
+            f"field {name!r} must be in {minimum}..{maximum}, got {value}", error="invalid_field"
+        )
     return value
 
 
@@ -84,8 +100,9 @@ def _seconds(body: dict[str, Any], name: str, default: float, *, positive: bool 
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise BadRequest(f"field {name!r} must be a number of seconds, got {value!r}", error="invalid_field")
     if value < 0 or (positive and value == 0):
-        raise BadRequest(f"field {name!r} must be {'> 0' if positive else '>= 0'}, got {value}",
-                         error="invalid_field")
+        raise BadRequest(
+            f"field {name!r} must be {'> 0' if positive else '>= 0'}, got {value}", error="invalid_field"
+        )
     return float(value)
 
 

@@ -53,8 +53,9 @@ class ApiSettings:
             port=env_number(env, "BOILERHOUSE_API_PORT", d.port, minimum=1),
             key_prefix=env.get("BOILERHOUSE_STREAM_PREFIX", d.key_prefix),
             partitions=env_number(env, "BOILERHOUSE_PARTITIONS", d.partitions, minimum=1),
-            heartbeat_interval_s=env_number(env, "BOILERHOUSE_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s,
-                                            float, 0.05),
+            heartbeat_interval_s=env_number(
+                env, "BOILERHOUSE_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s, float, 0.05
+            ),
             buffer_size=env_number(env, "BOILERHOUSE_EVENT_BUFFER", d.buffer_size, minimum=1),
             spool_dir=env.get("BOILERHOUSE_SPOOL_DIR") or None,
             workloads_dir=env.get("BOILERHOUSE_WORKLOADS_DIR") or None,
@@ -63,7 +64,9 @@ class ApiSettings:
             affinity_timeout_s=env_number(env, "BOILERHOUSE_AFFINITY_TIMEOUT_S", d.affinity_timeout_s, float),
             acquire_timeout_s=env_number(env, "BOILERHOUSE_ACQUIRE_TIMEOUT_S", d.acquire_timeout_s, float),
             idle_timeout_s=env_number(env, "BOILERHOUSE_IDLE_TIMEOUT_S", d.idle_timeout_s, float),
-            health_interval_s=env_number(env, "BOILERHOUSE_HEALTH_INTERVAL_S", d.health_interval_s, float, 0.01),
+            health_interval_s=env_number(
+                env, "BOILERHOUSE_HEALTH_INTERVAL_S", d.health_interval_s, float, 0.01
+            ),
             rclone=env.get("BOILERHOUSE_RCLONE", d.rclone),
             pools_file=env.get("BOILERHOUSE_POOLS_FILE") or None,
         )

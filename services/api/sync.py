@@ -271,13 +271,21 @@ class SyncCoordinator:
         return sorted(self._pids)
 
     def _emit_state(self, workload_id: str, st: _WorkloadState) -> None:
-        self._emit("sync.state", {"workload_id": workload_id, "running": st.running, "queued": st.queued,
-                                  "periodic_jobs": st.periodic_jobs})
+        self._emit(
+            "sync.state",
+            {
+                "workload_id": workload_id,
+                "running": st.running,
+                "queued": st.queued,
+                "periodic_jobs": st.periodic_jobs,
+            },
+        )
 
     # ---- one operation ----------------------------------------------------------------------
 
-    async def sync(self, workload_id: str, tenant_id: str, local_dir: Path,
-                   direction: str | None = None) -> SyncResult:
+    async def sync(
+        self, workload_id: str, tenant_id: str, local_dir: Path, direction: str | None = None
+    ) -> SyncResult:
         """Run one sync operation for a tenant; raise :class:`SyncFailed` if it fails."""
         if self._closed:
             raise SyncClosed()
@@ -324,8 +332,16 @@ class SyncCoordinator:
             if entry[1] == 0:
                 del self._tenant_locks[key]
 
-    async def _operation(self, workload_id: str, st: _WorkloadState, spec: SyncSpec, direction: str, mode: str,
-                         legs: tuple[_Leg, ...], local: Path) -> SyncResult:
+    async def _operation(
+        self,
+        workload_id: str,
+        st: _WorkloadState,
+        spec: SyncSpec,
+        direction: str,
+        mode: str,
+        legs: tuple[_Leg, ...],
+        local: Path,
+    ) -> SyncResult:
         await self._acquire(workload_id, st)
         if self._closed:  # closed while this operation waited in the queue: it never runs
             self._release(workload_id, st)
@@ -347,40 +363,68 @@ class SyncCoordinator:
             except _OpFailed as exc:
                 nbytes = exc.result.output.bytes if exc.result else 0
                 nfiles = exc.result.output.files if exc.result else 0
-                failed = SyncFailed(workload_id, exc.error_type, exc.message, direction=direction, mode=mode,
-                                    exit_code=exc.result.exit_code if exc.result else None,
-                                    errors=exc.result.output.errors if exc.result else ())
-                self._finished(workload_id, direction, mode, failed.status, start,
-                               total_bytes + nbytes, total_files + nfiles, exc.error_type)
+                failed = SyncFailed(
+                    workload_id,
+                    exc.error_type,
+                    exc.message,
+                    direction=direction,
+                    mode=mode,
+                    exit_code=exc.result.exit_code if exc.result else None,
+                    errors=exc.result.output.errors if exc.result else (),
+                )
+                self._finished(
+                    workload_id,
+                    direction,
+                    mode,
+                    failed.status,
+                    start,
+                    total_bytes + nbytes,
+                    total_files + nfiles,
+                    exc.error_type,
+                )
                 logger.warning("%s", failed)
                 raise failed from None
             except BaseException:  # cancelled (or a bug): still exactly one sync.finished
-                self._finished(workload_id, direction, mode, "failure", start, total_bytes, total_files,
-                               RCLONE_ERROR)
+                self._finished(
+                    workload_id, direction, mode, "failure", start, total_bytes, total_files, RCLONE_ERROR
+                )
                 raise
             else:
-                duration = self._finished(workload_id, direction, mode, "success", start, total_bytes,
-                                          total_files, None)
+                duration = self._finished(
+                    workload_id, direction, mode, "success", start, total_bytes, total_files, None
+                )
         finally:
             self._leave()
             self._release(workload_id, st)
-        logger.info("synced workload %s (%s, %s): %d bytes, %d files in %.3f s%s", workload_id, direction,
-                    mode, total_bytes, total_files, duration, " after resync" if resynced else "")
+        logger.info(
+            "synced workload %s (%s, %s): %d bytes, %d files in %.3f s%s",
+            workload_id,
+            direction,
+            mode,
+            total_bytes,
+            total_files,
+            duration,
+            " after resync" if resynced else "",
+        )
         return SyncResult(total_bytes, total_files, duration, resynced, direction, mode)
 
-    async def _run_leg(self, workload_id: str, spec: SyncSpec, leg: _Leg,
-                       deadline: float | None, retry_lock: bool = True) -> tuple[int, int, bool]:
+    async def _run_leg(
+        self, workload_id: str, spec: SyncSpec, leg: _Leg, deadline: float | None, retry_lock: bool = True
+    ) -> tuple[int, int, bool]:
         if leg.verb == "bisync" and _is_empty_dir(Path(leg.src)):
             # An empty local dir is a first run or a wiped container: listings from an earlier run would
             # make bisync delete the tenant's remote files, and rclone refuses empty listings anyway.
-            logger.info("workload %s: local %s is empty; bisync --resync (union, never deletes)",
-                        workload_id, leg.src)
+            logger.info(
+                "workload %s: local %s is empty; bisync --resync (union, never deletes)", workload_id, leg.src
+            )
             return await self._resync(workload_id, spec, leg, deadline)
         started = time.time()
         result = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags), deadline)
         if result.ok:
             return result.output.bytes, result.output.files, False
-        if leg.verb == "bisync" and (result.exit_code is None or result.exit_code < 0 or result.deadline_exceeded):
+        if leg.verb == "bisync" and (
+            result.exit_code is None or result.exit_code < 0 or result.deadline_exceeded
+        ):
             _remove_partial_copies(workload_id, Path(leg.src), result, started)
         if leg.download and source_missing(result.exit_code, result.output.errors):
             logger.info("workload %s: %s does not exist yet; nothing to download", workload_id, leg.src)
@@ -392,16 +436,24 @@ class SyncCoordinator:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
             return await self._run_leg(workload_id, spec, leg, deadline, retry_lock=False)
-        if (leg.verb == "bisync" and needs_resync(result.output.errors)
-                and classify_error(result.exit_code, result.output.errors, result.deadline_exceeded) == RCLONE_ERROR):
+        if (
+            leg.verb == "bisync"
+            and needs_resync(result.output.errors)
+            and classify_error(result.exit_code, result.output.errors, result.deadline_exceeded)
+            == RCLONE_ERROR
+        ):
             # not after a timeout, network or permission failure: the next operation resyncs instead
-            logger.info("workload %s: bisync needs --resync (%s); running it", workload_id,
-                        result.output.errors[0] if result.output.errors else "no listings")
+            logger.info(
+                "workload %s: bisync needs --resync (%s); running it",
+                workload_id,
+                result.output.errors[0] if result.output.errors else "no listings",
+            )
             return await self._resync(workload_id, spec, leg, deadline)
         raise self._failure(result)
 
-    async def _resync(self, workload_id: str, spec: SyncSpec, leg: _Leg,
-                      deadline: float | None) -> tuple[int, int, bool]:
+    async def _resync(
+        self, workload_id: str, spec: SyncSpec, leg: _Leg, deadline: float | None
+    ) -> tuple[int, int, bool]:
         made = await self._run(spec, ("mkdir", leg.dst), deadline)  # bisync needs both sides to exist
         if not made.ok:
             raise self._failure(made)
@@ -423,7 +475,9 @@ class SyncCoordinator:
         if deadline is not None:
             timeout = deadline - asyncio.get_running_loop().time()
             if timeout <= 0:
-                raise _OpFailed(TIMEOUT, f"deadline of {spec.timeout_s} s passed before rclone {args[0]}", None)
+                raise _OpFailed(
+                    TIMEOUT, f"deadline of {spec.timeout_s} s passed before rclone {args[0]}", None
+                )
         argv = [*self._rclone, *args, *LOG_FLAGS]
         if timeout is not None:
             # rclone stops itself a little before our kill: a cancelled transfer removes its partial
@@ -436,19 +490,43 @@ class SyncCoordinator:
             argv += ["--workdir", str(self._workdir)]
         argv += spec.extra_args  # last, so a workload can override any flag above
         try:
-            return await run_rclone(argv, timeout_s=timeout, env=self._env, grace_s=self._grace_s,
-                                    on_start=self._pids.add, on_exit=self._pids.discard,
-                                    track_transfers=args[0] == "bisync")
+            return await run_rclone(
+                argv,
+                timeout_s=timeout,
+                env=self._env,
+                grace_s=self._grace_s,
+                on_start=self._pids.add,
+                on_exit=self._pids.discard,
+                track_transfers=args[0] == "bisync",
+            )
         except OSError as exc:  # the binary is missing or not executable
             raise _OpFailed(RCLONE_ERROR, f"cannot run {argv[0]}: {exc}", None) from exc
 
-    def _finished(self, workload_id: str, direction: str, mode: str, status: str, start: float,
-                  nbytes: int, nfiles: int, error_type: str | None) -> float:
+    def _finished(
+        self,
+        workload_id: str,
+        direction: str,
+        mode: str,
+        status: str,
+        start: float,
+        nbytes: int,
+        nfiles: int,
+        error_type: str | None,
+    ) -> float:
         duration = max(0.0, self._now() - start)
-        self._emit("sync.finished", {
-            "workload_id": workload_id, "direction": direction, "mode": mode, "status": status,
-            "duration_s": duration, "bytes": nbytes, "files": nfiles, "error_type": error_type,
-        })
+        self._emit(
+            "sync.finished",
+            {
+                "workload_id": workload_id,
+                "direction": direction,
+                "mode": mode,
+                "status": status,
+                "duration_s": duration,
+                "bytes": nbytes,
+                "files": nfiles,
+                "error_type": error_type,
+            },
+        )
         return duration
 
     def _now(self) -> float:
@@ -518,8 +596,9 @@ class SyncCoordinator:
             if old.task is not None and not old.syncing:
                 old.task.cancel()
         job = _PeriodicJob(workload_id, tenant_id, Path(local_dir))
-        job.task = asyncio.get_running_loop().create_task(self._periodic(job, spec.period_s),
-                                                          name=f"sync-periodic-{workload_id}")
+        job.task = asyncio.get_running_loop().create_task(
+            self._periodic(job, spec.period_s), name=f"sync-periodic-{workload_id}"
+        )
         self._jobs[tenant_id] = job
         st = self._states[workload_id]
         st.periodic_jobs += 1
@@ -592,8 +671,11 @@ class SyncCoordinator:
             self._idle = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
-        logger.info("sync coordinator closed: %d periodic jobs stopped, %d rclone processes killed",
-                    len(jobs), len(pids))
+        logger.info(
+            "sync coordinator closed: %d periodic jobs stopped, %d rclone processes killed",
+            len(jobs),
+            len(pids),
+        )
 
 
 def _remove_partial_copies(workload_id: str, local: Path, result: RcloneResult, started_wall: float) -> int:
@@ -620,8 +702,12 @@ def _remove_partial_copies(workload_id: str, local: Path, result: RcloneResult, 
         except OSError:
             logger.warning("workload %s: cannot remove partial copy %s", workload_id, path, exc_info=True)
     if removed:
-        logger.warning("workload %s: removed %d partial copies left by the killed bisync in %s",
-                       workload_id, removed, local)
+        logger.warning(
+            "workload %s: removed %d partial copies left by the killed bisync in %s",
+            workload_id,
+            removed,
+            local,
+        )
     return removed
 
 

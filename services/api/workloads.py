@@ -103,7 +103,8 @@ def workload_from_dict(doc: Any, source: str = "<dict>") -> Workload:
         command=_argv(doc["command"], f"{source}: command") if "command" in doc else DEFAULT_COMMAND,
         image=str(doc.get("image", DEFAULT_IMAGE)),
         health_command=_argv(doc["health_command"], f"{source}: health_command")
-        if doc.get("health_command") else (),
+        if doc.get("health_command")
+        else (),
         env={str(k): str(v) for k, v in env.items()},
         sync=sync,
         source=source,

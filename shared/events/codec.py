@@ -85,7 +85,9 @@ def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
         )
     src = doc.get("src")
     if type(src) is not str or not 0 < len(src) <= MAX_SRC_LEN:
-        raise EventDecodeError("bad_envelope", f"src {src!r:.60} is not a string of 1..{MAX_SRC_LEN}", entry_id)
+        raise EventDecodeError(
+            "bad_envelope", f"src {src!r:.60} is not a string of 1..{MAX_SRC_LEN}", entry_id
+        )
     events = doc.get("events")
     if type(events) is not list or not events:
         raise EventDecodeError("bad_envelope", "events is not a non-empty list", entry_id)
@@ -192,8 +194,14 @@ def _path_ok(v: str) -> bool:
 
 
 def _generate_fast(et: EventType) -> Callable[[dict[str, Any]], bool]:
-    env: dict[str, Any] = {"_ids": _known_ids, "_paths": _known_paths, "_id_ok": _id_ok, "_path_ok": _path_ok,
-                           "_isfinite": math.isfinite, "_MAX_STR": MAX_STR_LEN}
+    env: dict[str, Any] = {
+        "_ids": _known_ids,
+        "_paths": _known_paths,
+        "_id_ok": _id_ok,
+        "_path_ok": _path_ok,
+        "_isfinite": math.isfinite,
+        "_MAX_STR": MAX_STR_LEN,
+    }
     # Required fields are read with ev[...] (a missing one raises KeyError: invalid); a nil value fails
     # the type test, so no separate None check is needed.
     lines = [

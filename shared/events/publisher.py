@@ -216,8 +216,10 @@ class Publisher:
         self._wake.set()
         self._thread.join(max(0.05, deadline - time.monotonic()))
         if self._thread.is_alive():
-            logger.warning("event flusher still blocked on the bus at the shutdown deadline; "
-                           "%d events not written", self.buffered())
+            logger.warning(
+                "event flusher still blocked on the bus at the shutdown deadline; %d events not written",
+                self.buffered(),
+            )
         self._client.close()
 
     def _all_sent(self) -> bool:
@@ -244,8 +246,11 @@ class Publisher:
             self._spool_pending()
             logger.warning("event bus unreachable at shutdown: %d events spooled to %s", left, self._spool)
         else:
-            logger.warning("event bus unreachable at shutdown: %d events lost (%d dropped earlier, unreported)",
-                           left, unreported)
+            logger.warning(
+                "event bus unreachable at shutdown: %d events lost (%d dropped earlier, unreported)",
+                left,
+                unreported,
+            )
 
     async def aclose(self, timeout: float = 5.0) -> None:
         import asyncio
@@ -418,7 +423,9 @@ class Publisher:
                 continue
             pipe = self._client.pipeline(transaction=False)
             for _, _, payload in claimed:
-                pipe.xadd(self._stream_of(payload), {ENTRY_FIELD: payload}, maxlen=self._maxlen, approximate=True)
+                pipe.xadd(
+                    self._stream_of(payload), {ENTRY_FIELD: payload}, maxlen=self._maxlen, approximate=True
+                )
             try:
                 pipe.execute()
             except BaseException:
@@ -436,9 +443,16 @@ class Publisher:
             return self.stream
         try:
             src = msgpack.unpackb(payload, raw=False).get("src")
-        except (ValueError, TypeError, AttributeError, msgpack.UnpackException):  # damaged: sent, dead-lettered
+        except (
+            ValueError,
+            TypeError,
+            AttributeError,
+            msgpack.UnpackException,
+        ):  # damaged: sent, dead-lettered
             return self.stream
-        return stream_key(partition_of(src, self._partitions), self._prefix) if type(src) is str else self.stream
+        return (
+            stream_key(partition_of(src, self._partitions), self._prefix) if type(src) is str else self.stream
+        )
 
 
 def recover_spool(spool: Path) -> None:

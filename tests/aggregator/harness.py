@@ -74,7 +74,7 @@ class RunningAggregator:
         return value(self.samples(), self.settings.metrics_prefix + name, **labels)
 
 
-class aggregator:  # noqa: N801  (used like a function in `with`)
+class aggregator:
     """``with aggregator(redis_url, **settings) as agg:`` runs create_app on a free port."""
 
     def __init__(self, redis_url: str, **overrides: Any) -> None:

@@ -30,14 +30,20 @@ from tests.support.recording import Events
 
 pytestmark = pytest.mark.anyio
 
+
 def workloads(remote: Path) -> dict[str, Workload]:
     return {
         "plain": Workload("plain", command=("sleep", "1000")),
-        "docs": Workload("docs", command=("sleep", "1000"),
-                         sync=SyncSpec(remote=str(remote / "docs"), mode="copy", direction="upload")),
-        "ticker": Workload("ticker", command=("sleep", "1000"),
-                           sync=SyncSpec(remote=str(remote / "ticker"), mode="copy", direction="upload",
-                                         period_s=0.2)),
+        "docs": Workload(
+            "docs",
+            command=("sleep", "1000"),
+            sync=SyncSpec(remote=str(remote / "docs"), mode="copy", direction="upload"),
+        ),
+        "ticker": Workload(
+            "ticker",
+            command=("sleep", "1000"),
+            sync=SyncSpec(remote=str(remote / "ticker"), mode="copy", direction="upload", period_s=0.2),
+        ),
     }
 
 
@@ -96,7 +102,9 @@ async def test_pool_registry_errors(platform: tuple[Boilerhouse, Events]) -> Non
     assert [p["pool_id"] for p in bh.pools_info()] == ["a"]
 
 
-async def test_delete_pool_destroys_containers_and_frees_tenants(platform: tuple[Boilerhouse, Events]) -> None:
+async def test_delete_pool_destroys_containers_and_frees_tenants(
+    platform: tuple[Boilerhouse, Events],
+) -> None:
     bh, events = platform
     await bh.create_pool(spec("a", "plain", min_size=2))
     await bh.claim("tnt-1", "a")
@@ -119,7 +127,12 @@ async def test_sync_of_a_claimed_tenant(platform: tuple[Boilerhouse, Events], tm
     got = await bh.claim("tnt-1", "docs")
     (Path(got["container"]["data_dir"]) / "a.txt").write_bytes(b"a" * 42)
     result = await bh.sync("tnt-1")
-    assert (result["bytes"], result["files"], result["direction"], result["mode"]) == (42, 1, "upload", "copy")
+    assert (result["bytes"], result["files"], result["direction"], result["mode"]) == (
+        42,
+        1,
+        "upload",
+        "copy",
+    )
     assert (tmp_path / "remote" / "docs" / "tnt-1" / "a.txt").read_bytes() == b"a" * 42
     with pytest.raises(UnknownTenant):
         await bh.sync("tnt-2")
@@ -129,7 +142,9 @@ async def test_sync_of_a_claimed_tenant(platform: tuple[Boilerhouse, Events], tm
     assert events.of("sync.finished", workload_id="docs", status="success", bytes=42, files=1)
 
 
-async def test_periodic_sync_runs_while_a_tenant_holds_a_container(platform: tuple[Boilerhouse, Events]) -> None:
+async def test_periodic_sync_runs_while_a_tenant_holds_a_container(
+    platform: tuple[Boilerhouse, Events],
+) -> None:
     bh, events = platform
     await bh.create_pool(spec("t", "ticker", min_size=1, max_size=1))
     await bh.claim("tnt-1", "t")
@@ -146,7 +161,8 @@ async def test_periodic_sync_runs_while_a_tenant_holds_a_container(platform: tup
 
 
 async def test_snapshots_from_the_flusher_thread_are_emitted_on_the_loop(
-        platform: tuple[Boilerhouse, Events]) -> None:
+    platform: tuple[Boilerhouse, Events],
+) -> None:
     bh, events = platform
     await bh.create_pool(spec("a", "plain"))
     await bh.create_pool(spec("gone", "plain"))

@@ -423,10 +423,13 @@ async def test_borrowed_container_failing_its_health_check_is_replaced_on_releas
     await pool.release("tnt-a")
     await pool.settle()
     assert [t for t, _ in env.events.since(mark) if t != "pool.state"] == [
-        "container.released", "container.destroyed", "container.created"]
+        "container.released",
+        "container.destroyed",
+        "container.created",
+    ]
     assert env.events.of("container.released")[-1]["status"] == "success"
     assert held not in pool.containers() and not process_alive(held.pid)
-    assert pool.reservations() == {}     # no affinity reservation on a broken container
+    assert pool.reservations() == {}  # no affinity reservation on a broken container
     again = await pool.acquire("tnt-a")  # a miss, on the healthy replacement
     assert again is not held and again.healthy
     assert env.events.of("container.acquired")[-1]["affinity"] == "miss"

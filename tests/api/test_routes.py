@@ -38,15 +38,18 @@ def write_workloads(root: Path, remote: Path, closed_port: int) -> Path:
     (wdir / "plain.yaml").write_text('id: plain\ncommand: ["sleep", "infinity"]\n')
     (wdir / "docs.yaml").write_text(
         f'id: docs\ncommand: ["sleep", "infinity"]\nsync:\n  remote: {remote / "docs"}\n'
-        "  mode: copy\n  direction: upload\n  timeout: 60s\n")
+        "  mode: copy\n  direction: upload\n  timeout: 60s\n"
+    )
     (wdir / "offline.yaml").write_text(
-        f"id: offline\ncommand: [\"sleep\", \"infinity\"]\nsync:\n"
+        f'id: offline\ncommand: ["sleep", "infinity"]\nsync:\n'
         f"  remote: \":webdav,url='http://127.0.0.1:{closed_port}/':\"\n"
         "  mode: copy\n  direction: upload\n  timeout: 60s\n"
-        '  extra_args: ["--retries", "1", "--low-level-retries", "1"]\n')
+        '  extra_args: ["--retries", "1", "--low-level-retries", "1"]\n'
+    )
     (wdir / "slow.yaml").write_text(
         f'id: slow\ncommand: ["sleep", "infinity"]\nsync:\n  remote: {remote / "slow"}\n'
-        "  mode: copy\n  direction: upload\n  timeout: 1ms\n")
+        "  mode: copy\n  direction: upload\n  timeout: 1ms\n"
+    )
     (wdir / "broken.yaml").write_text('id: broken\ncommand: ["/nonexistent/boilerhouse-test-binary"]\n')
     return wdir
 
@@ -60,8 +63,14 @@ class Api:
     tmp: Path
 
     async def create_pool(self, pool_id: str, workload_id: str, **extra: Any) -> httpx.Response:
-        body = {"pool_id": pool_id, "workload_id": workload_id, "min_size": 1, "max_size": 2,
-                "acquire_timeout_s": 0.3, **extra}
+        body = {
+            "pool_id": pool_id,
+            "workload_id": workload_id,
+            "min_size": 1,
+            "max_size": 2,
+            "acquire_timeout_s": 0.3,
+            **extra,
+        }
         r = await self.client.post(f"{API}/pools", json=body)
         assert r.status_code == 201, r.text
         return r
@@ -90,14 +99,22 @@ class Api:
 @pytest.fixture
 async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
     wdir = write_workloads(tmp_path, tmp_path / "remote", free_port())
-    settings = ApiSettings(redis_url=redis_url, workloads_dir=str(wdir), data_dir=str(tmp_path / "data"),
-                           heartbeat_interval_s=0.2, affinity_timeout_s=30.0, acquire_timeout_s=0.3,
-                           health_interval_s=5.0)
+    settings = ApiSettings(
+        redis_url=redis_url,
+        workloads_dir=str(wdir),
+        data_dir=str(tmp_path / "data"),
+        heartbeat_interval_s=0.2,
+        affinity_timeout_s=30.0,
+        acquire_timeout_s=0.3,
+        health_interval_s=5.0,
+    )
     publisher = Publisher(redis_url, "api-test", heartbeat_interval_s=0.2)
     app = create_app(settings, publisher)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=transport, base_url="http://api.test") as client):
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://api.test") as client,
+    ):
         yield Api(app, client, publisher, redis_url, tmp_path)
 
 
@@ -198,10 +215,13 @@ async def test_pool_create_rejects_malformed_json_and_conflicts(api: Api) -> Non
     assert_error(await post(f"{API}/pools", json=[1, 2]), 400, "invalid_body")
     assert_error(await post(f"{API}/pools"), 400, "body_required")
     assert_error(await post(f"{API}/pools", content=b" " * (65 * 1024)), 400, "body_too_large")
-    assert_error(await post(f"{API}/pools", json={"pool_id": "x", "workload_id": "nope"}), 404,
-                 "workload_not_found")
+    assert_error(
+        await post(f"{API}/pools", json={"pool_id": "x", "workload_id": "nope"}), 404, "workload_not_found"
+    )
     await api.create_pool("dup", "plain")
-    assert_error(await post(f"{API}/pools", json={"pool_id": "dup", "workload_id": "plain"}), 409, "pool_exists")
+    assert_error(
+        await post(f"{API}/pools", json={"pool_id": "dup", "workload_id": "plain"}), 409, "pool_exists"
+    )
     assert_error(await api.client.get(f"{API}/pools/bad%20id"), 400, "invalid_pool_id")
     assert_error(await api.client.get(f"{API}/pools/nope"), 404, "pool_not_found")
 
@@ -251,8 +271,9 @@ async def test_claim_release_affinity_and_tenant_view(api: Api) -> None:
         ("bob", {"pool_id": "no-such-pool"}, 404, "pool_not_found"),
     ],
 )
-async def test_claim_rejects_bad_requests(api: Api, tenant: str, body: dict[str, Any], status: int,
-                                          error: str) -> None:
+async def test_claim_rejects_bad_requests(
+    api: Api, tenant: str, body: dict[str, Any], status: int, error: str
+) -> None:
     await api.create_pool("p1", "plain")
     r = await api.client.post(f"{API}/tenants/{tenant}/claim", json=body)
     assert_error(r, status, error)
@@ -260,8 +281,9 @@ async def test_claim_rejects_bad_requests(api: Api, tenant: str, body: dict[str,
 
 async def test_release_and_tenant_errors(api: Api) -> None:
     assert_error(await api.client.post(f"{API}/tenants/nobody/release"), 404, "tenant_not_found")
-    assert_error(await api.client.post(f"{API}/tenants/nobody/release", json={"now": True}), 400,
-                 "unknown_field")
+    assert_error(
+        await api.client.post(f"{API}/tenants/nobody/release", json={"now": True}), 400, "unknown_field"
+    )
     assert_error(await api.client.post(f"{API}/tenants/bad$/release"), 400, "invalid_tenant_id")
     assert_error(await api.client.get(f"{API}/tenants/bad$"), 400, "invalid_tenant_id")
     assert_error(await api.client.get(f"{API}/tenants/nobody"), 404, "tenant_not_found")
@@ -307,9 +329,14 @@ async def test_sync_success_and_validation(api: Api) -> None:
     r = await api.client.post(f"{API}/tenants/alice/sync", json={"direction": "download"})
     assert r.status_code == 200 and r.json()["direction"] == "download"
 
-    assert_error(await api.client.post(f"{API}/tenants/alice/sync", json={"direction": "sideways"}), 400,
-                 "invalid_field")
-    assert_error(await api.client.post(f"{API}/tenants/alice/sync", json={"mode": "copy"}), 400, "unknown_field")
+    assert_error(
+        await api.client.post(f"{API}/tenants/alice/sync", json={"direction": "sideways"}),
+        400,
+        "invalid_field",
+    )
+    assert_error(
+        await api.client.post(f"{API}/tenants/alice/sync", json={"mode": "copy"}), 400, "unknown_field"
+    )
     assert_error(await api.client.post(f"{API}/tenants/alice/sync", content=b"nope"), 400, "invalid_json")
     assert_error(await api.client.post(f"{API}/tenants/nobody/sync"), 404, "tenant_not_found")
     assert (await api.claim("bob", "plain")).status_code == 200
@@ -350,7 +377,8 @@ async def test_container_runtime_failure_is_500(api: Api) -> None:
     assert_error(await api.client.get(f"{API}/tenants/alice"), 404, "tenant_not_found")
     events = api.stream_events()
     assert ("POST", "/api/v1/tenants/{tenant_id}/claim", 500) in {
-        (e["method"], e["path"], e["status"]) for e in events if e["type"] == "http.request"}
+        (e["method"], e["path"], e["status"]) for e in events if e["type"] == "http.request"
+    }
     failed = [e for e in events if e["type"] == "container.created" and e["pool_id"] == "broken"]
     assert failed and {e["status"] for e in failed} == {"failure"}
 
@@ -397,12 +425,22 @@ async def test_snapshots_go_out_on_every_heartbeat(api: Api) -> None:
 
 
 def test_settings_from_env() -> None:
-    s = ApiSettings.from_env({
-        "BOILERHOUSE_AFFINITY_TIMEOUT_S": "2.5", "BOILERHOUSE_ACQUIRE_TIMEOUT_S": "0.5",
-        "BOILERHOUSE_IDLE_TIMEOUT_S": "9", "BOILERHOUSE_HEALTH_INTERVAL_S": "0.25",
-        "BOILERHOUSE_RCLONE": "/usr/bin/rclone", "BOILERHOUSE_POOLS_FILE": "/etc/pools.yaml",
-    })
-    assert (s.affinity_timeout_s, s.acquire_timeout_s, s.idle_timeout_s, s.health_interval_s) == (2.5, 0.5, 9, 0.25)
+    s = ApiSettings.from_env(
+        {
+            "BOILERHOUSE_AFFINITY_TIMEOUT_S": "2.5",
+            "BOILERHOUSE_ACQUIRE_TIMEOUT_S": "0.5",
+            "BOILERHOUSE_IDLE_TIMEOUT_S": "9",
+            "BOILERHOUSE_HEALTH_INTERVAL_S": "0.25",
+            "BOILERHOUSE_RCLONE": "/usr/bin/rclone",
+            "BOILERHOUSE_POOLS_FILE": "/etc/pools.yaml",
+        }
+    )
+    assert (s.affinity_timeout_s, s.acquire_timeout_s, s.idle_timeout_s, s.health_interval_s) == (
+        2.5,
+        0.5,
+        9,
+        0.25,
+    )
     assert (s.rclone, s.pools_file) == ("/usr/bin/rclone", "/etc/pools.yaml")
 
 
@@ -410,8 +448,13 @@ async def test_pools_file_creates_pools_at_startup(tmp_path: Path, redis_url: st
     wdir = write_workloads(tmp_path, tmp_path / "remote", free_port())
     pools = tmp_path / "pools.yaml"
     pools.write_text("pools:\n  - {pool_id: boot, workload_id: plain, min_size: 2, max_size: 3}\n")
-    settings = ApiSettings(redis_url=redis_url, workloads_dir=str(wdir), data_dir=str(tmp_path / "data"),
-                           pools_file=str(pools), affinity_timeout_s=7)
+    settings = ApiSettings(
+        redis_url=redis_url,
+        workloads_dir=str(wdir),
+        data_dir=str(tmp_path / "data"),
+        pools_file=str(pools),
+        affinity_timeout_s=7,
+    )
     publisher = Publisher(redis_url, "api-test")
     app = create_app(settings, publisher)
     async with app.router.lifespan_context(app):
@@ -438,10 +481,14 @@ async def test_shipped_workloads_run_out_of_the_box(tmp_path: Path, redis_url: s
             assert {"echo", "notes", "journal"} <= set(workloads)
             assert workloads["notes"]["sync"]["remote"] == f"{data}/remote/notes"
             for pool, workload in (("n", "notes"), ("j", "journal"), ("e", "echo")):
-                r = await client.post(f"{API}/pools", json={"pool_id": pool, "workload_id": workload,
-                                                            "min_size": 1, "max_size": 1})
+                r = await client.post(
+                    f"{API}/pools",
+                    json={"pool_id": pool, "workload_id": workload, "min_size": 1, "max_size": 1},
+                )
                 assert r.status_code == 201, r.text
-                assert (await client.post(f"{API}/tenants/t-{pool}/claim", json={"pool_id": pool})).status_code == 200
+                assert (
+                    await client.post(f"{API}/tenants/t-{pool}/claim", json={"pool_id": pool})
+                ).status_code == 200
             # the notes container writes notes.txt in its working directory, every 2 s
             notes_dir = Path((await client.get(f"{API}/tenants/t-n")).json()["container"]["data_dir"])
             for _ in range(100):

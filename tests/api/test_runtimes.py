@@ -376,8 +376,10 @@ async def test_process_containers_die_with_a_killed_server(tmp_path: Path) -> No
     """
     count = 20
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "data"), str(count)], stdout=subprocess.PIPE,
-        text=True, cwd=Path(__file__).resolve().parents[2],
+        [sys.executable, "-c", PARENT, str(tmp_path / "data"), str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert parent.stdout is not None

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from prometheus_client import CollectorRegistry, generate_latest
 
 from services.aggregator.exposition import StateCollector
@@ -98,8 +97,21 @@ class WebDav:
         self.port = free_port()
         self.name = name
         # --dir-cache-time 0s: files the test writes into root are visible at once
-        self.proc = Proc([rclone_binary(), "serve", "webdav", str(root), "--addr", f"127.0.0.1:{self.port}",
-                          "--dir-cache-time", "0s", *extra], workdir, f"webdav-{self.port}")
+        self.proc = Proc(
+            [
+                rclone_binary(),
+                "serve",
+                "webdav",
+                str(root),
+                "--addr",
+                f"127.0.0.1:{self.port}",
+                "--dir-cache-time",
+                "0s",
+                *extra,
+            ],
+            workdir,
+            f"webdav-{self.port}",
+        )
         try:
             wait_for_port("127.0.0.1", self.port, timeout=15)
         except Exception:
@@ -110,8 +122,11 @@ class WebDav:
     def env(self) -> dict[str, str]:
         prefix = f"RCLONE_CONFIG_{self.name}_"
         # owncloud: rclone's webdav server honours X-OC-Mtime, so modtimes (needed by bisync) work
-        return {prefix + "TYPE": "webdav", prefix + "URL": f"http://127.0.0.1:{self.port}",
-                prefix + "VENDOR": "owncloud"}
+        return {
+            prefix + "TYPE": "webdav",
+            prefix + "URL": f"http://127.0.0.1:{self.port}",
+            prefix + "VENDOR": "owncloud",
+        }
 
     def stop(self) -> None:
         if self.proc.popen.poll() is None:
@@ -131,8 +146,9 @@ def events() -> list[Event]:
 
 
 @asynccontextmanager
-async def coordinator(events: list[Event], tmp_path: Path, *workloads: Workload,
-                      **kwargs: Any) -> AsyncIterator[SyncCoordinator]:
+async def coordinator(
+    events: list[Event], tmp_path: Path, *workloads: Workload, **kwargs: Any
+) -> AsyncIterator[SyncCoordinator]:
     kwargs.setdefault("rclone", rclone_binary())
     kwargs.setdefault("bisync_workdir", tmp_path / "bisync-state")
     coord = SyncCoordinator(lambda t, f: events.append((t, f)), **kwargs)
@@ -167,9 +183,18 @@ async def test_upload_then_download_local_remote(tmp_path: Path, events: list[Ev
         assert (up.bytes, up.files, up.resynced) == (size(FILES), len(FILES), False)
         assert read_tree(remote / "t1") == FILES
         fin = finished(events)
-        assert fin == [{"workload_id": "notes", "direction": "upload", "mode": "sync", "status": "success",
-                        "duration_s": up.duration_s, "bytes": size(FILES), "files": len(FILES),
-                        "error_type": None}]
+        assert fin == [
+            {
+                "workload_id": "notes",
+                "direction": "upload",
+                "mode": "sync",
+                "status": "success",
+                "duration_s": up.duration_s,
+                "bytes": size(FILES),
+                "files": len(FILES),
+                "error_type": None,
+            }
+        ]
         assert up.duration_s > 0
 
         again = await coord.sync("notes", "t1", local)  # nothing changed: nothing transferred
@@ -205,14 +230,22 @@ async def test_download_and_copy_over_webdav(tmp_path: Path, events: list[Event]
         assert (res.bytes, res.files) == (321, 1)
         assert read_tree(webdav.root / "base" / "t7") == {**FILES, **extra}
         assert [(f["workload_id"], f["mode"], f["bytes"], f["files"]) for f in finished(events)] == [
-            ("dl", "sync", size(FILES), len(FILES)), ("cp", "copy", 321, 1)]
+            ("dl", "sync", size(FILES), len(FILES)),
+            ("cp", "copy", 321, 1),
+        ]
 
 
 @pytest.mark.anyio
 async def test_download_of_a_tenant_with_no_remote_data_is_an_empty_success(
-        tmp_path: Path, events: list[Event], webdav: WebDav) -> None:
-    async with coordinator(events, tmp_path, workload("dl", "DAV:base", direction="download"),
-                           workload("loc", tmp_path / "nothing", direction="download"), env=webdav.env) as coord:
+    tmp_path: Path, events: list[Event], webdav: WebDav
+) -> None:
+    async with coordinator(
+        events,
+        tmp_path,
+        workload("dl", "DAV:base", direction="download"),
+        workload("loc", tmp_path / "nothing", direction="download"),
+        env=webdav.env,
+    ) as coord:
         for wid in ("dl", "loc"):
             res = await coord.sync(wid, "newcomer", tmp_path / wid)
             assert (res.bytes, res.files) == (0, 0)
@@ -221,14 +254,18 @@ async def test_download_of_a_tenant_with_no_remote_data_is_an_empty_success(
 
 
 @pytest.mark.anyio
-async def test_bidirectional_sync_mode_merges_down_then_mirrors_up(tmp_path: Path, events: list[Event]) -> None:
+async def test_bidirectional_sync_mode_merges_down_then_mirrors_up(
+    tmp_path: Path, events: list[Event]
+) -> None:
     remote = tmp_path / "remote"
     local = tmp_path / "local"
     remote_only = {"r.txt": b"remote side" * 3}
     local_only = {"l.txt": b"local"}
     write_tree(remote / "t1", remote_only)
     write_tree(local, local_only)
-    async with coordinator(events, tmp_path, workload("w", remote, mode="sync", direction="bidirectional")) as coord:
+    async with coordinator(
+        events, tmp_path, workload("w", remote, mode="sync", direction="bidirectional")
+    ) as coord:
         res = await coord.sync("w", "t1", local)
     both = {**remote_only, **local_only}
     assert read_tree(local) == both
@@ -243,7 +280,8 @@ async def test_bidirectional_sync_mode_merges_down_then_mirrors_up(tmp_path: Pat
 @pytest.mark.anyio
 @pytest.mark.parametrize("where", ["local", "webdav"])
 async def test_bisync_first_run_resyncs_then_syncs_both_ways(
-        tmp_path: Path, events: list[Event], where: str, request: pytest.FixtureRequest) -> None:
+    tmp_path: Path, events: list[Event], where: str, request: pytest.FixtureRequest
+) -> None:
     if where == "webdav":
         dav: WebDav = request.getfixturevalue("webdav")
         remote_spec, remote_dir, env = "DAV:bis", dav.root / "bis", dav.env
@@ -295,8 +333,9 @@ async def test_bisync_recovers_after_a_killed_run(tmp_path: Path, events: list[E
     write_tree(local, {"a.txt": b"a"})
     fast = workload("bi", remote, mode="bisync")
     # --max-duration 1h overrides the coordinator's own, so our deadline kills rclone mid-transfer
-    slow = workload("slow", remote, mode="bisync", timeout_s=0.5,
-                    extra_args=("--bwlimit", "64k", "--max-duration", "1h"))
+    slow = workload(
+        "slow", remote, mode="bisync", timeout_s=0.5, extra_args=("--bwlimit", "64k", "--max-duration", "1h")
+    )
     big = os.urandom(1 << 20)
     async with coordinator(events, tmp_path, fast, slow, bisync_workdir=workdir) as coord:
         assert (await coord.sync("bi", "t1", local)).resynced
@@ -310,8 +349,20 @@ async def test_bisync_recovers_after_a_killed_run(tmp_path: Path, events: list[E
         assert after_term.resynced and (local / "big1.bin").read_bytes() == big
 
         write_tree(remote / "t1", {"big2.bin": big})
-        killed = Proc([rclone_binary(), "bisync", str(local), str(remote / "t1"), "--workdir", str(workdir),
-                       "--bwlimit", "64k"], tmp_path, "bisync-to-kill")
+        killed = Proc(
+            [
+                rclone_binary(),
+                "bisync",
+                str(local),
+                str(remote / "t1"),
+                "--workdir",
+                str(workdir),
+                "--bwlimit",
+                "64k",
+            ],
+            tmp_path,
+            "bisync-to-kill",
+        )
         await wait_until(lambda: (local / "big2.bin").exists())  # mid-transfer
         killed.kill()  # SIGKILL by pid: rclone can neither remove its lock nor its partial file
         (lock,) = workdir.glob("*.lck")
@@ -353,7 +404,8 @@ def assert_one_failure(events: list[Event], exc: SyncFailed, error_type: str) ->
 
 @pytest.mark.anyio
 async def test_network_error_when_the_webdav_server_is_stopped(
-        tmp_path: Path, events: list[Event], webdav: WebDav) -> None:
+    tmp_path: Path, events: list[Event], webdav: WebDav
+) -> None:
     local = tmp_path / "local"
     write_tree(local, FILES)
     spec = {"mode": "sync", "direction": "upload", "extra_args": FAST}
@@ -388,8 +440,12 @@ async def test_permission_denied_reading_an_unreadable_local_dir(tmp_path: Path,
     write_tree(local, {"secret/s.txt": b"s", "ok.txt": b"ok"})
     (local / "secret").chmod(0)
     try:
-        async with coordinator(events, tmp_path, workload("w", remote, mode="sync", direction="upload"),
-                               rclone=unprivileged_rclone()) as coord:
+        async with coordinator(
+            events,
+            tmp_path,
+            workload("w", remote, mode="sync", direction="upload"),
+            rclone=unprivileged_rclone(),
+        ) as coord:
             with pytest.raises(SyncFailed) as info:
                 await coord.sync("w", "t1", local)
     finally:
@@ -403,8 +459,11 @@ async def test_permission_denied_reading_an_unreadable_local_dir(tmp_path: Path,
 
 @pytest.mark.anyio
 async def test_permission_denied_by_a_webdav_server_that_wants_a_password(
-        tmp_path: Path, events: list[Event]) -> None:
-    dav = WebDav(tmp_path / "locked-dav", tmp_path, name="LOCKED", extra=("--user", "owner", "--pass", "secret"))
+    tmp_path: Path, events: list[Event]
+) -> None:
+    dav = WebDav(
+        tmp_path / "locked-dav", tmp_path, name="LOCKED", extra=("--user", "owner", "--pass", "secret")
+    )
     try:
         local = tmp_path / "local"
         write_tree(local, FILES)
@@ -420,7 +479,9 @@ async def test_permission_denied_by_a_webdav_server_that_wants_a_password(
 
 
 @pytest.mark.anyio
-async def test_permission_denied_writing_into_an_immutable_local_dir(tmp_path: Path, events: list[Event]) -> None:
+async def test_permission_denied_writing_into_an_immutable_local_dir(
+    tmp_path: Path, events: list[Event]
+) -> None:
     chattr = shutil.which("chattr")
     if chattr is None:
         pytest.fail("chattr (e2fsprogs) is needed for the immutable-directory permission test")
@@ -431,8 +492,9 @@ async def test_permission_denied_writing_into_an_immutable_local_dir(tmp_path: P
     made = subprocess.run([chattr, "+i", str(local)], capture_output=True, text=True)
     assert made.returncode == 0, f"chattr +i failed on {local}: {made.stderr}"
     try:
-        async with coordinator(events, tmp_path, workload("w", remote, mode="sync", direction="download",
-                                                          extra_args=FAST)) as coord:
+        async with coordinator(
+            events, tmp_path, workload("w", remote, mode="sync", direction="download", extra_args=FAST)
+        ) as coord:
             with pytest.raises(SyncFailed) as info:
                 await coord.sync("w", "t1", local)
     finally:
@@ -450,8 +512,9 @@ async def test_timeout_rclone_stops_itself_before_our_deadline(tmp_path: Path, e
     local = tmp_path / "local"
     write_tree(local, {"keep.txt": b"tenant data"})
     # 16 MiB at 1 MiB/s needs ~16 s; the deadline is 1.5 s (rclone gets --max-duration 1050ms)
-    w = workload("w", remote, mode="sync", direction="download", timeout_s=1.5,
-                 extra_args=("--bwlimit", "1M"))
+    w = workload(
+        "w", remote, mode="sync", direction="download", timeout_s=1.5, extra_args=("--bwlimit", "1M")
+    )
     retry = workload("retry", remote, mode="copy", direction="download")
     async with coordinator(events, tmp_path, w, retry) as coord:
         started = time.monotonic()
@@ -479,8 +542,13 @@ async def test_timeout_when_our_deadline_kills_rclone(tmp_path: Path, events: li
     try:
         port = silent.getsockname()[1]
         env = {"RCLONE_CONFIG_MUTE_TYPE": "webdav", "RCLONE_CONFIG_MUTE_URL": f"http://127.0.0.1:{port}"}
-        w = workload("w", "MUTE:base", direction="upload", timeout_s=0.5,
-                     extra_args=("--timeout", "1m", "--contimeout", "1m"))
+        w = workload(
+            "w",
+            "MUTE:base",
+            direction="upload",
+            timeout_s=0.5,
+            extra_args=("--timeout", "1m", "--contimeout", "1m"),
+        )
         local = tmp_path / "local"
         write_tree(local, FILES)
         async with coordinator(events, tmp_path, w, env=env, kill_grace_s=5) as coord:
@@ -507,8 +575,13 @@ async def test_timeout_reported_by_rclone_for_a_silent_server(tmp_path: Path, ev
     try:
         port = silent.getsockname()[1]
         env = {"RCLONE_CONFIG_MUTE_TYPE": "webdav", "RCLONE_CONFIG_MUTE_URL": f"http://127.0.0.1:{port}"}
-        w = workload("w", "MUTE:base", direction="upload", timeout_s=60,
-                     extra_args=(*FAST, "--timeout", "300ms", "--contimeout", "300ms"))
+        w = workload(
+            "w",
+            "MUTE:base",
+            direction="upload",
+            timeout_s=60,
+            extra_args=(*FAST, "--timeout", "300ms", "--contimeout", "300ms"),
+        )
         local = tmp_path / "local"
         write_tree(local, FILES)
         async with coordinator(events, tmp_path, w, env=env) as coord:
@@ -545,13 +618,20 @@ async def test_rclone_errors(tmp_path: Path, events: list[Event], webdav: WebDav
         assert exc.error_type == "rclone_error"
         assert classify_error(exc.exit_code, exc.errors) == "rclone_error"
     assert [(f["workload_id"], f["status"], f["error_type"]) for f in finished(events)] == [
-        ("flag", "failure", "rclone_error"), ("up", "failure", "rclone_error"), ("bi", "failure", "rclone_error")]
+        ("flag", "failure", "rclone_error"),
+        ("up", "failure", "rclone_error"),
+        ("bi", "failure", "rclone_error"),
+    ]
 
 
 @pytest.mark.anyio
 async def test_missing_rclone_binary_is_an_rclone_error(tmp_path: Path, events: list[Event]) -> None:
-    async with coordinator(events, tmp_path, workload("w", tmp_path / "r", direction="upload"),
-                           rclone=str(tmp_path / "no-rclone-here")) as coord:
+    async with coordinator(
+        events,
+        tmp_path,
+        workload("w", tmp_path / "r", direction="upload"),
+        rclone=str(tmp_path / "no-rclone-here"),
+    ) as coord:
         with pytest.raises(SyncFailed) as info:
             await coord.sync("w", "t1", tmp_path)
     assert_one_failure(events, info.value, "rclone_error")
@@ -577,10 +657,15 @@ async def test_concurrency_limit_queues_in_fifo_order(tmp_path: Path, events: li
     seen = [(t, f["running"], f["queued"]) if t == "sync.state" else (t, f["bytes"]) for t, f in events]
     assert seen == [
         ("sync.state", 0, 0),  # register
-        ("sync.state", 1, 0), ("sync.state", 1, 1), ("sync.state", 1, 2),
-        ("sync.finished", 10), ("sync.state", 1, 1),  # slot handed to the first waiter
-        ("sync.finished", 11), ("sync.state", 1, 0),
-        ("sync.finished", 12), ("sync.state", 0, 0),
+        ("sync.state", 1, 0),
+        ("sync.state", 1, 1),
+        ("sync.state", 1, 2),
+        ("sync.finished", 10),
+        ("sync.state", 1, 1),  # slot handed to the first waiter
+        ("sync.finished", 11),
+        ("sync.state", 1, 0),
+        ("sync.finished", 12),
+        ("sync.state", 0, 0),
     ]
 
 
@@ -589,7 +674,9 @@ async def test_concurrency_two_runs_two_at_once(tmp_path: Path, events: list[Eve
     remote = tmp_path / "remote"
     for i in range(3):
         write_tree(tmp_path / f"l{i}", {"f.bin": b"y" * 100})
-    async with coordinator(events, tmp_path, workload("w", remote, direction="upload", concurrency=2)) as coord:
+    async with coordinator(
+        events, tmp_path, workload("w", remote, direction="upload", concurrency=2)
+    ) as coord:
         await asyncio.gather(*(coord.sync("w", f"t{i}", tmp_path / f"l{i}") for i in range(3)))
     states = [(f["running"], f["queued"]) for f in of_type(events, "sync.state")]
     assert states == [(0, 0), (1, 0), (2, 0), (2, 1), (2, 0), (1, 0), (0, 0)]
@@ -615,7 +702,9 @@ async def test_a_cancelled_waiter_leaves_the_queue(tmp_path: Path, events: list[
     remote = tmp_path / "remote"
     for t in ("t0", "t1"):
         write_tree(remote / t, {"big.bin": os.urandom(256 << 10)})
-    w = workload("w", remote, mode="copy", direction="download", concurrency=1, extra_args=("--bwlimit", "512k"))
+    w = workload(
+        "w", remote, mode="copy", direction="download", concurrency=1, extra_args=("--bwlimit", "512k")
+    )
     async with coordinator(events, tmp_path, w) as coord:
         first = asyncio.create_task(coord.sync("w", "t0", tmp_path / "l0"))
         second = asyncio.create_task(coord.sync("w", "t1", tmp_path / "l1"))
@@ -629,7 +718,8 @@ async def test_a_cancelled_waiter_leaves_the_queue(tmp_path: Path, events: list[
 
 @pytest.mark.anyio
 async def test_raising_the_limit_admits_waiters_and_close_rejects_the_queue(
-        tmp_path: Path, events: list[Event]) -> None:
+    tmp_path: Path, events: list[Event]
+) -> None:
     remote = tmp_path / "remote"
     for i in range(4):
         write_tree(remote / f"t{i}", {"big.bin": os.urandom(256 << 10)})
@@ -644,7 +734,10 @@ async def test_raising_the_limit_admits_waiters_and_close_rejects_the_queue(
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert [type(o).__name__ for o in outcomes] == ["SyncFailed", "SyncFailed", "SyncClosed", "SyncClosed"]
     assert all("close()" in o.message for o in outcomes[:2] if isinstance(o, SyncFailed))
-    assert [f["error_type"] for f in finished(events)] == ["rclone_error", "rclone_error"]  # queued ones never ran
+    assert [f["error_type"] for f in finished(events)] == [
+        "rclone_error",
+        "rclone_error",
+    ]  # queued ones never ran
     assert coord.state("w") == {"running": 0, "queued": 0, "periodic_jobs": 0}
 
 
@@ -672,7 +765,10 @@ async def test_periodic_job_runs_on_the_injected_clock_and_stops(tmp_path: Path,
         clock.advance(30)
         await wait_until(lambda: len(finished(events)) == 2)
         assert [(f["bytes"], f["files"]) for f in finished(events)] == [(4, 1), (7, 1)]
-        assert [f["duration_s"] for f in finished(events)] == [0.0, 0.0]  # the manual clock never moved mid-sync
+        assert [f["duration_s"] for f in finished(events)] == [
+            0.0,
+            0.0,
+        ]  # the manual clock never moved mid-sync
         await wait_until(lambda: clock.sleepers == 1)
         assert await coord.stop_periodic("t1") is True
         assert await coord.stop_periodic("t1") is False
@@ -687,19 +783,23 @@ async def test_periodic_job_runs_on_the_injected_clock_and_stops(tmp_path: Path,
 
 @pytest.mark.anyio
 async def test_emit_state_covers_every_workload_with_a_sync_spec(tmp_path: Path, events: list[Event]) -> None:
-    async with coordinator(events, tmp_path, workload("a", tmp_path), workload("b", tmp_path),
-                           Workload("nosync")) as coord:
+    async with coordinator(
+        events, tmp_path, workload("a", tmp_path), workload("b", tmp_path), Workload("nosync")
+    ) as coord:
         events.clear()
         coord.emit_state()
-        assert events == [("sync.state", {"workload_id": "a", "running": 0, "queued": 0, "periodic_jobs": 0}),
-                          ("sync.state", {"workload_id": "b", "running": 0, "queued": 0, "periodic_jobs": 0})]
+        assert events == [
+            ("sync.state", {"workload_id": "a", "running": 0, "queued": 0, "periodic_jobs": 0}),
+            ("sync.state", {"workload_id": "b", "running": 0, "queued": 0, "periodic_jobs": 0}),
+        ]
         with pytest.raises(SyncNotConfigured, match="nosync"):
             await coord.sync("nosync", "t1", tmp_path)
 
 
 @pytest.mark.anyio
 async def test_close_kills_running_rclone_by_pid_and_stops_periodic_jobs(
-        tmp_path: Path, events: list[Event]) -> None:
+    tmp_path: Path, events: list[Event]
+) -> None:
     clock = ManualClock()
     remote = tmp_path / "remote"
     write_tree(remote / "t1", {"big.bin": os.urandom(1 << 20)})
@@ -750,8 +850,14 @@ async def test_emitted_events_fold_into_the_seed_sync_metrics(tmp_path: Path, ev
             await coord.sync("bad", "t1", local)
     src = "sync-test:host:1:abcd"
     now = time.time()
-    started = {"type": "source.started", "service": "sync-test", "version": "0", "host": "host", "pid": 1,
-               "start_time_s": now}
+    started = {
+        "type": "source.started",
+        "service": "sync-test",
+        "version": "0",
+        "host": "host",
+        "pid": 1,
+        "start_time_s": now,
+    }
     evs = [started, *({"type": t, **f} for t, f in events)]
     batch = decode_batch(encode_batch(src, [{**e, "seq": i, "ts": now} for i, e in enumerate(evs, 1)]))
     state = State()
@@ -760,17 +866,37 @@ async def test_emitted_events_fold_into_the_seed_sync_metrics(tmp_path: Path, ev
     registry.register(StateCollector(lambda: state, clock=lambda: now))
     samples = parse(generate_latest(registry).decode())
     p = "boilerhouse_sync_"
-    assert value(samples, p + "operations_total", workload_id="fold", direction="bidirectional",
-                 status="success") == 1
-    assert value(samples, p + "bytes_transferred_total", workload_id="fold", direction="bidirectional") == res.bytes
-    assert value(samples, p + "files_transferred_total", workload_id="fold", direction="bidirectional") == len(FILES)
-    assert value(samples, p + "duration_seconds_count", workload_id="fold", direction="bidirectional",
-                 mode="bisync") == 1
-    assert value(samples, p + "duration_seconds_sum", workload_id="fold", direction="bidirectional",
-                 mode="bisync") == pytest.approx(res.duration_s)
+    assert (
+        value(
+            samples, p + "operations_total", workload_id="fold", direction="bidirectional", status="success"
+        )
+        == 1
+    )
+    assert (
+        value(samples, p + "bytes_transferred_total", workload_id="fold", direction="bidirectional")
+        == res.bytes
+    )
+    assert value(
+        samples, p + "files_transferred_total", workload_id="fold", direction="bidirectional"
+    ) == len(FILES)
+    assert (
+        value(
+            samples,
+            p + "duration_seconds_count",
+            workload_id="fold",
+            direction="bidirectional",
+            mode="bisync",
+        )
+        == 1
+    )
+    assert value(
+        samples, p + "duration_seconds_sum", workload_id="fold", direction="bidirectional", mode="bisync"
+    ) == pytest.approx(res.duration_s)
     assert value(samples, p + "bisync_resync_total", workload_id="fold") == 1
     assert value(samples, p + "errors_total", workload_id="bad", error_type="rclone_error") == 1
-    assert value(samples, p + "operations_total", workload_id="bad", direction="upload", status="failure") == 1
+    assert (
+        value(samples, p + "operations_total", workload_id="bad", direction="upload", status="failure") == 1
+    )
     for wid in ("fold", "bad"):
         assert value(samples, p + "concurrent_operations", workload_id=wid) == 0
         assert value(samples, p + "queue_length", workload_id=wid) == 0
@@ -782,39 +908,58 @@ async def test_emitted_events_fold_into_the_seed_sync_metrics(tmp_path: Path, ev
 
 def test_remote_path_is_remote_slash_tenant() -> None:
     coord = SyncCoordinator(lambda t, f: None)
-    cases = {"dav:": "dav:t1", "dav:base": "dav:base/t1", "dav:base/": "dav:base/t1", "/srv/x/": "/srv/x/t1",
-             "/": "/t1", "rel/dir": "rel/dir/t1"}
+    cases = {
+        "dav:": "dav:t1",
+        "dav:base": "dav:base/t1",
+        "dav:base/": "dav:base/t1",
+        "/srv/x/": "/srv/x/t1",
+        "/": "/t1",
+        "rel/dir": "rel/dir/t1",
+    }
     for remote, expected in cases.items():
         coord.register(workload("w", remote))
         assert coord.remote_path("w", "t1") == expected
 
 
 def test_plan_for_every_mode_and_direction() -> None:
-    legs = {(m, d): plan(m, d, "L", "R") for m in ("sync", "copy", "bisync")
-            for d in ("upload", "download", "bidirectional")}
-    described = {k: (mode, [(leg.verb, leg.src, leg.dst, leg.flags) for leg in ls]) for k, (mode, ls) in legs.items()}
+    legs = {
+        (m, d): plan(m, d, "L", "R")
+        for m in ("sync", "copy", "bisync")
+        for d in ("upload", "download", "bidirectional")
+    }
+    described = {
+        k: (mode, [(leg.verb, leg.src, leg.dst, leg.flags) for leg in ls]) for k, (mode, ls) in legs.items()
+    }
     assert described[("sync", "upload")] == ("sync", [("sync", "L", "R", ())])
     assert described[("sync", "download")] == ("sync", [("sync", "R", "L", ())])
-    assert described[("sync", "bidirectional")] == ("sync", [("copy", "R", "L", ("--update",)),
-                                                              ("sync", "L", "R", ())])
-    assert described[("copy", "bidirectional")] == ("copy", [("copy", "R", "L", ("--update",)),
-                                                              ("copy", "L", "R", ("--update",))])
+    assert described[("sync", "bidirectional")] == (
+        "sync",
+        [("copy", "R", "L", ("--update",)), ("sync", "L", "R", ())],
+    )
+    assert described[("copy", "bidirectional")] == (
+        "copy",
+        [("copy", "R", "L", ("--update",)), ("copy", "L", "R", ("--update",))],
+    )
     assert described[("bisync", "bidirectional")] == ("bisync", [("bisync", "L", "R", ())])
     assert described[("bisync", "upload")] == ("copy", [("copy", "L", "R", ())])
 
 
-CONFIG_WARNING = ('{"level":"warning","msg":"Config file \\"/root/.config/rclone/rclone.conf\\" not found - using '
-                  'defaults","source":"config/config.go:362","time":"2026-11-27T03:46:00.536612+00:00"}')
+CONFIG_WARNING = (
+    '{"level":"warning","msg":"Config file \\"/root/.config/rclone/rclone.conf\\" not found - using '
+    'defaults","source":"config/config.go:362","time":"2026-11-27T03:46:00.536612+00:00"}'
+)
 
-CAPTURED_SUCCESS = "\n".join([
-    CONFIG_WARNING,
-    '{"level":"info","msg":"Copied (new)","object":"permission denied.txt","objectType":"*local.Object",'
-    '"source":"operations/operations.go:566","time":"2026-11-27T03:46:00.537915+00:00"}',
-    '{"level":"info","msg":"       1005 B / 1005 B, 100%, 0 B/s, ETA -\\n","source":"accounting/stats.go:482",'
-    '"stats":{"bytes":1005,"checks":0,"deletedDirs":0,"deletes":0,"elapsedTime":0.041589687,"errors":0,'
-    '"eta":null,"fatalError":false,"renames":0,"retryError":false,"speed":0,"totalBytes":1005,"totalChecks":0,'
-    '"totalTransfers":2,"transferTime":0,"transfers":2},"time":"2026-11-27T03:46:00.592698+00:00"}',
-])
+CAPTURED_SUCCESS = "\n".join(
+    [
+        CONFIG_WARNING,
+        '{"level":"info","msg":"Copied (new)","object":"permission denied.txt","objectType":"*local.Object",'
+        '"source":"operations/operations.go:566","time":"2026-11-27T03:46:00.537915+00:00"}',
+        '{"level":"info","msg":"       1005 B / 1005 B, 100%, 0 B/s, ETA -\\n","source":"accounting/stats.go:482",'
+        '"stats":{"bytes":1005,"checks":0,"deletedDirs":0,"deletes":0,"elapsedTime":0.041589687,"errors":0,'
+        '"eta":null,"fatalError":false,"renames":0,"retryError":false,"speed":0,"totalBytes":1005,"totalChecks":0,'
+        '"totalTransfers":2,"transferTime":0,"transfers":2},"time":"2026-11-27T03:46:00.592698+00:00"}',
+    ]
+)
 
 # Captured from rclone 1.60.1 runs made by the integration tests above (one per failure class).
 CAPTURED_FAILURES = {
@@ -851,14 +996,16 @@ CAPTURED_FAILURES = {
     ],
 }
 
-CAPTURED_BISYNC_FIRST_RUN = "\n".join([
-    CONFIG_WARNING,
-    '{"level":"error","msg":"Bisync critical error: cannot find prior Path1 or Path2 listings, likely due to critical '
-    'error on prior run","source":"bisync/operations.go:133","time":"2026-11-27T03:46:08.161845+00:00"}',
-    '{"level":"error","msg":"Bisync aborted. Must run --resync to recover.","source":"bisync/operations.go:134",'
-    '"time":"2026-11-27T03:46:08.161859+00:00"}',
-    "2026/11/27 03:46:08 Failed to bisync: bisync aborted",
-])
+CAPTURED_BISYNC_FIRST_RUN = "\n".join(
+    [
+        CONFIG_WARNING,
+        '{"level":"error","msg":"Bisync critical error: cannot find prior Path1 or Path2 listings, likely due to critical '
+        'error on prior run","source":"bisync/operations.go:133","time":"2026-11-27T03:46:08.161845+00:00"}',
+        '{"level":"error","msg":"Bisync aborted. Must run --resync to recover.","source":"bisync/operations.go:134",'
+        '"time":"2026-11-27T03:46:08.161859+00:00"}',
+        "2026/11/27 03:46:08 Failed to bisync: bisync aborted",
+    ]
+)
 
 
 def test_parse_output_takes_stats_and_ignores_info_lines() -> None:
@@ -876,13 +1023,15 @@ def test_classify_captured_failures(name: str) -> None:
     assert classify_error(None, out.errors, deadline_exceeded=True) == "timeout"
 
 
-CAPTURED_USAGE_ERROR = "\n".join([
-    "Error: unknown flag: --no-such-flag",
-    "Usage:",
-    "  rclone sync source:path dest:path [flags]",
-    'Use "rclone help backends" for a list of supported services.',
-    "2026/11/27 03:54:49 Fatal error: unknown flag: --no-such-flag",
-])
+CAPTURED_USAGE_ERROR = "\n".join(
+    [
+        "Error: unknown flag: --no-such-flag",
+        "Usage:",
+        "  rclone sync source:path dest:path [flags]",
+        'Use "rclone help backends" for a list of supported services.',
+        "2026/11/27 03:54:49 Fatal error: unknown flag: --no-such-flag",
+    ]
+)
 
 
 def test_usage_text_is_not_an_error_message_but_the_fatal_line_is() -> None:

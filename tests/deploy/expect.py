@@ -24,8 +24,11 @@ def key(**labels: str) -> Key:
 def as_result(samples: list[Sample], keep_target_labels: bool = False) -> Result:
     out: Result = {}
     for s in samples:
-        labels = {k: v for k, v in s.labels.items()
-                  if k != "__name__" and (keep_target_labels or k not in TARGET_LABELS)}
+        labels = {
+            k: v
+            for k, v in s.labels.items()
+            if k != "__name__" and (keep_target_labels or k not in TARGET_LABELS)
+        }
         k = frozenset(labels.items())
         assert k not in out, f"two series with labels {dict(k)}"
         out[k] = s.value
@@ -62,11 +65,16 @@ class Snapshots:
         for labels, v in after.items():
             assert labels in before or v == 0, (
                 f"{name}{dict(labels)} (value {v}) appeared during the measured traffic: the warm-up must "
-                "create every series so Prometheus has a baseline for it")
+                "create every series so Prometheus has a baseline for it"
+            )
         return {labels: v - before.get(labels, 0.0) for labels, v in after.items()}
 
-    def delta(self, name: str, by: Iterable[str] = (), where: Callable[[dict[str, str]], bool] = lambda _: True,
-              ) -> Result:
+    def delta(
+        self,
+        name: str,
+        by: Iterable[str] = (),
+        where: Callable[[dict[str, str]], bool] = lambda _: True,
+    ) -> Result:
         """Increase of a counter between the snapshots, grouped."""
         return group({k: v for k, v in self.series_delta(name).items() if where(dict(k))}, by)
 
@@ -78,8 +86,9 @@ class Snapshots:
         """The quantile of the observations made between the snapshots (no extrapolation)."""
         return {k: histogram_quantile(q, bs) for k, bs in self.bucket_increases(name, by).items()}
 
-    def rate_quantile(self, name: str, q: float, by: Iterable[str], rates: Result, window: float,
-                      slack: float) -> Result:
+    def rate_quantile(
+        self, name: str, q: float, by: Iterable[str], rates: Result, window: float, slack: float
+    ) -> Result:
         """``histogram_quantile(q, sum by (by, le) (rate(name_bucket[window])))`` from Prometheus' own
         per-series ``rates`` at the same instant, after checking each against the traffic.
 
@@ -93,7 +102,8 @@ class Snapshots:
             lo, hi = inc / window, inc * slack / window
             assert lo - 1e-9 <= rates[k] <= hi + 1e-9, (
                 f"rate({name}_bucket{dict(k)}) = {rates[k]}, but the series grew by {inc} in the window: "
-                f"want {lo}..{hi}")
+                f"want {lo}..{hi}"
+            )
         grouped = buckets(group(rates, (*by, "le")))
         return {k: histogram_quantile(q, _monotonic(bs)) for k, bs in grouped.items()}
 
@@ -113,7 +123,7 @@ def extrapolation_limit(timestamps: list[float]) -> float:
     in the window were taken at ``timestamps``: promql's extrapolatedRate extends the sampled interval
     towards each edge of the window by at most 1.1 average sample intervals."""
     if len(timestamps) < 2:
-        return 1.0      # no rate at all for a series with a single sample
+        return 1.0  # no rate at all for a series with a single sample
     sampled = timestamps[-1] - timestamps[0]
     return (sampled + 2.2 * sampled / (len(timestamps) - 1)) / sampled
 
@@ -149,8 +159,9 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
 
 
 def _same_keys(got: Result, want: Result) -> None:
-    assert set(got) == set(want), f"series differ: got {sorted(map(dict, got), key=str)}, " \
-                                  f"want {sorted(map(dict, want), key=str)}"
+    assert set(got) == set(want), (
+        f"series differ: got {sorted(map(dict, got), key=str)}, want {sorted(map(dict, want), key=str)}"
+    )
 
 
 def exact(want: Result) -> Checker:
@@ -158,6 +169,7 @@ def exact(want: Result) -> Checker:
         _same_keys(got, want)
         for k, v in want.items():
             assert got[k] == v or (math.isnan(v) and math.isnan(got[k])), f"{dict(k)}: got {got[k]}, want {v}"
+
     return check
 
 
@@ -165,17 +177,20 @@ def extrapolated(want: Result, divisor: float, factor: float, slack: float) -> C
     """``increase``/``rate`` of a counter whose true increase is ``want``: Prometheus extrapolates the
     sampled increase to the edges of the window by at most about one scrape interval on each side, so
     the result lies between the true value and ``slack`` times it."""
+
     def check(got: Result) -> None:
         _same_keys(got, want)
         for k, v in want.items():
             lo, hi = v * factor / divisor, v * factor * slack / divisor
             assert lo - 1e-9 <= got[k] <= hi + 1e-9, f"{dict(k)}: got {got[k]}, want {lo}..{hi}"
+
     return check
 
 
 def computed(want: Callable[[], Result]) -> Checker:
     """Equal (to float rounding) to ``want()``, computed when checked so its own assertions are reported
     with the query."""
+
     def check(got: Result) -> None:
         expected = want()
         _same_keys(got, expected)
@@ -184,12 +199,14 @@ def computed(want: Callable[[], Result]) -> Checker:
                 assert math.isnan(got[k]), f"{dict(k)}: got {got[k]}, want NaN (no observations)"
                 continue
             assert math.isclose(got[k], v, rel_tol=1e-9, abs_tol=1e-12), f"{dict(k)}: got {got[k]}, want {v}"
+
     return check
 
 
 def empty() -> Checker:
     def check(got: Result) -> None:
         assert got == {}, f"expected no series, got {got}"
+
     return check
 
 
@@ -197,6 +214,7 @@ def between(k: Key, lo: float, hi: float) -> Checker:
     def check(got: Result) -> None:
         assert set(got) == {k}, got
         assert lo <= got[k] <= hi, f"{dict(k)}: {got[k]} not in {lo}..{hi}"
+
     return check
 
 

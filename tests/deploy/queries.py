@@ -22,8 +22,7 @@ SEED_EQUIVALENTS: dict[str, str] = {
     "Pool Utilization %": "boilerhouse_pool_borrowed / boilerhouse_pool_size * 100",
     "Sync Running Count": "sum(boilerhouse_sync_concurrent_operations)",
     "Sync Error Count": "sum(increase(boilerhouse_sync_errors_total[1h]))",
-    "Avg Acquire Time":
-        "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))",
+    "Avg Acquire Time": "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))",
     "Request Rate": "sum(rate(boilerhouse_http_requests_total[5m]))",
     "Error Rate": 'sum(rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))',
 }
@@ -44,7 +43,9 @@ def dashboard_queries() -> dict[str, str]:
 
 def alert_expressions() -> dict[str, str]:
     doc = yaml.safe_load(ALERTS_YML.read_text())
-    return {rule["alert"]: rule["expr"] for group in doc["groups"] for rule in group["rules"] if "alert" in rule}
+    return {
+        rule["alert"]: rule["expr"] for group in doc["groups"] for rule in group["rules"] if "alert" in rule
+    }
 
 
 def all_queries() -> dict[str, str]:
@@ -57,10 +58,32 @@ def all_queries() -> dict[str, str]:
 
 
 _KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",
-    "inf", "nan", "atan2",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
     # aggregation operators may be followed by a grouping clause instead of "("
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
     "quantile",
 }
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')

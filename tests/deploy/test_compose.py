@@ -23,9 +23,14 @@ SERVICES = {"redis", "api", "aggregator", "prometheus", "grafana"}
 
 def compose_config() -> dict[str, Any]:
     docker = tool("docker")
-    result = subprocess.run([docker, "compose", "-f", str(REPO / "compose.yaml"), "config", "--format", "json"],
-                            capture_output=True, text=True, timeout=120, cwd=REPO,
-                            check=False)
+    result = subprocess.run(
+        [docker, "compose", "-f", str(REPO / "compose.yaml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
     if "is not a docker command" in result.stderr or "unknown command" in result.stderr:
         pytest.fail("docker compose plugin missing: run ./scripts/install-system-deps.sh (make test does)")
     assert result.returncode == 0, result.stderr
@@ -95,8 +100,12 @@ def test_grafana_is_provisioned(config: dict[str, Any]) -> None:
 
 
 def test_every_mounted_file_exists(config: dict[str, Any]) -> None:
-    binds = [(name, v) for name, s in config["services"].items() for v in s.get("volumes", [])
-             if v["type"] == "bind"]
+    binds = [
+        (name, v)
+        for name, s in config["services"].items()
+        for v in s.get("volumes", [])
+        if v["type"] == "bind"
+    ]
     assert binds, "compose.yaml mounts nothing from the repository?"
     for name, volume in binds:
         source = Path(volume["source"]).resolve()
@@ -106,9 +115,12 @@ def test_every_mounted_file_exists(config: dict[str, Any]) -> None:
 
 
 def _dockerignored(path: str) -> bool:
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    return any(Path(path).match(p) or path.split("/")[0] == p for p in patterns)
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return any(Path(path).match(p) or path.split("/", maxsplit=1)[0] == p for p in patterns)
 
 
 def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
@@ -128,8 +140,11 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
 def test_operations_guide_documents_every_setting() -> None:
     """Every BOILERHOUSE_* variable either service reads is in docs/operations.md."""
     docs = (REPO / "docs" / "operations.md").read_text()
-    sources = [REPO / "services" / "aggregator" / "settings.py", REPO / "services" / "api" / "settings.py",
-               REPO / "services" / "cli.py"]
+    sources = [
+        REPO / "services" / "aggregator" / "settings.py",
+        REPO / "services" / "api" / "settings.py",
+        REPO / "services" / "cli.py",
+    ]
     variables = {v for path in sources for v in re.findall(r'"(BOILERHOUSE_[A-Z_]+)"', path.read_text())}
     variables |= {f"{v}_FILE" for v in ("BOILERHOUSE_METRICS_PASSWORD", "BOILERHOUSE_METRICS_BEARER_TOKEN")}
     assert len(variables) > 20
@@ -143,8 +158,12 @@ def test_compose_environment_names_are_real_settings(config: dict[str, Any]) -> 
     for path in (REPO / "services").rglob("*.py"):
         read |= set(re.findall(r'"(BOILERHOUSE_[A-Z_]+)"', path.read_text()))
     read |= {f"{v}_FILE" for v in ("BOILERHOUSE_METRICS_PASSWORD", "BOILERHOUSE_METRICS_BEARER_TOKEN")}
-    used = {name for s in config["services"].values() for name in s.get("environment", {})
-            if name.startswith("BOILERHOUSE_")}
+    used = {
+        name
+        for s in config["services"].values()
+        for name in s.get("environment", {})
+        if name.startswith("BOILERHOUSE_")
+    }
     assert used, "compose.yaml configures no service?"
     assert used <= read, f"not read by any service: {sorted(used - read)}"
 
@@ -169,21 +188,44 @@ def test_image_context_builds_installs_and_runs(tmp_path: Path) -> None:
     context.mkdir()
     _copy_context(context)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    built = subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheels"), str(context)],
-                           capture_output=True, text=True, timeout=240, check=False)
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheels"), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
-    installed = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
-                               capture_output=True, text=True, timeout=240, check=False)
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert (site / "services" / "api" / "workloads" / "echo.yaml").is_file(), "workload examples not packaged"
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = subprocess.run(
         [sys.executable, "-c", "import services, shared; print(services.__file__); print(shared.__file__)"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=False)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
     assert probe.returncode == 0, probe.stderr
     assert all(Path(p).is_relative_to(site) for p in probe.stdout.split()), probe.stdout
     for sub in ("api", "aggregator"):
-        helped = subprocess.run([sys.executable, "-m", "services.cli", sub, "--help"], capture_output=True,
-                                text=True, timeout=60, cwd=tmp_path, env=env, check=False)
+        helped = subprocess.run(
+            [sys.executable, "-m", "services.cli", sub, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
         assert helped.returncode == 0 and "--port" in helped.stdout, helped.stderr

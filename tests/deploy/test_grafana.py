@@ -22,14 +22,29 @@ PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "boilerhouse.yml"
 
 #: The seed's "Grafana Dashboard" section: row -> (panel title, panel type) in order.
 SEED_ROWS: dict[str, list[tuple[str, str]]] = {
-    "Overview": [("Total pools", "stat"), ("Total containers", "stat"), ("Active containers", "stat"),
-                 ("Idle containers", "stat"), ("Overall utilization", "gauge")],
-    "Pool details": [("Pool size by pool", "timeseries"), ("Pool utilization by pool", "timeseries"),
-                     ("Container acquisition latency", "timeseries")],
-    "Sync operations": [("Sync operations per minute by direction", "timeseries"), ("Sync duration", "heatmap"),
-                        ("Sync errors by type", "timeseries"), ("Bytes transferred", "timeseries")],
-    "API performance": [("Request rate by endpoint", "timeseries"), ("Request latency", "heatmap"),
-                        ("Error rate by endpoint", "timeseries")],
+    "Overview": [
+        ("Total pools", "stat"),
+        ("Total containers", "stat"),
+        ("Active containers", "stat"),
+        ("Idle containers", "stat"),
+        ("Overall utilization", "gauge"),
+    ],
+    "Pool details": [
+        ("Pool size by pool", "timeseries"),
+        ("Pool utilization by pool", "timeseries"),
+        ("Container acquisition latency", "timeseries"),
+    ],
+    "Sync operations": [
+        ("Sync operations per minute by direction", "timeseries"),
+        ("Sync duration", "heatmap"),
+        ("Sync errors by type", "timeseries"),
+        ("Bytes transferred", "timeseries"),
+    ],
+    "API performance": [
+        ("Request rate by endpoint", "timeseries"),
+        ("Request latency", "heatmap"),
+        ("Error rate by endpoint", "timeseries"),
+    ],
 }
 
 
@@ -61,7 +76,7 @@ def test_seed_rows_and_panels_in_order() -> None:
     assert list(layout)[:4] == list(SEED_ROWS)
     for row, wanted in SEED_ROWS.items():
         have = [(p["title"], p["type"]) for p in layout[row]]
-        positions = [have.index(w) for w in wanted]   # ValueError names a missing panel
+        positions = [have.index(w) for w in wanted]  # ValueError names a missing panel
         assert positions == sorted(positions), f"{row}: panels out of the seed's order"
 
 
@@ -87,7 +102,7 @@ def test_panels_are_well_formed() -> None:
     cells: set[tuple[int, int]] = set()
     for p in dash["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{p['title']} overlaps another panel"
@@ -116,7 +131,9 @@ def test_every_metric_name_in_dashboards_and_alerts_is_in_the_mapping() -> None:
 
 def test_metric_name_parser() -> None:
     assert metric_names('sum by (le, pool_id) (rate(a_bucket{x="y{z}"}[5m] offset 1m)) / on (pool_id) b') == {
-        "a_bucket", "b"}
+        "a_bucket",
+        "b",
+    }
     assert metric_names("max_over_time(c[10m]) - c > 0 or absent(d) unless e offset 5m") == {"c", "d", "e"}
     assert metric_names('count(f) * 100 + sum without (instance) (g{le="+Inf"}) > bool 1e3') == {"f", "g"}
 

@@ -77,7 +77,7 @@ def test_basic_auth(serve: Serve) -> None:
     assert status(url, basic(USER, PASSWORD + "x")) == 401
     assert status(url, basic("someone", PASSWORD)) == 401
     assert status(url, basic(USER, "")) == 401
-    assert status(url, bearer(PASSWORD)) == 401          # basic only: a bearer token is not accepted
+    assert status(url, bearer(PASSWORD)) == 401  # basic only: a bearer token is not accepted
     assert status(url, {"Authorization": "Basic %%%not-base64"}) == 401
     assert status(url, {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:x").decode()}) == 401
     # Health and readiness stay open for orchestrators.
@@ -92,7 +92,7 @@ def test_bearer_token(serve: Serve) -> None:
     assert r.status_code == 401
     assert r.headers["www-authenticate"] == 'Bearer realm="metrics"'
     assert status(url, bearer(TOKEN)) == 200
-    assert status(url, {"Authorization": f"bearer {TOKEN}"}) == 200   # the scheme is case-insensitive
+    assert status(url, {"Authorization": f"bearer {TOKEN}"}) == 200  # the scheme is case-insensitive
     assert status(url, bearer(TOKEN[:-1])) == 401
     assert status(url, bearer(TOKEN + "x")) == 401
     assert status(url, basic(USER, TOKEN)) == 401
@@ -117,27 +117,43 @@ def test_metrics_disabled_leaves_health_endpoints(serve: Serve) -> None:
 
 
 def test_secrets_come_from_env_or_files_and_stay_out_of_repr(tmp_path: Path) -> None:
-    env = {"BOILERHOUSE_METRICS_USERNAME": USER, "BOILERHOUSE_METRICS_PASSWORD": PASSWORD,
-           "BOILERHOUSE_METRICS_BEARER_TOKEN": TOKEN}
+    env = {
+        "BOILERHOUSE_METRICS_USERNAME": USER,
+        "BOILERHOUSE_METRICS_PASSWORD": PASSWORD,
+        "BOILERHOUSE_METRICS_BEARER_TOKEN": TOKEN,
+    }
     settings = AggregatorSettings.from_env(env)
     assert (settings.metrics_username, settings.metrics_password, settings.metrics_bearer_token) == (
-        USER, PASSWORD, TOKEN)
+        USER,
+        PASSWORD,
+        TOKEN,
+    )
     for text in (repr(settings), str(settings), repr(settings.with_(port=1234))):
         assert PASSWORD not in text and TOKEN not in text
         assert USER in text  # the user name is not a secret and helps debugging
     # *_FILE variants (Docker and Kubernetes secrets); the trailing newline of the file is not part of it.
     (tmp_path / "pw").write_text(PASSWORD + "\n")
     (tmp_path / "tok").write_text(TOKEN + "\n")
-    from_files = AggregatorSettings.from_env({
-        "BOILERHOUSE_METRICS_USERNAME": USER, "BOILERHOUSE_METRICS_PASSWORD_FILE": str(tmp_path / "pw"),
-        "BOILERHOUSE_METRICS_BEARER_TOKEN_FILE": str(tmp_path / "tok")})
+    from_files = AggregatorSettings.from_env(
+        {
+            "BOILERHOUSE_METRICS_USERNAME": USER,
+            "BOILERHOUSE_METRICS_PASSWORD_FILE": str(tmp_path / "pw"),
+            "BOILERHOUSE_METRICS_BEARER_TOKEN_FILE": str(tmp_path / "tok"),
+        }
+    )
     assert (from_files.metrics_password, from_files.metrics_bearer_token) == (PASSWORD, TOKEN)
     with pytest.raises(SettingsError, match="BOILERHOUSE_METRICS_PASSWORD_FILE") as missing:
-        AggregatorSettings.from_env({"BOILERHOUSE_METRICS_USERNAME": USER,
-                                     "BOILERHOUSE_METRICS_PASSWORD_FILE": str(tmp_path / "nope")})
+        AggregatorSettings.from_env(
+            {
+                "BOILERHOUSE_METRICS_USERNAME": USER,
+                "BOILERHOUSE_METRICS_PASSWORD_FILE": str(tmp_path / "nope"),
+            }
+        )
     assert PASSWORD not in str(missing.value)
     with pytest.raises(SettingsError, match="must not contain"):
-        AggregatorSettings.from_env({"BOILERHOUSE_METRICS_USERNAME": "a:b", "BOILERHOUSE_METRICS_PASSWORD": "c"})
+        AggregatorSettings.from_env(
+            {"BOILERHOUSE_METRICS_USERNAME": "a:b", "BOILERHOUSE_METRICS_PASSWORD": "c"}
+        )
     with pytest.raises(SettingsError, match="go together") as half:
         AggregatorSettings.from_env({"BOILERHOUSE_METRICS_PASSWORD": PASSWORD})
     assert PASSWORD not in str(half.value)
@@ -148,15 +164,21 @@ def test_secrets_never_logged(serve: Serve, caplog: pytest.LogCaptureFixture) ->
     server = serve(metrics_username=USER, metrics_password=PASSWORD, metrics_bearer_token=TOKEN)
     url = server.url + "/metrics"
     # Near misses and the real secrets, in every place a client can put them.
-    for headers in (basic(USER, PASSWORD + "1"), bearer(TOKEN + "1"), bearer(PASSWORD),
-                    basic(USER, PASSWORD), bearer(TOKEN), {}):
+    for headers in (
+        basic(USER, PASSWORD + "1"),
+        bearer(TOKEN + "1"),
+        bearer(PASSWORD),
+        basic(USER, PASSWORD),
+        bearer(TOKEN),
+        {},
+    ):
         httpx.get(url, headers=headers, timeout=10)
     server.__exit__(None, None, None)
     # Everything the server side logged (the test's own HTTP client logs what it sends; it is not ours).
     text = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("httpx", "httpcore")))
-    assert "rejected scrape" in text           # rejections are logged ...
-    assert "auth: basic+bearer" in text        # ... and so is the mode at start-up ...
-    assert PASSWORD not in text and TOKEN not in text   # ... but never a secret
+    assert "rejected scrape" in text  # rejections are logged ...
+    assert "auth: basic+bearer" in text  # ... and so is the mode at start-up ...
+    assert PASSWORD not in text and TOKEN not in text  # ... but never a secret
 
 
 def test_aggregator_process_binds_configured_host_and_keeps_secrets_out_of_its_log(
@@ -164,11 +186,20 @@ def test_aggregator_process_binds_configured_host_and_keeps_secrets_out_of_its_l
 ) -> None:
     """``boilerhouse aggregator`` with BOILERHOUSE_METRICS_HOST=127.0.0.2: reachable there only."""
     port = free_port("127.0.0.2")
-    env = {"BOILERHOUSE_REDIS_URL": redis_url, "BOILERHOUSE_METRICS_HOST": "127.0.0.2",
-           "BOILERHOUSE_METRICS_PORT": str(port), "BOILERHOUSE_METRICS_USERNAME": USER,
-           "BOILERHOUSE_METRICS_PASSWORD": PASSWORD, "BOILERHOUSE_METRICS_BEARER_TOKEN": TOKEN}
-    proc = boilerhouse(["--log-level", "DEBUG", "aggregator", "--pidfile", str(tmp_path / "agg.pid")],
-                       tmp_path, "aggregator", env)
+    env = {
+        "BOILERHOUSE_REDIS_URL": redis_url,
+        "BOILERHOUSE_METRICS_HOST": "127.0.0.2",
+        "BOILERHOUSE_METRICS_PORT": str(port),
+        "BOILERHOUSE_METRICS_USERNAME": USER,
+        "BOILERHOUSE_METRICS_PASSWORD": PASSWORD,
+        "BOILERHOUSE_METRICS_BEARER_TOKEN": TOKEN,
+    }
+    proc = boilerhouse(
+        ["--log-level", "DEBUG", "aggregator", "--pidfile", str(tmp_path / "agg.pid")],
+        tmp_path,
+        "aggregator",
+        env,
+    )
     try:
         wait_http(f"http://127.0.0.2:{port}/readyz", proc=proc)
         assert status(f"http://127.0.0.2:{port}/metrics", basic(USER, PASSWORD)) == 200
@@ -189,10 +220,18 @@ def test_prometheus_scrapes_with_basic_auth(serve: Serve, tmp_path: Path) -> Non
     (tmp_path / "pw").write_text(PASSWORD)
     (tmp_path / "bad").write_text("wrong")
     target = f"127.0.0.1:{server.port}"
-    good = Prometheus(tmp_path / "good", [target], rule_files=[],
-                      auth={"basic_auth": {"username": USER, "password_file": str(tmp_path / "pw")}})
-    bad = Prometheus(tmp_path / "bad-prom", [target], rule_files=[],
-                     auth={"basic_auth": {"username": USER, "password_file": str(tmp_path / "bad")}})
+    good = Prometheus(
+        tmp_path / "good",
+        [target],
+        rule_files=[],
+        auth={"basic_auth": {"username": USER, "password_file": str(tmp_path / "pw")}},
+    )
+    bad = Prometheus(
+        tmp_path / "bad-prom",
+        [target],
+        rule_files=[],
+        auth={"basic_auth": {"username": USER, "password_file": str(tmp_path / "bad")}},
+    )
     with good, bad:
         up = 'up{job="boilerhouse-aggregator"}'
         good.wait_for(up, lambda r: [s.value for s in r] == [1.0])
@@ -206,7 +245,9 @@ def _fill_state(redis_url: str, server_url: str, series: int, headers: dict[str,
     pub = Publisher(redis_url, "load", heartbeat_interval_s=3600, flush_interval_s=0.01)
     try:
         for i in range(series):
-            pub.emit("http.request", {"method": "GET", "path": f"/load/{i}", "status": 200, "duration_s": 0.01})
+            pub.emit(
+                "http.request", {"method": "GET", "path": f"/load/{i}", "status": 200, "duration_s": 0.01}
+            )
         assert pub.flush(30)
     finally:
         pub.close()
@@ -218,7 +259,9 @@ def _fill_state(redis_url: str, server_url: str, series: int, headers: dict[str,
     raise AssertionError("events were not folded")
 
 
-def _concurrent_scrapes(url: str, n: int, headers: list[dict[str, str]] | None = None) -> list[httpx.Response]:
+def _concurrent_scrapes(
+    url: str, n: int, headers: list[dict[str, str]] | None = None
+) -> list[httpx.Response]:
     """``n`` scrapes released at once (the i-th with ``headers[i]``); responses in completion order."""
     barrier = threading.Barrier(n)
     responses: list[httpx.Response] = []
@@ -285,7 +328,12 @@ def test_unauthenticated_scrapes_never_take_a_slot(serve: Serve, redis_url: str)
 
 def test_scrape_limit_setting_from_env() -> None:
     assert AggregatorSettings.from_env({}).max_concurrent_scrapes == 4
-    assert AggregatorSettings.from_env({"BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES": "2"}).max_concurrent_scrapes == 2
+    assert (
+        AggregatorSettings.from_env(
+            {"BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES": "2"}
+        ).max_concurrent_scrapes
+        == 2
+    )
     with pytest.raises(SettingsError, match="BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES"):
         AggregatorSettings.from_env({"BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES": "0"})
     assert AggregatorSettings.from_env({"BOILERHOUSE_METRICS_HOST": "0.0.0.0"}).host == "0.0.0.0"

@@ -35,10 +35,10 @@ from tests.support.procs import Proc, boilerhouse, wait_http
 from tests.support.prometheus import AGGREGATOR_JOB, Prometheus, tool
 
 P = "boilerhouse_"
-SYNC_FAILURES = 36          # > 0.1/s over 5 minutes: HighSyncErrorRate's expression must return it
+SYNC_FAILURES = 36  # > 0.1/s over 5 minutes: HighSyncErrorRate's expression must return it
 SYNC_SUCCESSES = 3
-LOST_GAP = 3                # the foreign producer skips this many sequence numbers
-DROPPED = 7                 # ... and reports this many dropped events
+LOST_GAP = 3  # the foreign producer skips this many sequence numbers
+DROPPED = 7  # ... and reports this many dropped events
 
 
 def workloads(directory: Path, remote: Path) -> Path:
@@ -46,12 +46,22 @@ def workloads(directory: Path, remote: Path) -> Path:
     defs = {
         "echo": {"id": "echo", "command": ["sleep", "infinity"]},
         # Writes 4 KiB at start; upload syncs to a local directory with the real rclone.
-        "files": {"id": "files", "command": ["sh", "-c", "head -c 4096 /dev/zero > blob.bin; exec sleep 1000"],
-                  "sync": {"remote": str(remote), "mode": "sync", "direction": "upload", "timeout": "30s"}},
+        "files": {
+            "id": "files",
+            "command": ["sh", "-c", "head -c 4096 /dev/zero > blob.bin; exec sleep 1000"],
+            "sync": {"remote": str(remote), "mode": "sync", "direction": "upload", "timeout": "30s"},
+        },
         # A remote rclone does not know: every sync fails with an rclone error (HTTP 502).
-        "broken": {"id": "broken", "command": ["sleep", "infinity"],
-                   "sync": {"remote": "nosuchremote:bucket", "mode": "sync", "direction": "upload",
-                            "timeout": "30s"}},
+        "broken": {
+            "id": "broken",
+            "command": ["sleep", "infinity"],
+            "sync": {
+                "remote": "nosuchremote:bucket",
+                "mode": "sync",
+                "direction": "upload",
+                "timeout": "30s",
+            },
+        },
     }
     for name, doc in defs.items():
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(doc))
@@ -128,8 +138,16 @@ def foreign_entries(client: redis.Redis) -> None:
     """A producer in another language: a sequence gap and a drop report; and one undecodable entry."""
     now = time.time()
     events = [
-        {"type": "source.started", "seq": 1, "ts": now, "service": "batch", "version": "1.0", "host": "h",
-         "pid": 1, "start_time_s": now},
+        {
+            "type": "source.started",
+            "seq": 1,
+            "ts": now,
+            "service": "batch",
+            "version": "1.0",
+            "host": "h",
+            "pid": 1,
+            "start_time_s": now,
+        },
         {"type": "events.dropped", "seq": 2 + LOST_GAP, "ts": now, "count": DROPPED},
         {"type": "source.stopped", "seq": 3 + LOST_GAP, "ts": now},
     ]
@@ -144,12 +162,38 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
     work = tmp_path_factory.mktemp("e2e")
     defs = workloads(work / "workloads", work / "remote")
     agg_port, api_port = free_port(), free_port()
-    agg = boilerhouse(["aggregator", "--redis-url", redis_server.url, "--port", str(agg_port),
-                       "--pidfile", str(work / "aggregator.pid")], work, "aggregator",
-                      {"BOILERHOUSE_CHECKPOINT_INTERVAL_S": "0.5"})
-    api_proc = boilerhouse(["api", "--redis-url", redis_server.url, "--port", str(api_port), "--workloads",
-                            str(defs), "--data-dir", str(work / "data"), "--pidfile", str(work / "api.pid")],
-                           work, "api", {"BOILERHOUSE_HEARTBEAT_INTERVAL_S": "1", "BOILERHOUSE_RUNTIME": "process"})
+    agg = boilerhouse(
+        [
+            "aggregator",
+            "--redis-url",
+            redis_server.url,
+            "--port",
+            str(agg_port),
+            "--pidfile",
+            str(work / "aggregator.pid"),
+        ],
+        work,
+        "aggregator",
+        {"BOILERHOUSE_CHECKPOINT_INTERVAL_S": "0.5"},
+    )
+    api_proc = boilerhouse(
+        [
+            "api",
+            "--redis-url",
+            redis_server.url,
+            "--port",
+            str(api_port),
+            "--workloads",
+            str(defs),
+            "--data-dir",
+            str(work / "data"),
+            "--pidfile",
+            str(work / "api.pid"),
+        ],
+        work,
+        "api",
+        {"BOILERHOUSE_HEARTBEAT_INTERVAL_S": "1", "BOILERHOUSE_RUNTIME": "process"},
+    )
     agg_url, api_url = f"http://127.0.0.1:{agg_port}", f"http://127.0.0.1:{api_port}"
     worker = Publisher(redis_server.url, "worker", heartbeat_interval_s=1, flush_interval_s=0.01)
     prom = Prometheus(work / "prometheus", [f"127.0.0.1:{agg_port}"])
@@ -159,22 +203,50 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         wait_http(api_url + "/healthz", proc=api_proc)
 
         # ---- warm-up: pools, one claim per pool, one request of every shape -------------------------
-        api("POST", "/api/v1/pools", 201, json={"pool_id": "web", "workload_id": "echo", "min_size": 2,
-                                                 "max_size": 2})
-        api("POST", "/api/v1/pools", 201, json={"pool_id": "files", "workload_id": "files", "min_size": 3,
-                                                 "max_size": 4})
-        api("POST", "/api/v1/pools", 201, json={"pool_id": "broken", "workload_id": "broken", "min_size": 1,
-                                                 "max_size": 2})
+        api(
+            "POST",
+            "/api/v1/pools",
+            201,
+            json={"pool_id": "web", "workload_id": "echo", "min_size": 2, "max_size": 2},
+        )
+        api(
+            "POST",
+            "/api/v1/pools",
+            201,
+            json={"pool_id": "files", "workload_id": "files", "min_size": 3, "max_size": 4},
+        )
+        api(
+            "POST",
+            "/api/v1/pools",
+            201,
+            json={"pool_id": "broken", "workload_id": "broken", "min_size": 1, "max_size": 2},
+        )
         # Scales back to zero after 0.5 s without claims: idle, not exhausted (PoolExhausted leaves it out).
-        api("POST", "/api/v1/pools", 201, json={"pool_id": "spare", "workload_id": "echo", "min_size": 0,
-                                                 "max_size": 2, "idle_timeout_s": 0.5})
+        api(
+            "POST",
+            "/api/v1/pools",
+            201,
+            json={
+                "pool_id": "spare",
+                "workload_id": "echo",
+                "min_size": 0,
+                "max_size": 2,
+                "idle_timeout_s": 0.5,
+            },
+        )
         api("POST", "/api/v1/tenants/t-files/claim", 200, json={"pool_id": "files"})
         api("POST", "/api/v1/tenants/t-broken/claim", 200, json={"pool_id": "broken"})
         one_of_each(api)
-        api("GET", "/api/v1/workloads", 200)    # marker: the last warm-up request
-        wait_exposition(agg_url, lambda s: total(s, P + "http_requests_total", path="/api/v1/workloads") == 1
-                        and total(s, P + "aggregator_live_sources") == 2
-                        and total(s, P + "pool_size", pool_id="spare") == 0, "the warm-up folded")
+        api("GET", "/api/v1/workloads", 200)  # marker: the last warm-up request
+        wait_exposition(
+            agg_url,
+            lambda s: (
+                total(s, P + "http_requests_total", path="/api/v1/workloads") == 1
+                and total(s, P + "aggregator_live_sources") == 2
+                and total(s, P + "pool_size", pool_id="spare") == 0
+            ),
+            "the warm-up folded",
+        )
 
         # ---- Prometheus from here on: its first sample of every series is the warm-up state ------------
         prom.start()
@@ -187,25 +259,29 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
 
         # ---- the measured traffic ----------------------------------------------------------------------
         api.sent.clear()
-        api("POST", "/api/v1/tenants/t-web-1/claim", 200, json={"pool_id": "web"})   # affinity hit
-        api("POST", "/api/v1/tenants/t-web-2/claim", 200, json={"pool_id": "web"})   # web is now exhausted
+        api("POST", "/api/v1/tenants/t-web-1/claim", 200, json={"pool_id": "web"})  # affinity hit
+        api("POST", "/api/v1/tenants/t-web-2/claim", 200, json={"pool_id": "web"})  # web is now exhausted
         synced = [api("POST", "/api/v1/tenants/t-files/sync", 200).json() for _ in range(SYNC_SUCCESSES)]
         for _ in range(SYNC_FAILURES):
             api("POST", "/api/v1/tenants/t-broken/sync", 502)
         for _ in range(5):
             api("GET", "/nope", 404)
         api("GET", "/api/v1/pools", 200)
-        worker.close()                           # one producer process life ends
+        worker.close()  # one producer process life ends
         foreign_entries(client)
         pools = api("GET", "/api/v1/pools", 200).json()["pools"]
         sent = sum(api.sent.values())
         settled_at = time.time()
         text_b, b = wait_exposition(
             agg_url,
-            lambda s: total(s, P + "http_requests_total") - total(a, P + "http_requests_total") == sent
-            and total(s, P + "aggregator_live_sources") == 1 and total(s, P + "events_dropped_total") == DROPPED
-            and total(s, P + "aggregator_dead_letters_total") == 1,
-            "the measured traffic folded")
+            lambda s: (
+                total(s, P + "http_requests_total") - total(a, P + "http_requests_total") == sent
+                and total(s, P + "aggregator_live_sources") == 1
+                and total(s, P + "events_dropped_total") == DROPPED
+                and total(s, P + "aggregator_dead_letters_total") == 1
+            ),
+            "the measured traffic folded",
+        )
         settled_at = time.time()
         prom.wait_scraped(after=settled_at + 1.5)
         text_b, b = exposition(agg_url)
@@ -213,13 +289,16 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         # The exposition reflects the requests made (so expectations derived from it are the traffic's).
         snaps = X.Snapshots(a, b)
         codes = snaps.delta(P + "http_requests_total", ["method", "status"])
-        assert {f"{dict(k)['method']} {dict(k)['status']}": v for k, v in codes.items() if v} == dict(api.sent)
+        assert {f"{dict(k)['method']} {dict(k)['status']}": v for k, v in codes.items() if v} == dict(
+            api.sent
+        )
         errors = snaps.delta(P + "sync_errors_total", ["workload_id", "error_type"])
         assert errors[X.key(workload_id="broken", error_type="rclone_error")] == SYNC_FAILURES
         assert sum(errors.values()) == SYNC_FAILURES
         assert snaps.delta(P + "sync_bytes_transferred_total", ["direction"]) == {
-            X.key(direction="upload"): float(sum(s["bytes"] for s in synced))}
-        assert total(b, P + "affinity_hits_total", pool_id="web") == 1   # t-web-1 got its container back
+            X.key(direction="upload"): float(sum(s["bytes"] for s in synced))
+        }
+        assert total(b, P + "affinity_hits_total", pool_id="web") == 1  # t-web-1 got its container back
         yield Stack(prom, api_url, agg_url, agg, api_proc, snaps, text_b, api.sent, pools, live_before)
     finally:
         api.http.close()
@@ -253,6 +332,7 @@ def expectations(s: Stack, at: float) -> dict[str, X.Checker]:
         def want() -> X.Result:
             rates = X.as_result(s.prom.query(f"rate({name}_bucket[5m])", at))
             return S.rate_quantile(name, q, by, rates, w, slack)
+
         return X.computed(want)
 
     def ext(want: X.Result, divisor: float = 1.0, factor: float = 1.0) -> X.Checker:
@@ -276,77 +356,107 @@ def expectations(s: Stack, at: float) -> dict[str, X.Checker]:
         "sum(boilerhouse_pool_size)": X.exact(S.gauge(P + "pool_size")),
         "sum(boilerhouse_pool_borrowed)": X.exact(S.gauge(P + "pool_borrowed")),
         "sum(boilerhouse_pool_available)": X.exact(S.gauge(P + "pool_available")),
-        "boilerhouse_pool_borrowed / boilerhouse_pool_size * 100":
-            X.exact({k: ratio(borrowed[k], size[k]) * 100 for k in size}),
+        "boilerhouse_pool_borrowed / boilerhouse_pool_size * 100": X.exact(
+            {k: ratio(borrowed[k], size[k]) * 100 for k in size}
+        ),
         "sum(boilerhouse_sync_concurrent_operations)": X.exact(S.gauge(P + "sync_concurrent_operations")),
         "sum(increase(boilerhouse_sync_errors_total[1h]))": ext(S.delta(P + "sync_errors_total")),
-        "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))":
-            quantile(acq, 0.5, []),
+        "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))": quantile(
+            acq, 0.5, []
+        ),
         "sum(rate(boilerhouse_http_requests_total[5m]))": ext(S.delta(http), w),
-        'sum(rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))': ext(S.delta(http, where=server_error), w),
+        'sum(rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))': ext(
+            S.delta(http, where=server_error), w
+        ),
         # dashboard
         "sum(boilerhouse_pool_borrowed) / sum(boilerhouse_pool_size) * 100": X.exact(
-            {X.key(): S.gauge(P + "pool_borrowed")[X.key()] / S.gauge(P + "pool_size")[X.key()] * 100}),
+            {X.key(): S.gauge(P + "pool_borrowed")[X.key()] / S.gauge(P + "pool_size")[X.key()] * 100}
+        ),
         "sum by (pool_id) (boilerhouse_pool_size)": X.exact(S.gauge(P + "pool_size", ["pool_id"])),
-        "sum by (pool_id) (boilerhouse_pool_borrowed) / sum by (pool_id) (boilerhouse_pool_size) * 100":
-            X.exact({k: v * 100 for k, v in by_pool.items()}),
-        "sum by (direction) (rate(boilerhouse_sync_operations_total[5m])) * 60":
-            ext(S.delta(P + "sync_operations_total", ["direction"]), w, factor=60),
-        "sum by (le) (rate(boilerhouse_sync_duration_seconds_bucket[5m]))":
-            ext(S.delta(sync_d + "_bucket", ["le"]), w),
-        "histogram_quantile(0.95, sum by (workload_id, le) (rate(boilerhouse_sync_duration_seconds_bucket[5m])))":
-            quantile(sync_d, 0.95, ["workload_id"]),
-        "sum by (error_type) (rate(boilerhouse_sync_errors_total[5m]))":
-            ext(S.delta(P + "sync_errors_total", ["error_type"]), w),
-        "sum by (direction) (rate(boilerhouse_sync_bytes_transferred_total[5m]))":
-            ext(S.delta(P + "sync_bytes_transferred_total", ["direction"]), w),
-        "sum by (direction) (rate(boilerhouse_sync_files_transferred_total[5m]))":
-            ext(S.delta(P + "sync_files_transferred_total", ["direction"]), w),
-        "sum by (method, path) (rate(boilerhouse_http_requests_total[5m]))":
-            ext(S.delta(http, ["method", "path"]), w),
-        "sum by (le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m]))":
-            ext(S.delta(http_d + "_bucket", ["le"]), w),
-        "histogram_quantile(0.95, sum by (path, le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m])))":
-            quantile(http_d, 0.95, ["path"]),
-        'sum by (path) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))':
-            ext(S.delta(http, ["path"], where=server_error), w),
+        "sum by (pool_id) (boilerhouse_pool_borrowed) / sum by (pool_id) (boilerhouse_pool_size) * 100": X.exact(
+            {k: v * 100 for k, v in by_pool.items()}
+        ),
+        "sum by (direction) (rate(boilerhouse_sync_operations_total[5m])) * 60": ext(
+            S.delta(P + "sync_operations_total", ["direction"]), w, factor=60
+        ),
+        "sum by (le) (rate(boilerhouse_sync_duration_seconds_bucket[5m]))": ext(
+            S.delta(sync_d + "_bucket", ["le"]), w
+        ),
+        "histogram_quantile(0.95, sum by (workload_id, le) (rate(boilerhouse_sync_duration_seconds_bucket[5m])))": quantile(
+            sync_d, 0.95, ["workload_id"]
+        ),
+        "sum by (error_type) (rate(boilerhouse_sync_errors_total[5m]))": ext(
+            S.delta(P + "sync_errors_total", ["error_type"]), w
+        ),
+        "sum by (direction) (rate(boilerhouse_sync_bytes_transferred_total[5m]))": ext(
+            S.delta(P + "sync_bytes_transferred_total", ["direction"]), w
+        ),
+        "sum by (direction) (rate(boilerhouse_sync_files_transferred_total[5m]))": ext(
+            S.delta(P + "sync_files_transferred_total", ["direction"]), w
+        ),
+        "sum by (method, path) (rate(boilerhouse_http_requests_total[5m]))": ext(
+            S.delta(http, ["method", "path"]), w
+        ),
+        "sum by (le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m]))": ext(
+            S.delta(http_d + "_bucket", ["le"]), w
+        ),
+        "histogram_quantile(0.95, sum by (path, le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m])))": quantile(
+            http_d, 0.95, ["path"]
+        ),
+        'sum by (path) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))': ext(
+            S.delta(http, ["path"], where=server_error), w
+        ),
         "sum by (instance) (boilerhouse_aggregator_live_sources)": X.exact({X.key(): 1.0}),
         # Caught up; a heartbeat entry may be in flight at the instant of a scrape.
-        "max by (instance, partition) (boilerhouse_aggregator_consumer_lag_entries)":
-            X.between(X.key(partition="0"), 0.0, 2.0),
-        "sum by (reason) (boilerhouse_events_lost_total)": X.exact({X.key(reason="seq_gap"): float(LOST_GAP)}),
-        "sum by (service) (boilerhouse_events_dropped_total)": X.exact({X.key(service="batch"): float(DROPPED)}),
-        "sum by (reason) (boilerhouse_aggregator_dead_letters_total)":
-            X.exact(S.gauge(P + "aggregator_dead_letters_total", ["reason"])),
+        "max by (instance, partition) (boilerhouse_aggregator_consumer_lag_entries)": X.between(
+            X.key(partition="0"), 0.0, 2.0
+        ),
+        "sum by (reason) (boilerhouse_events_lost_total)": X.exact(
+            {X.key(reason="seq_gap"): float(LOST_GAP)}
+        ),
+        "sum by (service) (boilerhouse_events_dropped_total)": X.exact(
+            {X.key(service="batch"): float(DROPPED)}
+        ),
+        "sum by (reason) (boilerhouse_aggregator_dead_letters_total)": X.exact(
+            S.gauge(P + "aggregator_dead_letters_total", ["reason"])
+        ),
         "max by (instance) (boilerhouse_aggregator_newest_event_age_seconds)": X.between(X.key(), 0.0, 10.0),
     }
     for q in (0.5, 0.95, 0.99):
-        expr = (f"histogram_quantile({q}, sum by (pool_id, le) "
-                "(rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))")
+        expr = (
+            f"histogram_quantile({q}, sum by (pool_id, le) "
+            "(rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))"
+        )
         out[expr] = quantile(acq, q, ["pool_id"])
 
     alerts = alert_expressions()
     lost = S.gauge(P + "events_lost_total", ["reason"])
     dropped = S.gauge(P + "events_dropped_total", ["service"])
     dead = S.gauge(P + "aggregator_dead_letters_total", ["reason"])
-    out.update({
-        alerts["PoolExhausted"]: X.exact({k: v for k, v in available.items()
-                                          if v == 0 and not (min_size[k] == 0 and borrowed[k] == 0)}),
-        alerts["HighSyncErrorRate"]: ext(
-            {k: v * w for k, v in X.where(sync_rate, lambda v: v > 0.1).items()}, w),
-        alerts["SlowContainerAcquisition"]: X.exact(X.where(S.quantile(acq, 0.99, ["pool_id"]), lambda v: v > 30)),
-        alerts["HighPoolUtilization"]: X.exact(X.where(util, lambda v: v > 0.9)),
-        alerts["AggregatorDown"]: X.empty(),
-        alerts["AggregatorConsumerLag"]: X.empty(),
-        # These counters first appeared during the measured traffic: the `unless offset` branch reports them.
-        alerts["EventsLost"]: X.exact(lost),
-        alerts["EventsDropped"]: X.exact(dropped),
-        alerts["EventsDeadLettered"]: X.exact(dead),
-        alerts["NoLiveProducers"]: X.empty(),
-        alerts["ProducerGoneSilent"]: X.exact(X.where(gone, lambda v: v > 0)),
-        alerts["EventsStale"]: X.empty(),
-        alerts["AggregatorCheckpointStale"]: X.empty(),
-    })
+    out.update(
+        {
+            alerts["PoolExhausted"]: X.exact(
+                {k: v for k, v in available.items() if v == 0 and not (min_size[k] == 0 and borrowed[k] == 0)}
+            ),
+            alerts["HighSyncErrorRate"]: ext(
+                {k: v * w for k, v in X.where(sync_rate, lambda v: v > 0.1).items()}, w
+            ),
+            alerts["SlowContainerAcquisition"]: X.exact(
+                X.where(S.quantile(acq, 0.99, ["pool_id"]), lambda v: v > 30)
+            ),
+            alerts["HighPoolUtilization"]: X.exact(X.where(util, lambda v: v > 0.9)),
+            alerts["AggregatorDown"]: X.empty(),
+            alerts["AggregatorConsumerLag"]: X.empty(),
+            # These counters first appeared during the measured traffic: the `unless offset` branch reports them.
+            alerts["EventsLost"]: X.exact(lost),
+            alerts["EventsDropped"]: X.exact(dropped),
+            alerts["EventsDeadLettered"]: X.exact(dead),
+            alerts["NoLiveProducers"]: X.empty(),
+            alerts["ProducerGoneSilent"]: X.exact(X.where(gone, lambda v: v > 0)),
+            alerts["EventsStale"]: X.empty(),
+            alerts["AggregatorCheckpointStale"]: X.empty(),
+        }
+    )
     return out
 
 
@@ -368,12 +478,13 @@ def test_pool_gauges_match_the_api(stack: Stack) -> None:
 
 
 def test_every_shipped_query_returns_what_the_traffic_implies(stack: Stack) -> None:
-    at = time.time()    # one instant for every query and for what it is compared with
+    at = time.time()  # one instant for every query and for what it is compared with
     table = expectations(stack, at)
     shipped = all_queries()
     assert set(table) == set(shipped.values()), (
         f"queries without expectations: {sorted(set(shipped.values()) - set(table))}; "
-        f"stale expectations: {sorted(set(table) - set(shipped.values()))}")
+        f"stale expectations: {sorted(set(table) - set(shipped.values()))}"
+    )
     failures = []
     for where, expr in shipped.items():
         try:
@@ -402,8 +513,15 @@ def test_alerting_rules_load_and_evaluate_cleanly(stack: Stack) -> None:
             break
         time.sleep(0.5)
     assert states == want
-    assert {"PoolExhausted", "HighSyncErrorRate", "HighPoolUtilization", "EventsLost", "EventsDropped",
-            "EventsDeadLettered", "ProducerGoneSilent"} <= set(states)
+    assert {
+        "PoolExhausted",
+        "HighSyncErrorRate",
+        "HighPoolUtilization",
+        "EventsLost",
+        "EventsDropped",
+        "EventsDeadLettered",
+        "ProducerGoneSilent",
+    } <= set(states)
 
 
 def test_every_metric_name_is_in_the_exposition(stack: Stack) -> None:
@@ -415,8 +533,14 @@ def test_every_metric_name_is_in_the_exposition(stack: Stack) -> None:
 
 
 def test_promtool_check_metrics_on_the_exposition(stack: Stack) -> None:
-    result = subprocess.run([tool("promtool"), "check", "metrics"], input=stack.text_b, capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [tool("promtool"), "check", "metrics"],
+        input=stack.text_b,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
@@ -444,10 +568,13 @@ def test_aggregator_down_alert_fires_when_the_aggregator_stops(stack: Stack) -> 
     stopped = time.time()
     stack.agg.stop()
     result = stack.prom.wait_for(expr, lambda r: len(r) == 1, timeout=20)
-    assert result[0].labels == {"__name__": "up", "job": AGGREGATOR_JOB, "instance": stack.agg_url.removeprefix("http://")}
+    assert result[0].labels == {
+        "__name__": "up",
+        "job": AGGREGATOR_JOB,
+        "instance": stack.agg_url.removeprefix("http://"),
+    }
     assert result[0].value == 0.0
     stack.prom.wait_for('ALERTS{alertname="AggregatorDown"}', lambda r: len(r) == 1, timeout=20)
     assert time.time() - stopped < 60  # within its `for: 1m`: pending, not yet firing
     assert stack.prom.value('ALERTS{alertname="AggregatorDown"}') == 1.0
     assert stack.prom.query('ALERTS{alertname="AggregatorDown"}')[0].labels["alertstate"] == "pending"
-

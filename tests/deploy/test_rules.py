@@ -14,8 +14,9 @@ ALERTS_TEST_YML = DEPLOY_PROMETHEUS / "alerts_test.yml"
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -52,15 +53,23 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "alertname: PoolExhausted" in output
-    assert "alertname: HighSyncErrorRate" not in output   # only the broken rule's tests fail
+    assert "alertname: HighSyncErrorRate" not in output  # only the broken rule's tests fail
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     names = [rule["alert"] for rule in alert_rules()]
     assert len(names) == len(set(names)), "alert names must be unique"
     seed = {"PoolExhausted", "HighSyncErrorRate", "SlowContainerAcquisition", "HighPoolUtilization"}
-    pipeline = {"AggregatorDown", "AggregatorConsumerLag", "EventsLost", "EventsDropped", "EventsDeadLettered",
-                "NoLiveProducers", "ProducerGoneSilent", "EventsStale"}
+    pipeline = {
+        "AggregatorDown",
+        "AggregatorConsumerLag",
+        "EventsLost",
+        "EventsDropped",
+        "EventsDeadLettered",
+        "NoLiveProducers",
+        "ProducerGoneSilent",
+        "EventsStale",
+    }
     assert seed | pipeline <= set(names)
     firing: set[str] = set()
     quiet: set[str] = set()

@@ -49,8 +49,17 @@ class Api:
         self.http = httpx.Client(timeout=60)
         self.tally: Counter[tuple[str, str, str]] = Counter()
 
-    def call(self, method: str, template: str, status: int, *, raw_path: str | None = None,
-             json: Any = None, content: bytes | None = None, **params: str) -> httpx.Response:
+    def call(
+        self,
+        method: str,
+        template: str,
+        status: int,
+        *,
+        raw_path: str | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        **params: str,
+    ) -> httpx.Response:
         path = raw_path if raw_path is not None else template.format(**params)
         r = self.http.request(method, self.base + path, json=json, content=content)
         assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
@@ -60,18 +69,31 @@ class Api:
         return r
 
     def create_pool(self, pool_id: str, workload_id: str, min_size: int, max_size: int, **extra: Any) -> None:
-        self.call("POST", f"{API}/pools", 201, json={"pool_id": pool_id, "workload_id": workload_id,
-                                                     "min_size": min_size, "max_size": max_size, **extra})
+        self.call(
+            "POST",
+            f"{API}/pools",
+            201,
+            json={
+                "pool_id": pool_id,
+                "workload_id": workload_id,
+                "min_size": min_size,
+                "max_size": max_size,
+                **extra,
+            },
+        )
 
     def claim(self, tenant: str, pool_id: str, status: int = 200) -> httpx.Response:
-        return self.call("POST", API + "/tenants/{tenant_id}/claim", status, json={"pool_id": pool_id},
-                         tenant_id=tenant)
+        return self.call(
+            "POST", API + "/tenants/{tenant_id}/claim", status, json={"pool_id": pool_id}, tenant_id=tenant
+        )
 
     def release(self, tenant: str, status: int = 200) -> httpx.Response:
         return self.call("POST", API + "/tenants/{tenant_id}/release", status, tenant_id=tenant)
 
     def sync(self, tenant: str, status: int = 200) -> dict[str, Any]:
-        body: dict[str, Any] = self.call("POST", API + "/tenants/{tenant_id}/sync", status, tenant_id=tenant).json()
+        body: dict[str, Any] = self.call(
+            "POST", API + "/tenants/{tenant_id}/sync", status, tenant_id=tenant
+        ).json()
         return body
 
     def data_dir(self, tenant: str) -> Path:
@@ -79,7 +101,9 @@ class Api:
         return Path(r.json()["container"]["data_dir"])
 
     def stats(self, pool_id: str) -> dict[str, int]:
-        stats: dict[str, int] = self.call("GET", API + "/pools/{pool_id}", 200, pool_id=pool_id).json()["stats"]
+        stats: dict[str, int] = self.call("GET", API + "/pools/{pool_id}", 200, pool_id=pool_id).json()[
+            "stats"
+        ]
         return stats
 
     def wait_stats(self, pool_id: str, timeout: float = 20.0, **want: int) -> dict[str, int]:
@@ -120,7 +144,9 @@ class Check:
             extra = {dict(k).__repr__(): v for k, v in got.items() if want.get(k) != v}
             self.failures.append(f"{name}: want {missing} got {extra}")
 
-    def histogram(self, name: str, observations: dict[Labels, list[float]], counts: dict[Labels, int]) -> None:
+    def histogram(
+        self, name: str, observations: dict[Labels, list[float]], counts: dict[Labels, int]
+    ) -> None:
         """Buckets and sums from the observed durations; the number of observations from the scenario."""
         seen = {k: len(v) for k, v in observations.items()}
         if seen != counts:  # (the API's last events may still be on their way to Redis: retried)
@@ -165,8 +191,11 @@ def observations(events: list[dict[str, Any]], type_: str, *labels: str) -> dict
 def process_start_time(pid: int) -> float:
     """Unix start time of ``pid``, computed as the publisher computes its own (/proc)."""
     fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_bytes().splitlines()
-                 if line.startswith(b"btime"))
+    btime = next(
+        int(line.split()[1])
+        for line in Path("/proc/stat").read_bytes().splitlines()
+        if line.startswith(b"btime")
+    )
     return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -202,11 +231,11 @@ def write_workloads(tmp: Path, dav_port: int) -> Path:
         "plain": "",
         "docs": f"  remote: {remote / 'docs'}\n  mode: copy\n  direction: upload\n",
         "dav": f"  remote: \":webdav,url='http://127.0.0.1:{dav_port}/':\"\n  mode: copy\n  direction: upload\n"
-               f"  extra_args: {fast}\n",
+        f"  extra_args: {fast}\n",
         "slow": f"  remote: {remote / 'slow'}\n  mode: copy\n  direction: upload\n  timeout: 1ms\n",
         "locked": f"  remote: {remote / 'locked'}\n  mode: copy\n  direction: upload\n  extra_args: {fast}\n",
         "nowhere": f"  remote: nosuchremote:data\n  mode: copy\n  direction: upload\n"
-                   f"  rclone_config: {tmp / 'empty-rclone.conf'}\n",
+        f"  rclone_config: {tmp / 'empty-rclone.conf'}\n",
         "journal": f"  remote: {remote / 'journal'}\n  mode: bisync\n  period: 1h\n",
     }
     for wid, sync in specs.items():
@@ -248,8 +277,11 @@ def test_every_seed_metric_from_real_work(tmp_path: Path, redis_url: str, immuta
     procs: list[Proc] = []
     api: Api | None = None
     try:
-        webdav = Proc(["rclone", "serve", "webdav", str(dav_root), "--addr", f"127.0.0.1:{dav_port}"],
-                      tmp_path, "webdav")
+        webdav = Proc(
+            ["rclone", "serve", "webdav", str(dav_root), "--addr", f"127.0.0.1:{dav_port}"],
+            tmp_path,
+            "webdav",
+        )
         procs.append(webdav)
         agg = boilerhouse(["aggregator", "--port", str(metrics_port)], tmp_path, "aggregator", env)
         procs.append(agg)
@@ -293,17 +325,17 @@ def run_scenario(api: Api, tmp: Path, webdav: Proc) -> None:
     api.call("GET", f"{API}/pools", 200)
 
     # ---- affinity: hit, misses, exhaustion, a reservation taken over, one expiring ----------------------
-    first = api.claim("alice", "web").json()["container"]["id"]        # miss
-    api.release("alice")                                                  # reserved for alice
-    assert api.claim("alice", "web").json()["container"]["id"] == first   # hit: the same container
-    api.claim("bob", "web")                                               # miss
-    r = api.claim("carol", "web", 503)                                    # exhausted: timeout after 0.5 s
+    first = api.claim("alice", "web").json()["container"]["id"]  # miss
+    api.release("alice")  # reserved for alice
+    assert api.claim("alice", "web").json()["container"]["id"] == first  # hit: the same container
+    api.claim("bob", "web")  # miss
+    r = api.claim("carol", "web", 503)  # exhausted: timeout after 0.5 s
     assert int(r.headers["retry-after"]) >= 1
     api.release("alice")
     api.release("bob")
-    api.claim("dave", "web")                                  # miss: takes over alice's reservation (evicted)
+    api.claim("dave", "web")  # miss: takes over alice's reservation (evicted)
     api.wait_stats("web", affinity_reservations=0, available=1, pending=0)  # bob's expires: evicted
-    api.claim("bob", "web")                                               # miss: the reservation is gone
+    api.claim("bob", "web")  # miss: the reservation is gone
 
     # ---- scaling: a claim on a pool at its target raises the target and a container is added ------------
     api.claim("erin", "grow")
@@ -326,15 +358,15 @@ def run_scenario(api: Api, tmp: Path, webdav: Proc) -> None:
     (api.data_dir("t-docs") / "report.bin").write_bytes(os.urandom(1000))
     body = api.sync("t-docs")
     assert (body["bytes"], body["files"]) == (1000, 1)
-    api.release("t-docs")                          # uploads again on release: nothing new, 0 bytes
+    api.release("t-docs")  # uploads again on release: nothing new, 0 bytes
 
     api.claim("t-dav", "dav")
     (api.data_dir("t-dav") / "page.bin").write_bytes(os.urandom(500))
     body = api.sync("t-dav")
     assert (body["bytes"], body["files"]) == (500, 1)
-    assert webdav.stop() is not None               # the WebDAV server goes away
+    assert webdav.stop() is not None  # the WebDAV server goes away
     assert api.sync("t-dav", 502)["error_type"] == "network_error"
-    api.release("t-dav")                           # the release's upload fails too: released, status failure
+    api.release("t-dav")  # the release's upload fails too: released, status failure
 
     api.claim("t-slow", "slow")
     assert api.sync("t-slow", 504)["error_type"] == "timeout"
@@ -348,7 +380,7 @@ def run_scenario(api: Api, tmp: Path, webdav: Proc) -> None:
     seeded = tmp / "remote" / "journal" / "t-journal"
     seeded.mkdir(parents=True)
     (seeded / "seed.bin").write_bytes(os.urandom(400))
-    api.claim("t-journal", "journal")              # downloads on claim: a resync (400 bytes, 1 file)
+    api.claim("t-journal", "journal")  # downloads on claim: a resync (400 bytes, 1 file)
     journal_dir = api.data_dir("t-journal")
     assert (journal_dir / "seed.bin").stat().st_size == 400
     (journal_dir / "entry.bin").write_bytes(os.urandom(300))
@@ -366,7 +398,7 @@ def run_scenario(api: Api, tmp: Path, webdav: Proc) -> None:
     api.call("GET", API + "/tenants/{tenant_id}", 404, tenant_id="nobody")
     api.release("nobody", 404)
     api.call("GET", UNMATCHED_PATH, 404, raw_path=f"{API}/no-such-route")
-    api.call("GET", UNMATCHED_PATH, 404, raw_path="/metrics")   # the aggregator serves metrics, not the API
+    api.call("GET", UNMATCHED_PATH, 404, raw_path="/metrics")  # the aggregator serves metrics, not the API
     api.call("PUT", f"{API}/pools", 405)
     api.call("DELETE", API + "/pools/{pool_id}", 200, pool_id="temp")
     api.call("GET", API + "/pools/{pool_id}", 404, pool_id="temp")
@@ -386,26 +418,69 @@ POOLS = {
     "nowhere": ("nowhere", 1, 0, 1, 0, 1, 1, 1, 0),
     "journal": ("journal", 1, 0, 1, 0, 1, 1, 1, 0),
 }
-POOL_GAUGES = ("pool_size", "pool_available", "pool_borrowed", "pool_pending", "pool_min_size", "pool_max_size",
-               "pool_target_size")
-CREATED = {"web": 2, "spare": 2, "grow": 2, "temp": 1, "docs": 1, "dav": 1, "slow": 1, "locked": 1,
-           "nowhere": 1, "journal": 1}
+POOL_GAUGES = (
+    "pool_size",
+    "pool_available",
+    "pool_borrowed",
+    "pool_pending",
+    "pool_min_size",
+    "pool_max_size",
+    "pool_target_size",
+)
+CREATED = {
+    "web": 2,
+    "spare": 2,
+    "grow": 2,
+    "temp": 1,
+    "docs": 1,
+    "dav": 1,
+    "slow": 1,
+    "locked": 1,
+    "nowhere": 1,
+    "journal": 1,
+}
 DESTROYED = {"spare": 1, "temp": 1}
 WIPED = {"web": 2}
-ACQUIRED = {("web", "success"): 5, ("web", "timeout"): 1, **{(p, "success"): 1 for p in
-            ("grow", "docs", "dav", "slow", "locked", "nowhere", "journal")}}
+ACQUIRED = {
+    ("web", "success"): 5,
+    ("web", "timeout"): 1,
+    **{(p, "success"): 1 for p in ("grow", "docs", "dav", "slow", "locked", "nowhere", "journal")},
+}
 RELEASED = {("web", "success"): 3, ("docs", "success"): 1, ("dav", "failure"): 1}
 SYNC_WORKLOADS = ("docs", "dav", "slow", "locked", "nowhere", "journal")
 #: (workload, direction, status) -> operations
-SYNC_OPS = {("docs", "upload", "success"): 2, ("dav", "upload", "success"): 1, ("dav", "upload", "failure"): 2,
-            ("slow", "upload", "timeout"): 1, ("locked", "upload", "failure"): 1,
-            ("nowhere", "upload", "failure"): 1, ("journal", "bidirectional", "success"): 2}
-SYNC_MODE = {"docs": "copy", "dav": "copy", "slow": "copy", "locked": "copy", "nowhere": "copy", "journal": "bisync"}
+SYNC_OPS = {
+    ("docs", "upload", "success"): 2,
+    ("dav", "upload", "success"): 1,
+    ("dav", "upload", "failure"): 2,
+    ("slow", "upload", "timeout"): 1,
+    ("locked", "upload", "failure"): 1,
+    ("nowhere", "upload", "failure"): 1,
+    ("journal", "bidirectional", "success"): 2,
+}
+SYNC_MODE = {
+    "docs": "copy",
+    "dav": "copy",
+    "slow": "copy",
+    "locked": "copy",
+    "nowhere": "copy",
+    "journal": "bisync",
+}
 #: (workload, direction) -> (bytes, files)
-SYNC_MOVED = {("docs", "upload"): (1000, 1), ("dav", "upload"): (500, 1), ("slow", "upload"): (0, 0),
-              ("locked", "upload"): (0, 0), ("nowhere", "upload"): (0, 0), ("journal", "bidirectional"): (700, 2)}
-SYNC_ERRORS = {("dav", "network_error"): 2, ("slow", "timeout"): 1, ("locked", "permission_denied"): 1,
-               ("nowhere", "rclone_error"): 1}
+SYNC_MOVED = {
+    ("docs", "upload"): (1000, 1),
+    ("dav", "upload"): (500, 1),
+    ("slow", "upload"): (0, 0),
+    ("locked", "upload"): (0, 0),
+    ("nowhere", "upload"): (0, 0),
+    ("journal", "bidirectional"): (700, 2),
+}
+SYNC_ERRORS = {
+    ("dav", "network_error"): 2,
+    ("slow", "timeout"): 1,
+    ("locked", "permission_denied"): 1,
+    ("nowhere", "rclone_error"): 1,
+}
 
 
 def expected_while_running(samples: Samples, api: Api, redis_url: str, api_pid: int) -> Check:
@@ -424,19 +499,31 @@ def expected_while_running(samples: Samples, api: Api, redis_url: str, api_pid: 
 
     events = stream_events(redis_url)
     workload_of = {p: v[0] for p, v in POOLS.items()} | {"temp": "plain"}
-    c.histogram("container_create_duration_seconds",
-                observations(events, "container.created", "pool_id", "workload_id"),
-                {lbl(pool_id=p, workload_id=workload_of[p]): n for p, n in CREATED.items()})
-    c.histogram("container_destroy_duration_seconds", observations(events, "container.destroyed", "pool_id"),
-                {lbl(pool_id=p): n for p, n in DESTROYED.items()})
-    c.histogram("container_wipe_duration_seconds", observations(events, "container.wiped", "pool_id"),
-                {lbl(pool_id=p): n for p, n in WIPED.items()})
-    c.histogram("container_acquire_duration_seconds",
-                observations(events, "container.acquired", "pool_id", "status"),
-                {lbl(pool_id=p, status=s): n for (p, s), n in ACQUIRED.items()})
-    c.histogram("container_release_duration_seconds",
-                observations(events, "container.released", "pool_id", "status"),
-                {lbl(pool_id=p, status=s): n for (p, s), n in RELEASED.items()})
+    c.histogram(
+        "container_create_duration_seconds",
+        observations(events, "container.created", "pool_id", "workload_id"),
+        {lbl(pool_id=p, workload_id=workload_of[p]): n for p, n in CREATED.items()},
+    )
+    c.histogram(
+        "container_destroy_duration_seconds",
+        observations(events, "container.destroyed", "pool_id"),
+        {lbl(pool_id=p): n for p, n in DESTROYED.items()},
+    )
+    c.histogram(
+        "container_wipe_duration_seconds",
+        observations(events, "container.wiped", "pool_id"),
+        {lbl(pool_id=p): n for p, n in WIPED.items()},
+    )
+    c.histogram(
+        "container_acquire_duration_seconds",
+        observations(events, "container.acquired", "pool_id", "status"),
+        {lbl(pool_id=p, status=s): n for (p, s), n in ACQUIRED.items()},
+    )
+    c.histogram(
+        "container_release_duration_seconds",
+        observations(events, "container.released", "pool_id", "status"),
+        {lbl(pool_id=p, status=s): n for (p, s), n in RELEASED.items()},
+    )
 
     # ---- affinity ----------------------------------------------------------------------------------------------
     misses = Counter[str]()
@@ -448,27 +535,44 @@ def expected_while_running(samples: Samples, api: Api, redis_url: str, api_pid: 
     c.family("affinity_evictions_total", {lbl(pool_id="web"): 2.0})
 
     # ---- sync --------------------------------------------------------------------------------------------------
-    c.family("sync_operations_total",
-             {lbl(workload_id=w, direction=d, status=s): float(n) for (w, d, s), n in SYNC_OPS.items()})
+    c.family(
+        "sync_operations_total",
+        {lbl(workload_id=w, direction=d, status=s): float(n) for (w, d, s), n in SYNC_OPS.items()},
+    )
     per_dir: Counter[tuple[str, str]] = Counter()
     for (w, d, _), n in SYNC_OPS.items():
         per_dir[(w, d)] += n
-    c.histogram("sync_duration_seconds", observations(events, "sync.finished", "workload_id", "direction", "mode"),
-                {lbl(workload_id=w, direction=d, mode=SYNC_MODE[w]): n for (w, d), n in per_dir.items()})
-    c.family("sync_bytes_transferred_total",
-             {lbl(workload_id=w, direction=d): float(b) for (w, d), (b, _) in SYNC_MOVED.items()})
-    c.family("sync_files_transferred_total",
-             {lbl(workload_id=w, direction=d): float(f) for (w, d), (_, f) in SYNC_MOVED.items()})
-    c.family("sync_errors_total", {lbl(workload_id=w, error_type=e): float(n) for (w, e), n in SYNC_ERRORS.items()})
+    c.histogram(
+        "sync_duration_seconds",
+        observations(events, "sync.finished", "workload_id", "direction", "mode"),
+        {lbl(workload_id=w, direction=d, mode=SYNC_MODE[w]): n for (w, d), n in per_dir.items()},
+    )
+    c.family(
+        "sync_bytes_transferred_total",
+        {lbl(workload_id=w, direction=d): float(b) for (w, d), (b, _) in SYNC_MOVED.items()},
+    )
+    c.family(
+        "sync_files_transferred_total",
+        {lbl(workload_id=w, direction=d): float(f) for (w, d), (_, f) in SYNC_MOVED.items()},
+    )
+    c.family(
+        "sync_errors_total", {lbl(workload_id=w, error_type=e): float(n) for (w, e), n in SYNC_ERRORS.items()}
+    )
     c.family("sync_bisync_resync_total", {lbl(workload_id="journal"): 1.0})
     c.family("sync_concurrent_operations", {lbl(workload_id=w): 0.0 for w in SYNC_WORKLOADS})
     c.family("sync_queue_length", {lbl(workload_id=w): 0.0 for w in SYNC_WORKLOADS})
     c.family("sync_periodic_jobs_active", {lbl(workload_id=w): float(w == "journal") for w in SYNC_WORKLOADS})
 
     # ---- http: exactly the requests the test made, by route template ---------------------------------------------
-    c.family("http_requests_total", {lbl(method=m, path=p, status=s): float(n) for (m, p, s), n in api.tally.items()})
-    c.histogram("http_request_duration_seconds", observations(events, "http.request", "method", "path", "status"),
-                {lbl(method=m, path=p, status=s): n for (m, p, s), n in api.tally.items()})
+    c.family(
+        "http_requests_total",
+        {lbl(method=m, path=p, status=s): float(n) for (m, p, s), n in api.tally.items()},
+    )
+    c.histogram(
+        "http_request_duration_seconds",
+        observations(events, "http.request", "method", "path", "status"),
+        {lbl(method=m, path=p, status=s): n for (m, p, s), n in api.tally.items()},
+    )
 
     # ---- system ----------------------------------------------------------------------------------------------
     c.family("info", {lbl(version=__version__): 1.0})
@@ -480,21 +584,43 @@ def expected_while_running(samples: Samples, api: Api, redis_url: str, api_pid: 
 
     # ---- the pipeline: one live source, every event folded once, nothing lost, dropped or dead-lettered ---------
     c.family("aggregator_live_sources", {lbl(): 1.0})
-    applied = {dict(k)["type"]: v for (n, k), v in samples.items() if n == P + "aggregator_events_applied_total"}
-    for type_ in ("container.acquired", "container.released", "http.request", "sync.finished", "sync.resynced"):
+    applied = {
+        dict(k)["type"]: v for (n, k), v in samples.items() if n == P + "aggregator_events_applied_total"
+    }
+    for type_ in (
+        "container.acquired",
+        "container.released",
+        "http.request",
+        "sync.finished",
+        "sync.resynced",
+    ):
         want = sum(1 for e in events if e["type"] == type_)
         if applied.get(type_) != want:
-            c.failures.append(f"aggregator_events_applied_total{{type={type_}}}: {applied.get(type_)} != {want}")
-    for empty in ("events_dropped_total", "events_lost_total", "aggregator_dead_letters_total",
-                  "aggregator_series_overflow_total", "aggregator_duplicates_total"):
+            c.failures.append(
+                f"aggregator_events_applied_total{{type={type_}}}: {applied.get(type_)} != {want}"
+            )
+    for empty in (
+        "events_dropped_total",
+        "events_lost_total",
+        "aggregator_dead_letters_total",
+        "aggregator_series_overflow_total",
+        "aggregator_duplicates_total",
+    ):
         c.family(empty, {})
     return c
 
 
 def expected_after_stop(samples: Samples, running: Samples) -> Check:
     c = Check(samples)
-    for name in (*POOL_GAUGES, "affinity_reservations", "sync_concurrent_operations", "sync_queue_length",
-                 "sync_periodic_jobs_active", "info", "start_time_seconds"):
+    for name in (
+        *POOL_GAUGES,
+        "affinity_reservations",
+        "sync_concurrent_operations",
+        "sync_queue_length",
+        "sync_periodic_jobs_active",
+        "info",
+        "start_time_seconds",
+    ):
         c.family(name, {})  # the only source stopped: no gauge values left
     c.family("aggregator_live_sources", {lbl(): 0.0})
     c.family("aggregator_consumer_lag_entries", {lbl(partition="0"): 0.0})
@@ -508,13 +634,22 @@ def expected_after_stop(samples: Samples, running: Samples) -> Check:
     if age is None or not 0 <= age < 60:
         c.failures.append(f"aggregator_newest_event_age_seconds: {age}")
     # counters kept their values; shutdown destroyed each container every pool still had
-    destroyed = {lbl(pool_id=p, operation="destroy", status="success"): float(DESTROYED.get(p, 0) + v[1])
-                 for p, v in POOLS.items()} | {lbl(pool_id="temp", operation="destroy", status="success"): 1.0}
+    destroyed = {
+        lbl(pool_id=p, operation="destroy", status="success"): float(DESTROYED.get(p, 0) + v[1])
+        for p, v in POOLS.items()
+    } | {lbl(pool_id="temp", operation="destroy", status="success"): 1.0}
     ops = {k: v for (n, k), v in running.items() if n == P + "container_operations_total"} | destroyed
     c.family("container_operations_total", ops)
-    for name in ("affinity_hits_total", "affinity_misses_total", "affinity_evictions_total",
-                 "sync_operations_total", "sync_errors_total", "sync_bytes_transferred_total",
-                 "http_requests_total", "container_acquire_duration_seconds_count"):
+    for name in (
+        "affinity_hits_total",
+        "affinity_misses_total",
+        "affinity_evictions_total",
+        "sync_operations_total",
+        "sync_errors_total",
+        "sync_bytes_transferred_total",
+        "http_requests_total",
+        "container_acquire_duration_seconds_count",
+    ):
         c.family(name, {k: v for (n, k), v in running.items() if n == P + name})
     return c
 

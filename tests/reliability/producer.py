@@ -58,39 +58,73 @@ def _duration(rng: random.Random, scale: float) -> float:
 def fields_for(type_: str, rng: random.Random) -> dict[str, Any]:
     pool, workload = rng.choice(POOLS), rng.choice(WORKLOADS)
     if type_ == "container.acquired":
-        return {"pool_id": pool, "status": rng.choice(STATUSES), "duration_s": _duration(rng, 2.0),
-                "affinity": rng.choice(["hit", "miss"])}
+        return {
+            "pool_id": pool,
+            "status": rng.choice(STATUSES),
+            "duration_s": _duration(rng, 2.0),
+            "affinity": rng.choice(["hit", "miss"]),
+        }
     if type_ in ("container.released",):
         return {"pool_id": pool, "status": rng.choice(STATUSES), "duration_s": _duration(rng, 1.5)}
     if type_ == "container.created":
-        return {"pool_id": pool, "workload_id": workload, "status": rng.choice(OP_STATUSES),
-                "duration_s": _duration(rng, 8.0)}
+        return {
+            "pool_id": pool,
+            "workload_id": workload,
+            "status": rng.choice(OP_STATUSES),
+            "duration_s": _duration(rng, 8.0),
+        }
     if type_ in ("container.destroyed", "container.wiped"):
         return {"pool_id": pool, "status": rng.choice(OP_STATUSES), "duration_s": _duration(rng, 1.0)}
     if type_ in ("container.health_check_failed", "affinity.evicted"):
         return {"pool_id": pool}
     if type_ == "sync.finished":
         status = rng.choice(STATUSES)
-        error = None if status == "success" else rng.choice(["rclone_error", "timeout", "network_error",
-                                                             "permission_denied"])
-        return {"workload_id": workload, "direction": rng.choice(["upload", "download", "bidirectional"]),
-                "mode": rng.choice(["sync", "bisync", "copy"]), "status": status,
-                "duration_s": _duration(rng, 40.0), "bytes": rng.randrange(0, 10**9),
-                "files": rng.randrange(0, 5000), "error_type": error}
+        error = (
+            None
+            if status == "success"
+            else rng.choice(["rclone_error", "timeout", "network_error", "permission_denied"])
+        )
+        return {
+            "workload_id": workload,
+            "direction": rng.choice(["upload", "download", "bidirectional"]),
+            "mode": rng.choice(["sync", "bisync", "copy"]),
+            "status": status,
+            "duration_s": _duration(rng, 40.0),
+            "bytes": rng.randrange(0, 10**9),
+            "files": rng.randrange(0, 5000),
+            "error_type": error,
+        }
     if type_ == "sync.resynced":
         return {"workload_id": workload}
     if type_ == "http.request":
-        return {"method": rng.choice(["GET", "POST", "DELETE"]), "path": rng.choice(PATHS),
-                "status": rng.choice([200, 200, 201, 404, 500]), "duration_s": _duration(rng, 0.05)}
+        return {
+            "method": rng.choice(["GET", "POST", "DELETE"]),
+            "path": rng.choice(PATHS),
+            "status": rng.choice([200, 200, 201, 404, 500]),
+            "duration_s": _duration(rng, 0.05),
+        }
     if type_ == "pool.state":
         size = rng.randrange(0, 50)
         borrowed = rng.randrange(0, size + 1)
-        return {"pool_id": pool, "workload_id": workload, "size": size, "available": size - borrowed,
-                "borrowed": borrowed, "pending": rng.randrange(0, 5), "min_size": 2, "max_size": 50,
-                "target_size": rng.randrange(2, 51), "affinity_reservations": rng.randrange(0, 5)}
+        return {
+            "pool_id": pool,
+            "workload_id": workload,
+            "size": size,
+            "available": size - borrowed,
+            "borrowed": borrowed,
+            "pending": rng.randrange(0, 5),
+            "min_size": 2,
+            "max_size": 50,
+            "target_size": rng.randrange(2, 51),
+            "affinity_reservations": rng.randrange(0, 5),
+        }
     if type_ == "sync.state":
-        return {"workload_id": workload, "running": rng.randrange(0, 4), "queued": rng.randrange(0, 10),
-                "periodic_jobs": rng.randrange(0, 3)}
+        return {
+            "workload_id": workload,
+            "running": rng.randrange(0, 4),
+            "queued": rng.randrange(0, 10),
+            "periodic_jobs": rng.randrange(0, 3),
+        }
     if type_ == "pool.removed":
         return {"pool_id": pool, "workload_id": workload}
     if type_ == "events.dropped":
@@ -137,9 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     pubs = [
-        Publisher(args.redis_url, f"{args.service}{i}", version=f"1.{i}", batch_size=args.batch_size,
-                  buffer_size=args.buffer_size, heartbeat_interval_s=10**6, flush_interval_s=0.02,
-                  spool_dir=args.spool_dir)
+        Publisher(
+            args.redis_url,
+            f"{args.service}{i}",
+            version=f"1.{i}",
+            batch_size=args.batch_size,
+            buffer_size=args.buffer_size,
+            heartbeat_interval_s=10**6,
+            flush_interval_s=0.02,
+            spool_dir=args.spool_dir,
+        )
         for i in range(args.sources)
     ]
     emitted: Counter[str] = Counter({"source.started": len(pubs)})

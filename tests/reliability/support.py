@@ -46,8 +46,9 @@ STABLE_ENV = {
 class Aggregator:
     """``boilerhouse aggregator`` as a child process on a free port (stopped or killed by pid)."""
 
-    def __init__(self, workdir: Path, redis_url: str, name: str = "aggregator",
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, redis_url: str, name: str = "aggregator", env: dict[str, str] | None = None
+    ) -> None:
         self.workdir, self.redis_url, self.name = workdir, redis_url, name
         self.env = {**STABLE_ENV, "BOILERHOUSE_CHECKPOINT_INTERVAL_S": "0.2", **(env or {})}
         self.port = free_port()
@@ -59,8 +60,12 @@ class Aggregator:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> Aggregator:
-        self.proc = boilerhouse(["aggregator", "--redis-url", self.redis_url, "--port", str(self.port)],
-                                self.workdir, self.name, self.env)
+        self.proc = boilerhouse(
+            ["aggregator", "--redis-url", self.redis_url, "--port", str(self.port)],
+            self.workdir,
+            self.name,
+            self.env,
+        )
         self.starts += 1
         if wait:
             wait_http(self.url + "/readyz", timeout=30, proc=self.proc)
@@ -91,8 +96,16 @@ class Aggregator:
 def producer(workdir: Path, redis_url: str, name: str, *args: str) -> tuple[Proc, Path]:
     """Start ``tests/reliability/producer.py``; returns the process and the path of its JSON report."""
     report = workdir / f"{name}.json"
-    cmd = [sys.executable, "-m", "tests.reliability.producer", "--redis-url", redis_url,
-           "--report", str(report), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.reliability.producer",
+        "--redis-url",
+        redis_url,
+        "--report",
+        str(report),
+        *args,
+    ]
     return Proc(cmd, workdir, name, {"PYTHONPATH": str(REPO)}), report
 
 
@@ -136,8 +149,11 @@ def wait_caught_up(client: redis.Redis, group: str, timeout: float = 60.0, strea
 
 def comparable(samples: Samples) -> Samples:
     """Samples that depend only on the events folded (runtime self-metrics removed)."""
-    return {k: v for k, v in samples.items()
-            if k[0] not in RUNTIME_METRICS and not k[0].startswith(RUNTIME_PREFIXES)}
+    return {
+        k: v
+        for k, v in samples.items()
+        if k[0] not in RUNTIME_METRICS and not k[0].startswith(RUNTIME_PREFIXES)
+    }
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -166,8 +182,6 @@ def diff(a: Samples, b: Samples, limit: int = 20) -> str:
     keys = sorted(set(a) | set(b), key=lambda k: (k[0], sorted(k[1])))
     lines = [f"{k[0]}{dict(k[1])}: {a.get(k)} != {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
     return f"{len(lines)} samples differ:\n" + "\n".join(lines[:limit])
-
-
 
 
 def private_redis(workdir: Path, aof: bool = True) -> EmbeddedRedis:

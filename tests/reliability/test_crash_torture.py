@@ -53,16 +53,34 @@ def _ready(agg: Aggregator) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sigkilled_aggregator_matches_uninterrupted_run(redis_url: str, redis_client: redis.Redis,
-                                                        tmp_path: Path) -> None:
+def test_sigkilled_aggregator_matches_uninterrupted_run(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     rng = random.Random(SEED)
     reference = Aggregator(tmp_path, redis_url, "reference", {"BOILERHOUSE_CONSUMER_GROUP": "reference"})
-    crashy = Aggregator(tmp_path, redis_url, "crashy", {"BOILERHOUSE_CONSUMER_GROUP": "crashy",
-                                                        "BOILERHOUSE_CHECKPOINT_INTERVAL_S": "0.05"})
+    crashy = Aggregator(
+        tmp_path,
+        redis_url,
+        "crashy",
+        {"BOILERHOUSE_CONSUMER_GROUP": "crashy", "BOILERHOUSE_CHECKPOINT_INTERVAL_S": "0.05"},
+    )
     reference.start()
     crashy.start()
-    prod, report_path = producer(tmp_path, redis_url, "producer", "--events", str(EVENTS), "--seed", str(SEED),
-                                 "--rate", "4000", "--batch-size", "40", "--sources", "3")
+    prod, report_path = producer(
+        tmp_path,
+        redis_url,
+        "producer",
+        "--events",
+        str(EVENTS),
+        "--seed",
+        str(SEED),
+        "--rate",
+        "4000",
+        "--batch-size",
+        "40",
+        "--sources",
+        "3",
+    )
     kills_ready = 0
     checkpoints_between_kills = 0
     last_saved = 0.0
@@ -103,8 +121,16 @@ def test_sigkilled_aggregator_matches_uninterrupted_run(redis_url: str, redis_cl
     assert a == b, diff(a, b)
     # ... and the comparison covered every kind of metric.
     names = {n for n, _ in a}
-    for must in ("container_acquire_duration_seconds_bucket", "sync_bytes_transferred_total", "pool_size",
-                 "sync_queue_length", "affinity_reservations", "events_dropped_total", "info",
-                 "http_requests_total", "aggregator_live_sources"):
+    for must in (
+        "container_acquire_duration_seconds_bucket",
+        "sync_bytes_transferred_total",
+        "pool_size",
+        "sync_queue_length",
+        "affinity_reservations",
+        "events_dropped_total",
+        "info",
+        "http_requests_total",
+        "aggregator_live_sources",
+    ):
         assert PREFIX + must in names, f"{must} missing from the exposition"
     assert total(a, PREFIX + "aggregator_live_sources") == 2  # source 0 stopped cleanly

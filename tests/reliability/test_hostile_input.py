@@ -54,8 +54,10 @@ def hostile_entries(rng: random.Random) -> Iterator[Hostile]:
         # wrong types at the top: not a map, version not an int, src not a string, events not a list
         yield _entry(rng.choice([[1, 2, 3], "batch", 42, None, 1.5])), "bad_envelope"
         yield _entry({"v": "1", "src": f"h:{i}", "events": [_event()]}), "bad_envelope"
-        yield _entry({"v": 1, "src": rng.choice([7, b"bytes-src", "", "x" * 500]), "events": [_event()]}), \
-            "bad_envelope"
+        yield (
+            _entry({"v": 1, "src": rng.choice([7, b"bytes-src", "", "x" * 500]), "events": [_event()]}),
+            "bad_envelope",
+        )
         yield _entry({"v": 1, "src": f"h:{i}", "events": rng.choice([{}, [], "events", 3])}), "bad_envelope"
         # future schema versions
         yield _batch(i, _event(), v=rng.randrange(2, 1000)), "future_version"
@@ -63,26 +65,89 @@ def hostile_entries(rng: random.Random) -> Iterator[Hostile]:
         yield {b"x": rng.randbytes(20)}, "missing_field"
         # events that are not maps, unknown types, bad envelopes of events
         yield _batch(i, rng.choice([17, "event", [1, 2], None])), "bad_event"
-        yield _batch(i, _event(rng.choice(["container.exploded", "", "DROP TABLE", "pool.state.v2"]))), \
-            "unknown_type"
+        yield (
+            _batch(i, _event(rng.choice(["container.exploded", "", "DROP TABLE", "pool.state.v2"]))),
+            "unknown_type",
+        )
         yield _batch(i, {**_event(pool_id="p"), "seq": rng.choice(["1", 0, -5, 1.5, None])}), "bad_event"
         yield _batch(i, {**_event(pool_id="p"), "ts": rng.choice(["now", -1, 1e13, None])}), "bad_event"
         # missing fields, wrong field types, bad label values, absurd field values
-        yield _batch(i, _event("container.acquired", pool_id="p", status="success", duration_s=1.0)), \
-            "invalid_field"
-        yield _batch(i, _event("container.acquired", pool_id="p", status="success", duration_s="fast",
-                               affinity="hit")), "invalid_field"
-        yield _batch(i, _event(pool_id=rng.choice(["bad pool", "", "x" * 100, "pool\n", "p\u00fcl", "-p",
-                                                   "a{b}", 5]))), "invalid_field"
-        yield _batch(i, _event("http.request", method=rng.choice(["BREW", "get", ""]), path="/x", status=200,
-                               duration_s=0.1)), "invalid_field"
-        yield _batch(i, _event("http.request", method="GET", path=rng.choice(["/x?y=1", "no-slash", "/" * 300,
-                                                                               "/a b"]),
-                               status=200, duration_s=0.1)), "invalid_field"
-        yield _batch(i, _event("container.released", pool_id="p", status="success",
-                               duration_s=rng.choice([float("nan"), float("inf"), -1.0]))), "invalid_field"
-        yield _batch(i, _event("sync.finished", workload_id="w", direction="up", mode="sync", status="success",
-                               duration_s=1.0, bytes=1, files=1)), "invalid_field"
+        yield (
+            _batch(i, _event("container.acquired", pool_id="p", status="success", duration_s=1.0)),
+            "invalid_field",
+        )
+        yield (
+            _batch(
+                i,
+                _event(
+                    "container.acquired", pool_id="p", status="success", duration_s="fast", affinity="hit"
+                ),
+            ),
+            "invalid_field",
+        )
+        yield (
+            _batch(
+                i,
+                _event(
+                    pool_id=rng.choice(["bad pool", "", "x" * 100, "pool\n", "p\u00fcl", "-p", "a{b}", 5])
+                ),
+            ),
+            "invalid_field",
+        )
+        yield (
+            _batch(
+                i,
+                _event(
+                    "http.request",
+                    method=rng.choice(["BREW", "get", ""]),
+                    path="/x",
+                    status=200,
+                    duration_s=0.1,
+                ),
+            ),
+            "invalid_field",
+        )
+        yield (
+            _batch(
+                i,
+                _event(
+                    "http.request",
+                    method="GET",
+                    path=rng.choice(["/x?y=1", "no-slash", "/" * 300, "/a b"]),
+                    status=200,
+                    duration_s=0.1,
+                ),
+            ),
+            "invalid_field",
+        )
+        yield (
+            _batch(
+                i,
+                _event(
+                    "container.released",
+                    pool_id="p",
+                    status="success",
+                    duration_s=rng.choice([float("nan"), float("inf"), -1.0]),
+                ),
+            ),
+            "invalid_field",
+        )
+        yield (
+            _batch(
+                i,
+                _event(
+                    "sync.finished",
+                    workload_id="w",
+                    direction="up",
+                    mode="sync",
+                    status="success",
+                    duration_s=1.0,
+                    bytes=1,
+                    files=1,
+                ),
+            ),
+            "invalid_field",
+        )
         # a map with a non-string key and no source
         yield {ENTRY_FIELD: msgpack.packb({1: 2, "v": 1})}, "bad_envelope"
     for _ in range(10):
@@ -96,8 +161,9 @@ def hostile_entries(rng: random.Random) -> Iterator[Hostile]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_hostile_entries_are_dead_lettered_counted_and_change_nothing(redis_url: str, redis_client: redis.Redis,
-                                                                      tmp_path: Path) -> None:
+def test_hostile_entries_are_dead_lettered_counted_and_change_nothing(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     agg = Aggregator(tmp_path, redis_url).start()
     try:
         prod, _ = producer(tmp_path, redis_url, "producer", "--events", "5000", "--seed", "3")
@@ -112,7 +178,7 @@ def test_hostile_entries_are_dead_lettered_counted_and_change_nothing(redis_url:
         killed = False
         for n in range(0, len(entries), 500):
             pipe = redis_client.pipeline(transaction=False)
-            for fields, _ in entries[n:n + 500]:
+            for fields, _ in entries[n : n + 500]:
                 pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
             pipe.execute()
             if not killed and n >= len(entries) // 2:
@@ -128,7 +194,9 @@ def test_hostile_entries_are_dead_lettered_counted_and_change_nothing(redis_url:
     dead = by_label(after, PREFIX + "aggregator_dead_letters_total", "reason")
     assert dead == {r: float(c) for r, c in expected.items()}
     assert redis_client.xlen(dead_letter_key(0)) == len(entries)
-    reasons = Counter(f[b"reason"].decode() for _, f in redis_client.xrange(dead_letter_key(0), count=len(entries)))
+    reasons = Counter(
+        f[b"reason"].decode() for _, f in redis_client.xrange(dead_letter_key(0), count=len(entries))
+    )
     assert reasons == expected
     dead_name = PREFIX + "aggregator_dead_letters_total"
     a = {k: v for k, v in comparable(before).items() if k[0] != dead_name}
@@ -138,8 +206,9 @@ def test_hostile_entries_are_dead_lettered_counted_and_change_nothing(redis_url:
 
 
 @pytest.mark.timeout(60)
-def test_absurd_but_valid_numbers_do_not_stop_checkpoints(redis_url: str, redis_client: redis.Redis,
-                                                          tmp_path: Path) -> None:
+def test_absurd_but_valid_numbers_do_not_stop_checkpoints(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     """Counters past 2**64 (msgpack's integer range) must still checkpoint, and survive a restart."""
     agg = Aggregator(tmp_path, redis_url).start()
     try:

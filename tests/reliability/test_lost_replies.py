@@ -41,6 +41,7 @@ class Flaky:
                 if how == "lost":
                     execute(*args, **kwargs)
                 raise redis.ConnectionError(f"connection reset (test: reply {how})")
+
             pipe.execute = failing
         return pipe
 
@@ -59,10 +60,12 @@ def _dead_letter_ids(client: redis.Redis) -> list[bytes]:
     return [fields[b"entry_id"] for _, fields in client.xrange(DEAD)]
 
 
-@pytest.mark.parametrize("failures", [["lost"], ["failed"], ["lost", "lost"], ["lost", "failed"],
-                                      ["failed", "lost"]])
+@pytest.mark.parametrize(
+    "failures", [["lost"], ["failed"], ["lost", "lost"], ["lost", "failed"], ["failed", "lost"]]
+)
 def test_dead_letters_are_written_once_whatever_happened_to_the_reply(
-        failures: list[str], redis_url: str, redis_client: redis.Redis) -> None:
+    failures: list[str], redis_url: str, redis_client: redis.Redis
+) -> None:
     redis_client.flushall()
     flaky = Flaky(redis_client)
     consumer = Consumer(flaky, AggregatorSettings(redis_url=redis_url, block_ms=10))  # type: ignore[arg-type]

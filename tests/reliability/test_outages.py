@@ -43,9 +43,26 @@ def test_redis_killed_and_restarted_while_producers_emit(tmp_path: Path) -> None
     rng = random.Random(4)
     server = private_redis(tmp_path / "redis").start()
     agg = Aggregator(tmp_path, server.url).start()
-    producers = [producer(tmp_path, server.url, f"producer{i}", "--events", "30000", "--seed", str(i),
-                          "--rate", "5000", "--batch-size", "50", "--sources", "2", "--service", f"p{i}-")
-                 for i in range(2)]
+    producers = [
+        producer(
+            tmp_path,
+            server.url,
+            f"producer{i}",
+            "--events",
+            "30000",
+            "--seed",
+            str(i),
+            "--rate",
+            "5000",
+            "--batch-size",
+            "50",
+            "--sources",
+            "2",
+            "--service",
+            f"p{i}-",
+        )
+        for i in range(2)
+    ]
     try:
         for _ in range(2):
             time.sleep(rng.uniform(1.0, 2.0))
@@ -105,7 +122,9 @@ def test_outage_longer_than_the_buffer_counts_every_drop(tmp_path: Path) -> None
     assert dropped == emitted - folded
     assert applied["events.dropped"] == 1  # reported once, when the bus came back
     assert total(samples, PREFIX + "events_lost_total") == 0
-    assert total(samples, PREFIX + "container_health_check_failures_total", pool_id="during") == 5000 - dropped
+    assert (
+        total(samples, PREFIX + "container_health_check_failures_total", pool_id="during") == 5000 - dropped
+    )
 
 
 @pytest.mark.slow
@@ -115,9 +134,26 @@ def test_spool_loses_nothing_across_an_outage_and_a_producer_restart(tmp_path: P
     spool = tmp_path / "spool"
     server = private_redis(tmp_path / "redis")
     url = server.url  # the port is fixed; nothing listens yet
-    first, first_report = producer(tmp_path, url, "producer1", "--events", "6000", "--seed", "11",
-                                   "--rate", "3000", "--buffer-size", "500", "--batch-size", "50",
-                                   "--spool-dir", str(spool), "--close-all", "--close-timeout", "2")
+    first, first_report = producer(
+        tmp_path,
+        url,
+        "producer1",
+        "--events",
+        "6000",
+        "--seed",
+        "11",
+        "--rate",
+        "3000",
+        "--buffer-size",
+        "500",
+        "--batch-size",
+        "50",
+        "--spool-dir",
+        str(spool),
+        "--close-all",
+        "--close-timeout",
+        "2",
+    )
     wait_exit(first, timeout=60)
     report1 = read_report(first_report)
     assert report1["dropped"] == 0, report1
@@ -126,8 +162,21 @@ def test_spool_loses_nothing_across_an_outage_and_a_producer_restart(tmp_path: P
     server.start()
     agg = Aggregator(tmp_path, server.url).start()
     try:
-        second, second_report = producer(tmp_path, url, "producer2", "--events", "6000", "--seed", "12",
-                                         "--rate", "6000", "--batch-size", "50", "--spool-dir", str(spool))
+        second, second_report = producer(
+            tmp_path,
+            url,
+            "producer2",
+            "--events",
+            "6000",
+            "--seed",
+            "12",
+            "--rate",
+            "6000",
+            "--batch-size",
+            "50",
+            "--spool-dir",
+            str(spool),
+        )
         wait_exit(second, timeout=60)
         report2 = read_report(second_report)
         assert report2["sent_spooled_entries"] > 0 and report2["dropped"] == 0, report2
@@ -143,8 +192,9 @@ def test_spool_loses_nothing_across_an_outage_and_a_producer_restart(tmp_path: P
 
 
 @pytest.mark.timeout(60)
-def test_entries_whose_read_reply_was_lost_are_still_applied(redis_url: str, redis_client: redis.Redis,
-                                                             tmp_path: Path) -> None:
+def test_entries_whose_read_reply_was_lost_are_still_applied(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     """XREADGROUP moved entries into our pending list, then the connection broke before the reply arrived.
 
     Reproduced exactly: the test reads the entries as the aggregator's consumer (shard-0) in the same

@@ -82,4 +82,8 @@ def test_close_with_redis_down_spools_everything_quickly(tmp_path: Path) -> None
     events = _spooled_events(spool)
     assert pub.dropped == 0
     assert [e["seq"] for e in events] == list(range(1, 403))
-    assert {e["type"] for e in events} == {"source.started", "container.health_check_failed", "source.stopped"}
+    assert {e["type"] for e in events} == {
+        "source.started",
+        "container.health_check_failed",
+        "source.stopped",
+    }

@@ -27,19 +27,25 @@ def _checkpoint(client: redis.Redis) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(90)
-def test_stream_is_trimmed_by_age_during_a_run_without_counting_loss(redis_url: str, redis_client: redis.Redis,
-                                                                     tmp_path: Path) -> None:
+def test_stream_is_trimmed_by_age_during_a_run_without_counting_loss(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     old_ms = int((time.time() - 3600) * 1000)
     pipe = redis_client.pipeline(transaction=False)
     for i in range(1000):  # an hour old: outside an 8 s replay window
-        pipe.xadd(STREAM, {ENTRY_FIELD: encode_batch("old:h:1:00", [_health(i + 1, old_ms / 1000)])},
-                  id=f"{old_ms + i}-0")
+        pipe.xadd(
+            STREAM,
+            {ENTRY_FIELD: encode_batch("old:h:1:00", [_health(i + 1, old_ms / 1000)])},
+            id=f"{old_ms + i}-0",
+        )
     pipe.execute()
     agg = Aggregator(tmp_path, redis_url, env={"BOILERHOUSE_RETENTION_S": "8"}).start()
     try:
         wait_caught_up(redis_client, "aggregator")
         for i in range(50):
-            redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch("new:h:1:00", [_health(i + 1, time.time())])})
+            redis_client.xadd(
+                STREAM, {ENTRY_FIELD: encode_batch("new:h:1:00", [_health(i + 1, time.time())])}
+            )
         deadline = time.monotonic() + 30
         while redis_client.xlen(STREAM) > 50 + 100:  # approximate MINID trims whole nodes (100 entries)
             assert time.monotonic() < deadline, f"stream not trimmed: {redis_client.xlen(STREAM)} entries"
@@ -54,17 +60,21 @@ def test_stream_is_trimmed_by_age_during_a_run_without_counting_loss(redis_url: 
 
 
 @pytest.mark.timeout(90)
-def test_dead_sources_are_forgotten_after_the_horizon_and_deduped_before(redis_url: str,
-                                                                        redis_client: redis.Redis,
-                                                                        tmp_path: Path) -> None:
+def test_dead_sources_are_forgotten_after_the_horizon_and_deduped_before(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     t0 = time.time() - 1000
     agg = Aggregator(tmp_path, redis_url, env={"BOILERHOUSE_SOURCE_FORGET_S": "100"}).start()
     try:
-        redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch("gone:h:1:00", [_health(s, t0) for s in range(1, 11)])})
+        redis_client.xadd(
+            STREAM, {ENTRY_FIELD: encode_batch("gone:h:1:00", [_health(s, t0) for s in range(1, 11)])}
+        )
         # Another source moves time on by less than the horizon: the old life's repeated batch (a
         # spool file sent twice) is still recognised.
         redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch("live:h:2:00", [_health(1, t0 + 50)])})
-        redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch("gone:h:1:00", [_health(s, t0) for s in range(6, 11)])})
+        redis_client.xadd(
+            STREAM, {ENTRY_FIELD: encode_batch("gone:h:1:00", [_health(s, t0) for s in range(6, 11)])}
+        )
         wait_caught_up(redis_client, "aggregator")
         samples = agg.samples()
         assert total(samples, PREFIX + "aggregator_duplicates_total") == 5

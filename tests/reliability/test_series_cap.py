@@ -27,8 +27,9 @@ def _series(samples: dict, name: str) -> set[frozenset]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_million_pool_ids_stay_at_the_series_cap(redis_url: str, redis_client: redis.Redis,
-                                                   tmp_path: Path) -> None:
+def test_a_million_pool_ids_stay_at_the_series_cap(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     agg = Aggregator(tmp_path, redis_url, env={"BOILERHOUSE_SERIES_CAP": str(CAP)}).start()
     assert agg.proc is not None
     try:
@@ -41,9 +42,17 @@ def test_a_million_pool_ids_stay_at_the_series_cap(redis_url: str, redis_client:
             events = []
             for n in range(start, start + PER_ENTRY):
                 seq += 1
-                events.append({"type": "container.acquired", "seq": seq, "ts": 1_790_000_000.0 + seq / 1e6,
-                               "pool_id": f"pool-{n}", "status": "success", "duration_s": 0.3,
-                               "affinity": "hit"})
+                events.append(
+                    {
+                        "type": "container.acquired",
+                        "seq": seq,
+                        "ts": 1_790_000_000.0 + seq / 1e6,
+                        "pool_id": f"pool-{n}",
+                        "status": "success",
+                        "duration_s": 0.3,
+                        "affinity": "hit",
+                    }
+                )
             pipe.xadd(STREAM, {ENTRY_FIELD: encode_batch(src, events)})
             if len(pipe) == 20:
                 pipe.execute()
@@ -55,10 +64,18 @@ def test_a_million_pool_ids_stay_at_the_series_cap(redis_url: str, redis_client:
         peak_kib = vm_hwm_kib(agg.proc.pid)
     finally:
         agg.stop()
-    logger.warning("1M distinct pool_id: written in %.1fs, folded by %.1fs; aggregator VmHWM %d KiB "
-                   "(%d KiB after start-up)", written_s, folded_s, peak_kib, baseline_kib)
-    print(f"\n1M distinct pool_id: aggregator peak RSS (VmHWM) {peak_kib} KiB, {baseline_kib} KiB after start-up; "
-          f"written {written_s:.1f}s, folded by {folded_s:.1f}s")
+    logger.warning(
+        "1M distinct pool_id: written in %.1fs, folded by %.1fs; aggregator VmHWM %d KiB "
+        "(%d KiB after start-up)",
+        written_s,
+        folded_s,
+        peak_kib,
+        baseline_kib,
+    )
+    print(
+        f"\n1M distinct pool_id: aggregator peak RSS (VmHWM) {peak_kib} KiB, {baseline_kib} KiB after start-up; "
+        f"written {written_s:.1f}s, folded by {folded_s:.1f}s"
+    )
 
     hist = PREFIX + "container_acquire_duration_seconds_count"
     hits = PREFIX + "affinity_hits_total"

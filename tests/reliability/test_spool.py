@@ -16,19 +16,25 @@ from shared.events.streams import partition_of, stream_key
 
 
 def _events(src_seq: range) -> list[dict]:
-    return [{"type": "container.health_check_failed", "seq": s, "ts": time.time(), "pool_id": "p"} for s in src_seq]
+    return [
+        {"type": "container.health_check_failed", "seq": s, "ts": time.time(), "pool_id": "p"}
+        for s in src_seq
+    ]
 
 
 @pytest.mark.timeout(30)
-def test_batches_claimed_by_a_dead_sender_are_sent_and_torn_writes_dropped(redis_url: str,
-                                                                           redis_client: redis.Redis,
-                                                                           tmp_path: Path) -> None:
+def test_batches_claimed_by_a_dead_sender_are_sent_and_torn_writes_dropped(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     dead_pid = 2**22 + 12345  # above pid_max's default: no such process
     (spool / f"{time.time_ns():020d}-{dead_pid}-3.sending-{dead_pid}").write_bytes(
-        encode_batch("old:h:1:00", _events(range(1, 4))))
-    (spool / f"{time.time_ns():020d}-{dead_pid}-3.batch").write_bytes(encode_batch("old:h:1:00", _events(range(4, 7))))
+        encode_batch("old:h:1:00", _events(range(1, 4)))
+    )
+    (spool / f"{time.time_ns():020d}-{dead_pid}-3.batch").write_bytes(
+        encode_batch("old:h:1:00", _events(range(4, 7)))
+    )
     (spool / f"{time.time_ns():020d}-{dead_pid}-2.batch.tmp").write_bytes(b"\x93\x01")  # torn write
     pub = Publisher(redis_url, "next-life", heartbeat_interval_s=10**6, spool_dir=spool)
     try:
@@ -43,24 +49,31 @@ def test_batches_claimed_by_a_dead_sender_are_sent_and_torn_writes_dropped(redis
 
 
 @pytest.mark.timeout(30)
-def test_spooled_batches_go_to_their_own_sources_partition(redis_url: str, redis_client: redis.Redis,
-                                                           tmp_path: Path) -> None:
+def test_spooled_batches_go_to_their_own_sources_partition(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     partitions = 4
     spool = tmp_path / "spool"
     down = f"redis://127.0.0.1:{free_port()}/0"
-    writers = [Publisher(down, f"svc{i}", partitions=partitions, heartbeat_interval_s=10**6, spool_dir=spool)
-               for i in range(8)]
+    writers = [
+        Publisher(down, f"svc{i}", partitions=partitions, heartbeat_interval_s=10**6, spool_dir=spool)
+        for i in range(8)
+    ]
     for w in writers:
         w.emit("container.health_check_failed", {"pool_id": "p"})
         w.close(2)
     assert len({w.partition for w in writers}) > 1
-    sender = Publisher(redis_url, "sender", partitions=partitions, heartbeat_interval_s=10**6, spool_dir=spool)
+    sender = Publisher(
+        redis_url, "sender", partitions=partitions, heartbeat_interval_s=10**6, spool_dir=spool
+    )
     try:
         assert sender.flush(10)
     finally:
         sender.close(5)
     for w in writers:
-        batches = [msgpack.unpackb(f[ENTRY_FIELD], raw=False)
-                   for _, f in redis_client.xrange(stream_key(partition_of(w.src, partitions)))]
+        batches = [
+            msgpack.unpackb(f[ENTRY_FIELD], raw=False)
+            for _, f in redis_client.xrange(stream_key(partition_of(w.src, partitions)))
+        ]
         seqs = [e["seq"] for b in batches if b["src"] == w.src for e in b["events"]]
         assert seqs == [1, 2, 3], (w.src, seqs)  # started, the event, stopped: in its own partition, in order

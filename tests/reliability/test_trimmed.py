@@ -38,9 +38,21 @@ def _emit(pubs: list[Publisher], n: int) -> int:
         for k, pub in enumerate(pubs):
             pub.emit("container.health_check_failed", {"pool_id": f"pool-{k}"})
             if i % 7 == 0:
-                pub.emit("pool.state", {"pool_id": f"pool-{k}", "workload_id": "w", "size": i % 9, "available": 1,
-                                        "borrowed": 0, "pending": 0, "min_size": 1, "max_size": 9,
-                                        "target_size": 3, "affinity_reservations": 0})
+                pub.emit(
+                    "pool.state",
+                    {
+                        "pool_id": f"pool-{k}",
+                        "workload_id": "w",
+                        "size": i % 9,
+                        "available": 1,
+                        "borrowed": 0,
+                        "pending": 0,
+                        "min_size": 1,
+                        "max_size": 9,
+                        "target_size": 3,
+                        "affinity_reservations": 0,
+                    },
+                )
     for pub in pubs:
         assert pub.flush(10)
     return n * len(pubs) + len(pubs) * len(range(0, n, 7))
@@ -52,8 +64,9 @@ def _publisher(redis_url: str, name: str) -> Publisher:
 
 @pytest.mark.parametrize("checkpointed", [True, False], ids=["checkpointed", "all-pending"])
 @pytest.mark.timeout(120)
-def test_entries_trimmed_while_the_aggregator_is_down(redis_url: str, redis_client: redis.Redis, tmp_path: Path,
-                                                     checkpointed: bool) -> None:
+def test_entries_trimmed_while_the_aggregator_is_down(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, checkpointed: bool
+) -> None:
     """Phase A is read (and checkpointed, or left pending); the aggregator is killed; phase B is written
     and its first half trimmed (with everything before it); phase C shows every source again."""
     interval = "0.1" if checkpointed else "100000"
@@ -105,8 +118,9 @@ def test_entries_trimmed_while_the_aggregator_is_down(redis_url: str, redis_clie
 
 
 @pytest.mark.timeout(120)
-def test_entries_trimmed_while_the_aggregator_lags(redis_url: str, redis_client: redis.Redis,
-                                                   tmp_path: Path) -> None:
+def test_entries_trimmed_while_the_aggregator_lags(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     """The aggregator is frozen (SIGSTOP) while producers write and the stream is trimmed past its
     position; after SIGCONT the running consumer detects the hole and counts it exactly."""
     agg = Aggregator(tmp_path, redis_url).start()
@@ -123,7 +137,7 @@ def test_entries_trimmed_while_the_aggregator_lags(redis_url: str, redis_client:
             delivered = group_info(redis_client, "aggregator")["last-delivered-id"]
             backlog = redis_client.xrange(STREAM, min=b"(" + delivered)
             cut = backlog[len(backlog) // 2][0]
-            expected = _events_in(backlog[:len(backlog) // 2])
+            expected = _events_in(backlog[: len(backlog) // 2])
             redis_client.xtrim(STREAM, minid=cut, approximate=False)
             emitted += _emit(pubs, 50)
         finally:

@@ -37,16 +37,29 @@ def _tool(name: str) -> str:
 def backfilled(history: int, run: Run, tmp_path: Path) -> Path:
     """The window written as OpenMetrics and turned into TSDB blocks by the real promtool."""
     om = tmp_path / "window.om"
-    code, out, err = run("replay", "--from", "2025-11-27T00:00:00Z", "--to", "2025-11-27T00:02:00Z",
-                         "--step", f"{STEP_S}s", "--openmetrics", str(om))
+    code, out, err = run(
+        "replay",
+        "--from",
+        "2025-11-27T00:00:00Z",
+        "--to",
+        "2025-11-27T00:02:00Z",
+        "--step",
+        f"{STEP_S}s",
+        "--openmetrics",
+        str(om),
+    )
     assert (code, out) == (0, "")
     assert err.startswith("replay: 9 steps 2025-11-27T00:00:00.000Z .. 2025-11-27T00:02:00.000Z every 15s, ")
     text = om.read_text()
     assert text.endswith("\n# EOF\n")
     assert 'boilerhouse_pool_available{pool_id="web",workload_id="echo"} 0.0 1764201630.000\n' in text
     blocks = tmp_path / "data"
-    done = subprocess.run([_tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [_tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(blocks.glob("*/meta.json")), done.stdout
     return blocks
@@ -63,9 +76,18 @@ def prometheus(backfilled: Path, tmp_path: Path) -> Iterator[str]:
     config = tmp_path / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 15s\n")
     port = free_port()
-    proc = Proc([_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={backfilled}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=3650d",
-                 f"--query.lookback-delta={STEP_S - 5}s"], tmp_path, "prometheus")
+    proc = Proc(
+        [
+            _tool("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={backfilled}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=3650d",
+            f"--query.lookback-delta={STEP_S - 5}s",
+        ],
+        tmp_path,
+        "prometheus",
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60, proc=proc)
         yield f"http://127.0.0.1:{port}"
@@ -74,13 +96,18 @@ def prometheus(backfilled: Path, tmp_path: Path) -> Iterator[str]:
 
 
 def _query_range(url: str, query: str) -> Series:
-    r = httpx.get(f"{url}/api/v1/query_range", params={"query": query, "start": START_S, "end": END_S,
-                                                       "step": STEP_S}, timeout=30)
+    r = httpx.get(
+        f"{url}/api/v1/query_range",
+        params={"query": query, "start": START_S, "end": END_S, "step": STEP_S},
+        timeout=30,
+    )
     r.raise_for_status()
     body = r.json()
     assert body["status"] == "success", body
-    return {frozenset(m["metric"].items()): {int(t): float(v) for t, v in m["values"]}
-            for m in body["data"]["result"]}
+    return {
+        frozenset(m["metric"].items()): {int(t): float(v) for t, v in m["values"]}
+        for m in body["data"]["result"]
+    }
 
 
 def _fold_at_steps(redis_url: str) -> Series:
@@ -106,14 +133,27 @@ def test_range_queries_match_the_fold_at_every_step(prometheus: str, redis_url: 
 
 def test_the_incident_as_promql(prometheus: str) -> None:
     available = _query_range(prometheus, 'boilerhouse_pool_available{pool_id="web"}')
-    assert available == {frozenset({"__name__": "boilerhouse_pool_available", "pool_id": "web",
-                                    "workload_id": "echo"}.items()):
-                         dict(zip(STEPS, [3.0, 2.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], strict=True))}
-    timeouts = _query_range(prometheus, 'boilerhouse_container_acquire_duration_seconds_count{status="timeout"}')
-    assert list(timeouts.values()) == [{BASE_S + 45: 1.0, BASE_S + 60: 2.0, BASE_S + 75: 2.0, BASE_S + 90: 2.0,
-                                        BASE_S + 105: 2.0, BASE_S + 120: 2.0}]
+    assert available == {
+        frozenset(
+            {"__name__": "boilerhouse_pool_available", "pool_id": "web", "workload_id": "echo"}.items()
+        ): dict(zip(STEPS, [3.0, 2.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], strict=True))
+    }
+    timeouts = _query_range(
+        prometheus, 'boilerhouse_container_acquire_duration_seconds_count{status="timeout"}'
+    )
+    assert list(timeouts.values()) == [
+        {
+            BASE_S + 45: 1.0,
+            BASE_S + 60: 2.0,
+            BASE_S + 75: 2.0,
+            BASE_S + 90: 2.0,
+            BASE_S + 105: 2.0,
+            BASE_S + 120: 2.0,
+        }
+    ]
     # the sync worker's gauge: first heard of at 00:00:01, silent past its 30 s TTL at 00:01:00, back at
     # 00:01:10, stopped at 00:01:30
     running = _query_range(prometheus, "boilerhouse_sync_concurrent_operations")
-    assert list(running.values()) == [{BASE_S + 15: 1.0, BASE_S + 30: 0.0, BASE_S + 45: 0.0,
-                                       BASE_S + 75: 0.0}]
+    assert list(running.values()) == [
+        {BASE_S + 15: 1.0, BASE_S + 30: 0.0, BASE_S + 45: 0.0, BASE_S + 75: 0.0}
+    ]

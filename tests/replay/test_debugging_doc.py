@@ -27,7 +27,7 @@ DOC_BASE_S = 1795737600
 def examples() -> list[tuple[str, list[str], int | None]]:
     """(command, expected output lines, expected exit status if shown) from the document's code blocks."""
     out: list[tuple[str, list[str], int | None]] = []
-    for block in re.findall(r"```\n(.*?)```", DOC.read_text(), flags=re.S):
+    for block in re.findall(r"```\n(.*?)```", DOC.read_text(), flags=re.DOTALL):
         current: tuple[str, list[str]] | None = None
         for line in [*block.splitlines(), "$ "]:
             if line.startswith("$ "):
@@ -48,15 +48,20 @@ def _shown_om_lines(om: Path) -> list[str]:
     """What ``grep -A4 'TYPE boilerhouse_pool_available' incident.om; tail -n 2 incident.om`` prints."""
     lines = om.read_text().splitlines()
     i = lines.index("# TYPE boilerhouse_pool_available gauge")
-    return lines[i:i + 5] + lines[-2:]
+    return lines[i : i + 5] + lines[-2:]
 
 
 def _promtool(om: Path, out_dir: str) -> list[str]:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed: run ./scripts/install-system-deps.sh (make test does)")
-    done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(om), out_dir],
-                          capture_output=True, text=True, timeout=120, cwd=om.parent)
+    done = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(om), out_dir],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=om.parent,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
@@ -65,8 +70,9 @@ def _without_ulid(lines: list[str]) -> list[str]:
     return [re.sub(r"^[0-9A-HJKMNP-TV-Z]{26} ", "ULID ", line) for line in lines]
 
 
-def test_the_worked_incident_prints_what_the_document_shows(run: Run, redis_url: str, redis_client: redis.Redis,
-                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_worked_incident_prints_what_the_document_shows(
+    run: Run, redis_url: str, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # the document writes incident.om and ./backfill in the current directory
     load(redis_client, base_s=DOC_BASE_S)
     consumer = Consumer(redis_client, AggregatorSettings(redis_url=redis_url, block_ms=10))

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import msgpack
+import pytest
 import redis
 
 from services.aggregator.consumer import Consumer
@@ -22,8 +22,10 @@ from tests.support.procs import boilerhouse
 from .conftest import Run
 from .history import API, BASE_S, SYNC, UNDECODABLE, acquired, pool
 
-POOL_WEB = ("pool_id=web workload_id=echo size=3 available={a} borrowed={b} pending=0 min_size=2 max_size=3 "
-            "target_size=3 affinity_reservations=0")
+POOL_WEB = (
+    "pool_id=web workload_id=echo size=3 available={a} borrowed={b} pending=0 min_size=2 max_size=3 "
+    "target_size=3 affinity_reservations=0"
+)
 
 
 def test_tail_prints_the_newest_events_as_an_aligned_table(history: int, run: Run) -> None:
@@ -44,16 +46,43 @@ def test_tail_json_with_type_and_pool_filters(history: int, run: Run) -> None:
     code, out, _ = run("events", "tail", "--json", "--type", "container.*", "--pool", "web", "--count", "2")
     assert code == 0
     assert [json.loads(line) for line in out.splitlines()] == [
-        {"id": "1764201675000-0", "partition": 0, "src": API, "type": "container.released", "seq": 19,
-         "pool_id": "web", "status": "success", "duration_s": 1.2, "ts": BASE_S + 75 - 0.01},
-        {"id": "1764201700000-0", "partition": 0, "src": API, "type": "container.acquired", "seq": 21,
-         "pool_id": "web", "status": "success", "duration_s": 0.2, "affinity": "hit", "ts": BASE_S + 100 - 0.01},
+        {
+            "id": "1764201675000-0",
+            "partition": 0,
+            "src": API,
+            "type": "container.released",
+            "seq": 19,
+            "pool_id": "web",
+            "status": "success",
+            "duration_s": 1.2,
+            "ts": BASE_S + 75 - 0.01,
+        },
+        {
+            "id": "1764201700000-0",
+            "partition": 0,
+            "src": API,
+            "type": "container.acquired",
+            "seq": 21,
+            "pool_id": "web",
+            "status": "success",
+            "duration_s": 0.2,
+            "affinity": "hit",
+            "ts": BASE_S + 100 - 0.01,
+        },
     ]
 
 
 def test_range_between_a_time_and_a_stream_id(history: int, run: Run) -> None:
-    code, out, err = run("events", "range", "--from", "2025-11-27T00:00:40Z", "--to", "1764201660000-0",
-                         "--type", "container.acquired")
+    code, out, err = run(
+        "events",
+        "range",
+        "--from",
+        "2025-11-27T00:00:40Z",
+        "--to",
+        "1764201660000-0",
+        "--type",
+        "container.acquired",
+    )
     assert (code, err) == (0, "")
     assert out == (
         "TIME                      TYPE                SOURCE                   FIELDS\n"
@@ -67,8 +96,18 @@ def test_range_between_a_time_and_a_stream_id(history: int, run: Run) -> None:
 
 
 def test_range_by_source_and_workload_in_unix_seconds(history: int, run: Run) -> None:
-    code, out, err = run("events", "range", "--from", "1764201620", "--to", str(BASE_S + 120),
-                         "--source", "sync-worker", "--workload", "echo")
+    code, out, err = run(
+        "events",
+        "range",
+        "--from",
+        "1764201620",
+        "--to",
+        str(BASE_S + 120),
+        "--source",
+        "sync-worker",
+        "--workload",
+        "echo",
+    )
     assert code == 0
     assert out == (
         "TIME                      TYPE           SOURCE                           FIELDS\n"
@@ -100,8 +139,9 @@ def _consume(client: redis.Redis, settings: AggregatorSettings, rounds: int | No
     return consumer
 
 
-def test_stats_counts_producers_groups_and_dead_letters(history: int, run: Run, redis_client: redis.Redis,
-                                                        redis_url: str) -> None:
+def test_stats_counts_producers_groups_and_dead_letters(
+    history: int, run: Run, redis_client: redis.Redis, redis_url: str
+) -> None:
     base = AggregatorSettings(redis_url=redis_url, block_ms=10, checkpoint_interval_s=3600)
     # a real aggregator that read everything and checkpointed (writing the dead letters) ...
     _consume(redis_client, base).checkpoint_all(force=True)
@@ -111,7 +151,9 @@ def test_stats_counts_producers_groups_and_dead_letters(history: int, run: Run, 
     assert (code, err) == (0, "")
     with pytest.raises(EventDecodeError) as undecodable:  # the codec's own words for the garbage entry
         decode_batch(UNDECODABLE)
-    assert out == f"""\
+    assert (
+        out
+        == f"""\
 window: 2025-11-27T00:00:00.000Z .. 2025-11-27T00:02:00.000Z (120s), 15 entries, 29 events, 1 partition
 undecodable entries: 1
 
@@ -142,33 +184,69 @@ ENTRY TIME                PARTITION  ENTRY            REASON         DETAIL
 2025-11-27T00:00:55.000Z          0  1764201655000-0  invalid_field  status='weird' not one of ['failure', 'success', 'timeout']
 2025-11-27T00:01:20.000Z          0  1764201680000-0  undecodable    {undecodable.value.detail[:80]}
 """.replace(" \n", "\n")
+    )
 
 
 def test_stats_window_rates_and_silent_producers(history: int, run: Run) -> None:
     code, out, _ = run("events", "stats", "--from", "2025-11-27T00:00:00Z", "--to", "2025-11-27T00:00:20Z")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == ("window: 2025-11-27T00:00:00.000Z .. 2025-11-27T00:00:20.000Z (20s), 4 entries, "
-                        "10 events, 1 partition")
+    assert lines[0] == (
+        "window: 2025-11-27T00:00:00.000Z .. 2025-11-27T00:00:20.000Z (20s), 4 entries, "
+        "10 events, 1 partition"
+    )
     assert "total                   10   0.500" in lines
-    assert "sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         2  2025-11-27T00:00:00.990Z  live" in lines
+    assert (
+        "sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         2  2025-11-27T00:00:00.990Z  live"
+        in lines
+    )
     code, out, _ = run("events", "stats", "--to", "2025-11-27T00:01:50Z", "--from", "2025-11-27T00:00:50Z")
-    assert "PRODUCERS: 1 live (an event within 30s of 2025-11-27T00:01:50.000Z, not stopped)" in out.splitlines()
+    assert (
+        "PRODUCERS: 1 live (an event within 30s of 2025-11-27T00:01:50.000Z, not stopped)" in out.splitlines()
+    )
 
 
-def test_tail_follow_prints_new_events_as_they_arrive(history: int, redis_url: str, redis_client: redis.Redis,
-                                                      tmp_path: Path) -> None:
-    proc = boilerhouse(["events", "tail", "--follow", "-n", "1", "--type", "container.*"], tmp_path, "tail",
-                       env={"BOILERHOUSE_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
+def test_tail_follow_prints_new_events_as_they_arrive(
+    history: int, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    proc = boilerhouse(
+        ["events", "tail", "--follow", "-n", "1", "--type", "container.*"],
+        tmp_path,
+        "tail",
+        env={"BOILERHOUSE_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         _wait_for(proc.output, "affinity=hit")
-        redis_client.xadd(stream_key(0), {ENTRY_FIELD: encode_batch(API, [
-            {**acquired(24, "failure", 2.5, "miss"), "ts": BASE_S + 110.0},
-            {**pool(25, 0, 3), "ts": BASE_S + 110.0},
-        ])}, id=f"{(BASE_S + 110) * 1000}-0")
-        redis_client.xadd(stream_key(0), {ENTRY_FIELD: encode_batch(SYNC, [
-            {"type": "container.health_check_failed", "seq": 7, "pool_id": "web", "ts": BASE_S + 111.0}])},
-            id=f"{(BASE_S + 111) * 1000}-0")
+        redis_client.xadd(
+            stream_key(0),
+            {
+                ENTRY_FIELD: encode_batch(
+                    API,
+                    [
+                        {**acquired(24, "failure", 2.5, "miss"), "ts": BASE_S + 110.0},
+                        {**pool(25, 0, 3), "ts": BASE_S + 110.0},
+                    ],
+                )
+            },
+            id=f"{(BASE_S + 110) * 1000}-0",
+        )
+        redis_client.xadd(
+            stream_key(0),
+            {
+                ENTRY_FIELD: encode_batch(
+                    SYNC,
+                    [
+                        {
+                            "type": "container.health_check_failed",
+                            "seq": 7,
+                            "pool_id": "web",
+                            "ts": BASE_S + 111.0,
+                        }
+                    ],
+                )
+            },
+            id=f"{(BASE_S + 111) * 1000}-0",
+        )
         _wait_for(proc.output, "container.health_check_failed")
     finally:
         proc.stop(signal.SIGTERM)
@@ -194,9 +272,14 @@ def _wait_for(read: Callable[[], str], text: str, timeout: float = 20.0) -> None
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["events", "range", "--from", "yesterday"], "--from: cannot parse time 'yesterday': expected RFC 3339"),
-        (["events", "range", "--from", "2025-11-27T00:02:00Z", "--to", "2025-11-27T00:01:00Z"],
-         "--from 2025-11-27T00:02:00Z is after --to 2025-11-27T00:01:00Z"),
+        (
+            ["events", "range", "--from", "yesterday"],
+            "--from: cannot parse time 'yesterday': expected RFC 3339",
+        ),
+        (
+            ["events", "range", "--from", "2025-11-27T00:02:00Z", "--to", "2025-11-27T00:01:00Z"],
+            "--from 2025-11-27T00:02:00Z is after --to 2025-11-27T00:01:00Z",
+        ),
         (["events", "range", "--from", "1764201700000-1", "--to", "1764201700000-0"], "is after --to"),
         (["events", "tail", "--type", "contaner.*"], "--type 'contaner.*' matches no event type"),
         (["events", "tail", "--pool", "bad id!"], "--pool 'bad id!' is not a valid identifier"),
@@ -205,7 +288,10 @@ def _wait_for(read: Callable[[], str], text: str, timeout: float = 20.0) -> None
         (["replay", "--at", "now", "--from", "-5m"], "give one or the other"),
         (["replay"], "give --at T, or --from T [--to T] --openmetrics FILE"),
         (["replay", "--from", "-5m"], "add --openmetrics FILE"),
-        (["replay", "--from", "-5m", "--openmetrics", "x.om", "--step", "0s"], "--step: duration '0s' must be positive"),
+        (
+            ["replay", "--from", "-5m", "--openmetrics", "x.om", "--step", "0s"],
+            "--step: duration '0s' must be positive",
+        ),
         (["replay", "--from", "-5m", "--to", "-10m", "--openmetrics", "x.om"], "is after --to -10m"),
         (["replay", "--from", "-30d", "--openmetrics", "x.om", "--step", "1s"], "steps (max 200000)"),
     ],
@@ -220,9 +306,13 @@ def test_bad_arguments_exit_2_with_a_message(history: int, run: Run, argv: list[
 
 
 def test_bad_arguments_as_a_process_exit_2_without_traceback(redis_url: str, tmp_path: Path) -> None:
-    for i, argv in enumerate([["events", "range", "--from", "-15m", "--to", "-1h"],
-                              ["events", "tail", "--bogus"],
-                              ["replay", "--at", "not-a-time"]]):
+    for i, argv in enumerate(
+        [
+            ["events", "range", "--from", "-15m", "--to", "-1h"],
+            ["events", "tail", "--bogus"],
+            ["replay", "--at", "not-a-time"],
+        ]
+    ):
         proc = boilerhouse(argv, tmp_path, f"bad{i}", env={"BOILERHOUSE_REDIS_URL": redis_url})
         assert proc.popen.wait(timeout=30) == 2, proc.output()
         assert "error:" in proc.output() and "Traceback" not in proc.output()
@@ -236,11 +326,25 @@ def test_unreachable_bus_is_a_message_not_a_traceback(run: Run) -> None:
 
 def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redis) -> None:
     """Events the aggregator dead-letters still print: odd keys, odd types, no timestamp."""
-    payload = msgpack.packb({"v": 1, "src": "odd:host:1:0", "events": [
-        {"type": ["not", "a", "string"], "seq": 1, 7: "int key"},
-        "not a map",
-        {"type": "container.acquired", "seq": 2, "pool_id": "web", "status": "lost", "extra": b"\x00"},
-    ]}, use_bin_type=True, strict_types=False)
+    payload = msgpack.packb(
+        {
+            "v": 1,
+            "src": "odd:host:1:0",
+            "events": [
+                {"type": ["not", "a", "string"], "seq": 1, 7: "int key"},
+                "not a map",
+                {
+                    "type": "container.acquired",
+                    "seq": 2,
+                    "pool_id": "web",
+                    "status": "lost",
+                    "extra": b"\x00",
+                },
+            ],
+        },
+        use_bin_type=True,
+        strict_types=False,
+    )
     redis_client.xadd(stream_key(0), {ENTRY_FIELD: payload}, id="1764201600000-0")
     code, out, err = run("events", "range")
     assert (code, err) == (0, "")
@@ -251,10 +355,24 @@ def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redi
     )
     code, out, _ = run("events", "range", "--json")
     assert [json.loads(line) for line in out.splitlines()] == [
-        {"id": "1764201600000-0", "partition": 0, "src": "odd:host:1:0", "type": ["not", "a", "string"], "seq": 1,
-         "7": "int key"},
-        {"id": "1764201600000-0", "partition": 0, "src": "odd:host:1:0", "type": "container.acquired", "seq": 2,
-         "pool_id": "web", "status": "lost", "extra": "b'\\x00'"},
+        {
+            "id": "1764201600000-0",
+            "partition": 0,
+            "src": "odd:host:1:0",
+            "type": ["not", "a", "string"],
+            "seq": 1,
+            "7": "int key",
+        },
+        {
+            "id": "1764201600000-0",
+            "partition": 0,
+            "src": "odd:host:1:0",
+            "type": "container.acquired",
+            "seq": 2,
+            "pool_id": "web",
+            "status": "lost",
+            "extra": "b'\\x00'",
+        },
     ]
     code, out, _ = run("events", "stats", "--to", "1764201600000-0")
     assert code == 0

@@ -58,9 +58,11 @@ def test_redrawn_in_place_on_a_terminal_and_quiet_draws_nothing() -> None:
     clock.now += 0.5
     p.update(4, 10)
     p.finish()
-    assert out.getvalue() == ("\rreplay window: 3 steps, 15 events/s, 2.0s elapsed"
-                              "\rreplay window: 4 steps, 16 events/s, 2.5s elapsed"
-                              "\rreplay window: 4 steps, 16 events/s, 2.5s elapsed\n")
+    assert out.getvalue() == (
+        "\rreplay window: 3 steps, 15 events/s, 2.0s elapsed"
+        "\rreplay window: 4 steps, 16 events/s, 2.5s elapsed"
+        "\rreplay window: 4 steps, 16 events/s, 2.5s elapsed\n"
+    )
     quiet, clock = io.StringIO(), Clock()
     q = Progress("x", 1, stream=quiet, enabled=False, clock=clock)
     clock.now += 10

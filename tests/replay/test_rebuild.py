@@ -42,17 +42,25 @@ def _group(client: redis.Redis, name: str) -> dict[str, object]:
     return next(g for g in client.xinfo_groups(stream_key(0)) if g["name"] == name.encode())
 
 
-def test_rebuild_writes_the_checkpoint_the_consumer_restores(history: int, redis_url: str,
-                                                             redis_client: redis.Redis) -> None:
+def test_rebuild_writes_the_checkpoint_the_consumer_restores(
+    history: int, redis_url: str, redis_client: redis.Redis
+) -> None:
     settings = AggregatorSettings(redis_url=redis_url, block_ms=10)
     # a stale checkpoint from an old mapping: the live consumer would refuse it
     redis_client.set(checkpoint_key(0, "aggregator"), msgpack.packb({"v": 1, "mapping": [], "state": {}}))
     err = io.StringIO()
     [result] = rebuild(redis_client, settings, stream=err, progress_delay_s=0)
-    assert (result.partition, result.entries, result.events, result.position) == (0, 15, 29, "1764201700000-0")
+    assert (result.partition, result.entries, result.events, result.position) == (
+        0,
+        15,
+        29,
+        "1764201700000-0",
+    )
     lines = err.getvalue().splitlines()
     assert lines[0].startswith("rebuild partition 0: [##                            ]   6.7% 1/15 entries, ")
-    assert lines[-1].startswith("rebuild partition 0: [##############################] 100.0% 15/15 entries, ")
+    assert lines[-1].startswith(
+        "rebuild partition 0: [##############################] 100.0% 15/15 entries, "
+    )
 
     doc = msgpack.unpackb(redis_client.get(checkpoint_key(0, "aggregator")), raw=False, strict_map_key=False)
     assert (doc["v"], doc["mapping"]) == (1, mapping_fingerprint())
@@ -68,18 +76,28 @@ def test_rebuild_writes_the_checkpoint_the_consumer_restores(history: int, redis
     assert _render(restored) == _render(fresh)
 
     # new events after the rebuild are folded by the live consumer on top of the checkpoint
-    redis_client.xadd(stream_key(0), {ENTRY_FIELD: encode_batch(API, [{**acquired(24, "failure", 2.5, "miss"),
-                                                                        "ts": BASE_S + 110.0}])},
-                      id=f"{(BASE_S + 110) * 1000}-0")
+    redis_client.xadd(
+        stream_key(0),
+        {ENTRY_FIELD: encode_batch(API, [{**acquired(24, "failure", 2.5, "miss"), "ts": BASE_S + 110.0}])},
+        id=f"{(BASE_S + 110) * 1000}-0",
+    )
     assert restored.poll_once() == 1
     assert fresh.poll_once() == 1
     assert _render(restored) == _render(fresh)
-    assert value(parse(_render(restored)), "boilerhouse_container_acquire_duration_seconds_count",
-                 pool_id="web", status="failure") == 1
+    assert (
+        value(
+            parse(_render(restored)),
+            "boilerhouse_container_acquire_duration_seconds_count",
+            pool_id="web",
+            status="failure",
+        )
+        == 1
+    )
 
 
 def test_rebuild_of_a_trimmed_stream_counts_the_trimmed_history_as_a_live_consumer_does(
-        history: int, redis_url: str, redis_client: redis.Redis) -> None:
+    history: int, redis_url: str, redis_client: redis.Redis
+) -> None:
     redis_client.xtrim(stream_key(0), minid=f"{(BASE_S + 30) * 1000}-0", approximate=False)
     settings = AggregatorSettings(redis_url=redis_url, block_ms=10)
     rebuild(redis_client, settings, show_progress=False)
@@ -96,10 +114,16 @@ def test_rebuild_of_an_empty_bus(redis_url: str, redis_client: redis.Redis) -> N
     assert _group(redis_client, "aggregator")["last-delivered-id"] == b"0-0"
 
 
-def test_aggregator_rebuild_command_serves_the_rebuilt_state(history: int, redis_url: str, tmp_path: Path) -> None:
+def test_aggregator_rebuild_command_serves_the_rebuilt_state(
+    history: int, redis_url: str, tmp_path: Path
+) -> None:
     port = free_port()
-    proc = boilerhouse(["aggregator", "--rebuild", "--port", str(port)], tmp_path, "aggregator",
-                       env={"BOILERHOUSE_REDIS_URL": redis_url})
+    proc = boilerhouse(
+        ["aggregator", "--rebuild", "--port", str(port)],
+        tmp_path,
+        "aggregator",
+        env={"BOILERHOUSE_REDIS_URL": redis_url},
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)
         samples = parse(wait_http(f"http://127.0.0.1:{port}/metrics", proc=proc).text)
@@ -107,6 +131,10 @@ def test_aggregator_rebuild_command_serves_the_rebuilt_state(history: int, redis
         proc.stop()
     assert "rebuild: partition 0: 15 entries, 29 events folded in " in proc.output()
     assert "checkpoint at 1764201700000-0" in proc.output()
-    assert value(samples, "boilerhouse_container_acquire_duration_seconds_count", pool_id="web",
-                 status="timeout") == 2
+    assert (
+        value(
+            samples, "boilerhouse_container_acquire_duration_seconds_count", pool_id="web", status="timeout"
+        )
+        == 2
+    )
     assert value(samples, "boilerhouse_aggregator_dead_letters_total", reason="undecodable") == 1

@@ -60,14 +60,18 @@ def test_bad_times(text: str, message: str) -> None:
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize(("text", "ms"), [("15s", 15_000), ("1m30s", 90_000), ("500ms", 500), ("2", 2000),
-                                          ("1h", 3_600_000), ("0.5s", 500)])
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("15s", 15_000), ("1m30s", 90_000), ("500ms", 500), ("2", 2000), ("1h", 3_600_000), ("0.5s", 500)],
+)
 def test_durations(text: str, ms: int) -> None:
     assert parse_duration_ms(text) == ms
 
 
-@pytest.mark.parametrize(("text", "message"), [("0s", "must be positive"), ("fast", "cannot parse duration"),
-                                               ("-5s", "cannot parse duration")])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("0s", "must be positive"), ("fast", "cannot parse duration"), ("-5s", "cannot parse duration")],
+)
 def test_bad_durations(text: str, message: str) -> None:
     with pytest.raises(ReplayError) as err:
         parse_duration_ms(text)
@@ -91,9 +95,15 @@ def test_filter_matches() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"type_pattern": "contaner.*"}, "--type 'contaner.*' matches no event type; known types: source.started"),
+        (
+            {"type_pattern": "contaner.*"},
+            "--type 'contaner.*' matches no event type; known types: source.started",
+        ),
         ({"pool": "bad id!"}, "--pool 'bad id!' is not a valid identifier"),
-        ({"type_pattern": "http.*", "pool": "web"}, "--pool given, but none of the selected event types has a pool_id"),
+        (
+            {"type_pattern": "http.*", "pool": "web"},
+            "--pool given, but none of the selected event types has a pool_id",
+        ),
         ({"source": ""}, "--source must not be empty"),
     ],
 )

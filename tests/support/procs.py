@@ -23,14 +23,22 @@ BOILERHOUSE = [sys.executable, "-m", "services.cli"]
 class Proc:
     """A child process with a pidfile and its output in a log file."""
 
-    def __init__(self, args: Sequence[str], workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], workdir: Path, name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log = workdir / f"{name}.log"
         self.pidfile = workdir / f"{name}.pid"
         full_env = {**os.environ, **(env or {})}
         with open(self.log, "ab") as log:
-            self.popen = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=full_env, start_new_session=True)
+            self.popen = subprocess.Popen(
+                list(args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                start_new_session=True,
+            )
         self.pidfile.write_text(str(self.popen.pid))
 
     @property

@@ -98,8 +98,13 @@ class Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.config = scrape_config(targets, self_address=self.address, scrape_interval=scrape_interval,
-                                    rule_files=rule_files, auth=auth)
+        self.config = scrape_config(
+            targets,
+            self_address=self.address,
+            scrape_interval=scrape_interval,
+            rule_files=rule_files,
+            auth=auth,
+        )
         self.config_file = workdir / "prometheus.yml"
         self.config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.proc: Proc | None = None
@@ -122,8 +127,9 @@ class Prometheus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.popen.poll() is not None:
-                raise AssertionError(f"prometheus exited with {self.proc.popen.returncode}:\n"
-                                     f"{self.proc.output()[-3000:]}")
+                raise AssertionError(
+                    f"prometheus exited with {self.proc.popen.returncode}:\n{self.proc.output()[-3000:]}"
+                )
             try:
                 if self.http.get("/-/ready").status_code == 200:
                     logger.info("prometheus pid %d on %s", self.proc.pid, self.url)
@@ -199,6 +205,8 @@ class Prometheus:
 
     def wait_scraped(self, after: float, job: str = AGGREGATOR_JOB, timeout: float = 30.0) -> None:
         """Wait until every target of ``job`` was scraped successfully at a time later than ``after``."""
+
         def fresh(result: list[Sample]) -> bool:
             return bool(result) and all(s.value > after for s in result)
+
         self.wait_for(f'timestamp(up{{job="{job}"}} == 1)', fresh, timeout)
