@@ -40,12 +40,14 @@ class Profile:
 
 
 #: Why they differ: a publisher's flusher must notice an outage within seconds and has its own
-#: backoff and spool, so redis-py does not retry for it (a retried XADD whose reply was lost would
-#: be a duplicate entry; harmless, but pointless). The aggregator waits longer (its reads block) and
-#: detects a retried read that moved entries (the pending-list check). Tools read large pages.
+#: backoff and spool. The aggregator waits longer (its reads block). Neither lets redis-py retry: a
+#: retried MULTI/EXEC whose reply was lost runs twice (measured: the checkpoint's dead letters were
+#: written twice), and a retried XADD is a duplicate entry; both loops retry themselves, knowing what
+#: may have happened (the consumer compares the checkpoint it tried to write). Tools only read (and
+#: rebuild writes idempotent keys), so one transparent retry is harmless there; they read large pages.
 ROLES: Mapping[Role, Profile] = {
     "publisher": Profile(socket_timeout_s=2.0, connect_timeout_s=1.0, retries=0, health_check_interval_s=0),
-    "consumer": Profile(socket_timeout_s=10.0, connect_timeout_s=2.0, retries=1, health_check_interval_s=30),
+    "consumer": Profile(socket_timeout_s=10.0, connect_timeout_s=2.0, retries=0, health_check_interval_s=30),
     "tool": Profile(socket_timeout_s=30.0, connect_timeout_s=5.0, retries=1, health_check_interval_s=0),
 }
 
