@@ -30,8 +30,9 @@ from typing import Any
 import redis
 
 from services.aggregator.consumer import Consumer
+from services.aggregator.reader import END, StreamReader
 from services.aggregator.rebuild import rebuild
-from services.aggregator.replay import MAX_SEQ, OpenMetricsWriter, Replayer, StreamReader, replay_range
+from services.aggregator.replay import Replayer, TimestampedOpenMetrics, replay_range
 from services.aggregator.settings import AggregatorSettings
 from services.embedded import EmbeddedRedis
 from shared.events.codec import ENTRY_FIELD, encode_batch
@@ -150,7 +151,7 @@ def _live(client: redis.Redis, settings: AggregatorSettings, group: str) -> tupl
 def _replay(client: redis.Redis) -> tuple[float, Replayer]:
     replayer = Replayer(StreamReader(client))
     t0 = time.perf_counter()
-    replayer.advance_to((MAX_SEQ, MAX_SEQ))
+    replayer.advance_to(END)
     return time.perf_counter() - t0, replayer
 
 
@@ -198,7 +199,7 @@ def run(
         ),
     ]
     window = Replayer(StreamReader(client))
-    writer = OpenMetricsWriter()
+    writer = TimestampedOpenMetrics()
     t0 = time.perf_counter()
     steps = replay_range(window, BASE_S * 1000, (BASE_S + SPAN_S) * 1000, 15_000, writer)
     samples = writer.write(io.StringIO())

@@ -21,7 +21,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.aggregator.consumer import Consumer
-from services.aggregator.metrics import METRICS
+from services.aggregator.metrics import METRICS, Group
 from services.aggregator.settings import AggregatorSettings
 from shared.events.codec import ENTRY_FIELD, encode_batch
 
@@ -96,6 +96,15 @@ def run_ours(client: redis.Redis, redis_url: str, n: int, group: str) -> Run:
 # ---- the naive design -----------------------------------------------------------------------------
 
 
+#: (metric, field) of the pool gauges, from the mapping (the naive design applies the same rule).
+POOL_GAUGES = [
+    (m.name, d.value)
+    for m in METRICS
+    for d in m.drives
+    if d.event == "pool.state" and m.labels == ("pool_id", "workload_id")
+]
+
+
 class NaiveMetrics:
     """The seed's metrics as prometheus_client objects, updated once per event."""
 
@@ -103,7 +112,7 @@ class NaiveMetrics:
         self.registry = CollectorRegistry()
         self.m: dict[str, Any] = {}
         for d in METRICS:
-            if not d.events or d.group in ("pipeline", "system"):
+            if not d.events or d.group in (Group.PIPELINE, Group.SYSTEM):
                 continue
             name = "boilerhouse_" + d.name
             if d.kind == "counter":
@@ -153,15 +162,7 @@ class NaiveMetrics:
                 m["sync_errors_total"].labels(w, ev.get("error_type") or "rclone_error").inc()
         elif t == "pool.state":
             key = (ev["pool_id"], ev["workload_id"])
-            for name, field in (
-                ("pool_size", "size"),
-                ("pool_available", "available"),
-                ("pool_borrowed", "borrowed"),
-                ("pool_pending", "pending"),
-                ("pool_min_size", "min_size"),
-                ("pool_max_size", "max_size"),
-                ("pool_target_size", "target_size"),
-            ):
+            for name, field in POOL_GAUGES:
                 m[name].labels(*key).set(ev[field])
             m["affinity_reservations"].labels(ev["pool_id"]).set(ev["affinity_reservations"])
         elif t == "sync.state":

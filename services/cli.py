@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from services.aggregator import events_cli, replay_cli
 from services.aggregator.settings import AggregatorSettings, SettingsError
 from services.api.settings import ApiSettings
 
@@ -242,23 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agg.set_defaults(func=cmd_aggregator)
 
-    for register in _plugin_registrations():
-        register(sub)
+    events_cli.register(sub)
+    replay_cli.register(sub)
     return parser
-
-
-def _plugin_registrations() -> list[Any]:
-    """Subcommands that live with the code they drive (events, replay)."""
-    regs = []
-    for module in ("services.aggregator.replay_cli",):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        regs.append(mod.register)
-    return regs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -241,7 +241,7 @@ class EmbeddedRedis:
     def _start_fake(self) -> None:
         from fakeredis import TcpFakeServer  # noqa: PLC0415
 
-        class _NoDelayServer(TcpFakeServer):  # type: ignore[misc]
+        class _NoDelayServer(TcpFakeServer):
             def get_request(self):  # type: ignore[no-untyped-def]
                 conn, addr = super().get_request()
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # avoid 40 ms stalls

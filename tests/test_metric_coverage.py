@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.aggregator.metrics import METRICS, MetricDef
+from services.aggregator.metrics import METRICS, Group, MetricDef
 from shared.events.schema import EVENT_TYPES_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,14 +94,15 @@ def test_every_metric_is_produced() -> None:
             silent = [e for e in m.events if e not in emitted]
             if silent:
                 orphans.append(f"{m.name}: driven by {silent}, which nothing emits")
-        elif m.name not in aggregator_strings:
-            orphans.append(f"{m.name}: no events and the aggregator never computes it")
+        elif m.read is None and m.name not in aggregator_strings:
+            # Scrape-time metrics carry their read function; bookkeeping counters must be kept by name.
+            orphans.append(f"{m.name}: no events, no read function, and the aggregator never counts it")
     assert not orphans, "metrics defined that nothing produces:\n  " + "\n  ".join(orphans)
 
 
 def test_every_seed_metric_is_asserted_by_the_end_to_end_test() -> None:
     constants = string_constants(E2E)
-    seed = [m for m in METRICS if m.group != "pipeline"]
+    seed = [m for m in METRICS if m.group is not Group.PIPELINE]
     unasserted = [m.name for m in seed if not any(names_metric(c, m) for c in constants)]
     assert not unasserted, f"seed metrics the issue-3 end-to-end test never names: {unasserted}"
 

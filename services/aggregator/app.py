@@ -12,13 +12,14 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
-import redis
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from shared.events.bus import Client, connect
 
 from .consumer import Consumer
 from .exposition import StateCollector
@@ -30,9 +31,7 @@ logger = logging.getLogger(__name__)
 def make_registry(consumer: Consumer, settings: AggregatorSettings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        StateCollector(
-            consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.runtime_values
-        )
+        StateCollector(consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.readings)
     )
     # The aggregator's own process metrics, from the library's standard collectors.
     ProcessCollector(registry=registry)
@@ -87,17 +86,11 @@ def _auth_mode(settings: AggregatorSettings) -> str:
 
 def create_app(
     settings: AggregatorSettings,
-    client: redis.Redis | None = None,
+    client: Client | None = None,
     rebuild: bool = False,
 ) -> Starlette:
     """Build the app; the consumer thread starts and stops with the ASGI lifespan."""
-    client = client or redis.Redis.from_url(
-        settings.redis_url,
-        protocol=2,
-        socket_timeout=10.0,
-        socket_connect_timeout=2.0,
-        health_check_interval=30,
-    )
+    client = client or connect(settings.redis, "consumer", extra_timeout_s=settings.block_ms / 1000)
     consumer = Consumer(client, settings, rebuild=rebuild)
     registry = make_registry(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)

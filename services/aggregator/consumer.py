@@ -2,12 +2,13 @@
 
 Entries are acknowledged only inside the transaction that checkpoints the state covering them, so a
 crash at any instant followed by a restart gives exactly the metrics of a run that never crashed:
-the state comes back from the checkpoint and the unacknowledged entries are read again.
+the state comes back from the checkpoint and the unacknowledged entries are read again. What an
+entry does to the state is :mod:`.ingest`'s job; what a checkpoint holds is :mod:`.checkpoint`'s.
 
 Loss accounting (see docs/reliability.md): a jump in a source's ``seq`` is counted in
-``events_lost_total``. When the consumer has seen entries of its unread range disappear (trimmed or
-deleted before it read them), it opens a *trim window* for the partition: the first gap of each source
-that was known at that moment, or first appears while the window is open, is counted with
+``events_lost_total``. When the consumer sees entries of its unread range disappear (trimmed or
+deleted before it read them, :mod:`.retention`), it opens a *trim window* for the partition: the first
+gap of each source known at that moment, or first seen while the window is open, is counted with
 ``reason="trimmed"`` instead of ``reason="seq_gap"``.
 """
 
@@ -16,67 +17,41 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
 
-import msgpack
 import redis
 
-from shared.events.codec import ENTRY_FIELD, EventDecodeError, decode_batch
-from shared.events.streams import (
-    checkpoint_key,
-    dead_letter_key,
-    entries_removed,
-    format_id,
-    parse_id,
-    stream_key,
-)
+from shared.events.bus import Client
+from shared.events.replies import PendingSummary, RawEntry, StreamInfo, find_group, read_reply
+from shared.events.streams import checkpoint_key, dead_letter_key, format_id, parse_id, stream_key
 
-from .fold import (
-    LAST_SEEN,
-    State,
-    TrimWindow,
-    apply_batch,
-    copy_state,
-    merge_states,
-    record_dead_letter,
-)
-from .metrics import METRICS
+from . import checkpoint
+from .fold import State
+from .ingest import DeadLetter, Outcome, PartitionIngest
+from .metrics import PartitionReading
+from .retention import removed_unread, trim_by_age
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
 DEAD_LETTER_MAXLEN = 100_000
 #: Upper bound on raw bytes asked for in one XREADGROUP (entries hold up to 1 MiB each).
 READ_BYTES_BUDGET = 8 << 20
-#: How often the stream is trimmed by age and checked for entries trimmed before we read them.
-MAINTENANCE_INTERVAL_S = 5.0
-#: Trim at most this often (approximate MINID trims are cheap but not free).
+#: How often the streams are trimmed by age (approximate MINID trims are cheap but not free).
 TRIM_INTERVAL_S = 60.0
 
 
-def mapping_fingerprint() -> list[Any]:
-    """What a checkpoint's state layout depends on: metric names, kinds and buckets."""
-    return [[m.name, m.kind, list(m.buckets or ())] for m in METRICS]
-
-
-class CheckpointMismatch(RuntimeError):
-    """The checkpoint was written by a different metric mapping; run ``aggregator --rebuild``."""
-
-
 class PartitionConsumer:
-    """State, position and pending acknowledgements of one partition."""
+    """One partition's ingest, keys, and what awaits the next checkpoint (acks, dead letters)."""
 
     def __init__(self, partition: int, settings: AggregatorSettings) -> None:
         self.partition = partition
+        self.settings = settings
         self.stream = stream_key(partition, settings.key_prefix)
         self.dead_letters = dead_letter_key(partition, settings.key_prefix)
         self.checkpoint = checkpoint_key(partition, settings.group, settings.key_prefix)
-        self.state = State(settings.series_cap)
-        self.trim = TrimWindow()
-        self.reset_pending()
+        self.restore(State(settings.series_cap), None)
         self.last_checkpoint = time.time()
-        self.position: tuple[int, int] = (0, 0)
         #: The group's last delivered id as of our last read (where to wait for new entries).
         self.last_delivered: tuple[int, int] = (0, 0)
         #: The stream's last entry id when it was last inspected (end of a trim window's backlog).
@@ -84,25 +59,53 @@ class PartitionConsumer:
         #: Entries seen deleted while they were pending, or detected trimmed unread (log summaries).
         self.trims_detected = 0
 
+    def restore(self, state: State, restored: checkpoint.Restored | None) -> None:
+        trim = restored.trim if restored is not None else None
+        self.ingest = PartitionIngest(self.partition, state, forget_after_s=self.settings.source_forget_s)
+        if trim is not None:
+            self.ingest.trim = trim
+        self.reset_pending()
+
+    @property
+    def state(self) -> State:
+        return self.ingest.state
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.ingest.position
+
     def reset_pending(self) -> None:
         self.to_ack: list[bytes] = []
-        self.dead: list[dict[bytes, bytes]] = []
+        self.dead: list[DeadLetter] = []
         self.events_since_checkpoint = 0
         #: After a checkpoint transaction failed: its blob and how many dead letters it wrote (the first
         #: ones of ``dead``), to find out whether Redis executed it although the reply was lost.
         self.unconfirmed: tuple[bytes, int] | None = None
+
+    def trim_detected(self, why: str) -> None:
+        """Entries we had not read were removed; called with the consumer's lock held."""
+        self.trims_detected += 1
+        if not self.ingest.trim.open:
+            logger.warning(
+                "partition %d: %s; gaps of the next batch of each known source are counted as lost "
+                "(reason=trimmed)",
+                self.partition,
+                why,
+            )
+        self.ingest.open_trim_window(self.stream_last)
+        self.events_since_checkpoint += 1  # make the next checkpoint save the window
 
 
 class Consumer:
     """Consumes this shard's partitions with a consumer group and keeps their metric state.
 
     Parameters:
-        client: a redis client (``protocol=2``; binary replies).
+        client: a client from :func:`shared.events.bus.connect` (binary replies).
         settings: aggregator settings (partitions, group, checkpoint cadence ...).
         rebuild: ignore existing checkpoints and fold again from the start of the retained stream.
     """
 
-    def __init__(self, client: redis.Redis, settings: AggregatorSettings, rebuild: bool = False) -> None:
+    def __init__(self, client: Client, settings: AggregatorSettings, rebuild: bool = False) -> None:
         self.client = client
         self.settings = settings
         self.parts = {p: PartitionConsumer(p, settings) for p in settings.my_partitions}
@@ -116,37 +119,28 @@ class Consumer:
         self.checkpoints = 0
         self._bytes_per_entry = 1024.0
         self._redrain = False
-        self._next_maintenance = 0.0
         self._next_trim = time.monotonic() + min(TRIM_INTERVAL_S, settings.retention_s / 4)
 
     # ---- state access ---------------------------------------------------------------------------
 
     def snapshot(self) -> State:
         with self.lock:
-            return merge_states([copy_state(pc.state) for pc in self.parts.values()])
+            return State.merge([pc.state.copy() for pc in self.parts.values()])
 
-    def runtime_values(self) -> dict[str, dict[tuple[str, ...], float]]:
-        """Lag and pending per partition (XINFO GROUPS), checkpoint age."""
-        lag: dict[tuple[str, ...], float] = {}
-        pending: dict[tuple[str, ...], float] = {}
-        for p, pc in self.parts.items():
-            try:
-                groups = self.client.xinfo_groups(pc.stream)
-            except redis.RedisError:
-                continue
-            for g in groups:
-                name = g.get("name")
-                if (name.decode() if isinstance(name, bytes) else name) == self.settings.group:
-                    if g.get("lag") is not None:
-                        lag[(str(p),)] = float(g["lag"])
-                    pending[(str(p),)] = float(g.get("pending", 0))
+    def readings(self) -> Mapping[int, PartitionReading]:
+        """Lag and pending per partition (XINFO GROUPS) and checkpoint age, for the scrape."""
         now = time.time()
-        ages = [now - pc.last_checkpoint for pc in self.parts.values()]
-        return {
-            "aggregator_consumer_lag_entries": lag,
-            "aggregator_pending_entries": pending,
-            "aggregator_checkpoint_age_seconds": {(): max(ages) if ages else 0.0},
-        }
+        out: dict[int, PartitionReading] = {}
+        for p, pc in self.parts.items():
+            lag = pending = None
+            try:
+                group = find_group(self.client.xinfo_groups(pc.stream), self.settings.group)
+            except redis.RedisError:
+                group = None
+            if group is not None:
+                lag, pending = group.lag, group.pending
+            out[p] = PartitionReading(lag, pending, now - pc.last_checkpoint)
+        return out
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -183,7 +177,7 @@ class Consumer:
                 self.poll_once()
                 self.maintain()
                 backoff = 0.1
-            except CheckpointMismatch as exc:
+            except checkpoint.CheckpointError as exc:
                 self.error = exc
                 logger.error("%s", exc)
                 return
@@ -225,26 +219,16 @@ class Consumer:
                 if "BUSYGROUP" not in str(exc):
                     raise
             raw = None if self.rebuild else self.client.get(pc.checkpoint)
-            if raw is not None:
-                doc = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-                if doc.get("mapping") != mapping_fingerprint():
-                    raise CheckpointMismatch(
-                        f"checkpoint {pc.checkpoint} was written by another metric mapping "
-                        "(buckets or metrics changed): run `boilerhouse aggregator --rebuild`"
-                    )
-                state = State.from_data(doc["state"], self.settings.series_cap)
+            if isinstance(raw, bytes):
+                restored = checkpoint.load(raw, self.settings.series_cap, f"checkpoint {pc.checkpoint}")
                 with self.lock:
-                    pc.state = state
-                    pc.trim = TrimWindow.from_data(doc.get("trim"))
-                    pc.reset_pending()
-                pos = state.positions.get(pc.partition)
-                pc.position = parse_id(pos) if pos else (0, 0)
-                pc.last_checkpoint = float(doc.get("saved_at", time.time()))
+                    pc.restore(restored.state, restored)
+                pc.last_checkpoint = restored.saved_at
                 logger.info(
                     "partition %d restored from checkpoint at %s (%d sources)",
                     pc.partition,
-                    pos,
-                    len(state.last_seq),
+                    format_id(pc.position),
+                    len(restored.state.last_seq),
                 )
             elif self.rebuild:
                 # Re-read everything retained: move the group back to the start of the stream. Pending
@@ -257,6 +241,8 @@ class Consumer:
             self._drain_pending()
         self.rebuild = False  # a later re-setup (group lost) restores our own checkpoint
         self.detect_trimmed()
+
+    # ---- reading --------------------------------------------------------------------------------
 
     def _drain_pending(self) -> None:
         after = {pc.stream: "0" for pc in self.parts.values()}
@@ -272,24 +258,21 @@ class Consumer:
             if got:
                 self._apply_entries(got)
 
-    def _read_from(
-        self, ids: dict[str, str], block: int | None = None
-    ) -> list[tuple[PartitionConsumer, list[Any]]]:
+    def _by_stream(self, reply: object) -> list[tuple[PartitionConsumer, list[RawEntry]]]:
+        by_stream = {pc.stream: pc for pc in self.parts.values()}
+        return [(by_stream[stream], entries) for stream, entries in read_reply(reply)]
+
+    def _read_from(self, ids: dict[str, str]) -> list[tuple[PartitionConsumer, list[RawEntry]]]:
         reply = self.client.xreadgroup(
             self.settings.group,
             self.settings.consumer_name,
-            ids,  # type: ignore[arg-type]
+            ids,  # type: ignore[arg-type]  # redis-py types streams as dict[KeyT, StreamIdT]; str keys are fine
             count=self._read_count(),
-            block=block,
         )
-        by_stream = {pc.stream.encode(): pc for pc in self.parts.values()}
-        return [(by_stream[stream], entries) for stream, entries in reply or [] if entries]
+        return self._by_stream(reply)
 
     def _read_count(self) -> int:
         return max(1, min(self.settings.read_count, int(READ_BYTES_BUDGET / self._bytes_per_entry)))
-
-    def _read(self, from_id: str, block: int | None = None) -> list[tuple[PartitionConsumer, list[Any]]]:
-        return self._read_from({pc.stream: from_id for pc in self.parts.values()}, block)
 
     def poll_once(self) -> int:
         """Read one round of new entries, fold them, checkpoint if due. Returns entries read."""
@@ -308,7 +291,7 @@ class Consumer:
         self.checkpoint_all()
         return n
 
-    def _inspect_and_read(self) -> list[tuple[PartitionConsumer, list[Any]]]:
+    def _inspect_and_read(self) -> list[tuple[PartitionConsumer, list[RawEntry]]]:
         """Stream and group info and a non-blocking read in one transaction: trim detection sees
         exactly the stream the read saw, so a hole is known before the entries after it are folded.
 
@@ -327,69 +310,45 @@ class Consumer:
             self.settings.consumer_name,
             {pc.stream: ">" for pc in parts},
             count=self._read_count(),
-        )  # type: ignore[arg-type]
+        )
         replies = pipe.execute(raise_on_error=False)
-        reply = replies[-1]
-        if isinstance(reply, Exception):
-            raise reply
-        by_stream = {pc.stream.encode(): pc for pc in parts}
-        got = [(by_stream[stream], entries) for stream, entries in reply or [] if entries]
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        got = self._by_stream(replies[-1])
         read = {pc.partition: entries for pc, entries in got}
         unseen = False
         for i, pc in enumerate(parts):
             info, groups, pending = replies[3 * i : 3 * i + 3]
             if isinstance(info, Exception) or isinstance(groups, Exception):
                 continue
-            self._inspect(pc, info, groups, read.get(pc.partition, []))
-            if (
-                isinstance(pending, dict)
-                and pending.get("pending")
-                and pending.get("max") is not None
-                and parse_id(pending["max"]) > pc.position
-            ):
-                unseen = True
+            self._inspect(pc, StreamInfo.parse(info), groups, read.get(pc.partition, []))
+            if not isinstance(pending, Exception):
+                summary = PendingSummary.parse(pending)
+                if summary.count and summary.max_id is not None and summary.max_id > pc.position:
+                    unseen = True
         if unseen:
             logger.warning(
-                "entries were delivered to us by a read whose reply was lost; re-reading "
-                "them from the pending list"
+                "entries were delivered to us by a read whose reply was lost; re-reading them from the pending list"
             )
             self._drain_pending()  # in stream order, including what this read returned
             return []
         return got
 
-    def _apply_entries(self, got: list[tuple[PartitionConsumer, list[Any]]]) -> int:
+    def _apply_entries(self, got: list[tuple[PartitionConsumer, list[RawEntry]]]) -> int:
         n = 0
         size = 0
         with self.lock:
             for pc, entries in got:
-                state = pc.state
                 for entry_id, fields in entries:
                     n += 1
                     pc.to_ack.append(entry_id)
-                    eid = parse_id(entry_id)
-                    if eid <= pc.position:
-                        continue  # already covered by the checkpoint (redelivery after a crash)
-                    if not fields:  # deleted (trimmed) while pending: its events are lost
-                        pc.position = eid
-                        self._trim_detected(pc, f"pending entry {entry_id.decode()} was deleted")
-                        continue
-                    pc.position = eid
-                    state.positions[pc.partition] = entry_id.decode()
-                    payload = fields.get(ENTRY_FIELD)
+                    payload = fields.get(b"b") if fields else None
                     size += len(payload) if isinstance(payload, bytes) else 64
-                    try:
-                        batch = decode_batch(payload, entry_id.decode())
-                    except EventDecodeError as exc:
-                        record_dead_letter(state, exc.reason)
-                        pc.dead.append(_dead_letter(entry_id, exc.reason, exc.detail, fields))
-                        continue
-                    pc.trim.attribute(state, batch, eid)
-                    rejected = apply_batch(state, batch)
-                    pc.events_since_checkpoint += len(batch.events)
-                    for reason, detail, ev in rejected:
-                        record_dead_letter(state, reason)
-                        payload = msgpack.packb({"src": batch.src, "event": ev}, default=repr)
-                        pc.dead.append(_dead_letter(entry_id, reason, detail, {ENTRY_FIELD: payload}))
+                    events_before = pc.ingest.events
+                    outcome = pc.ingest.entry(parse_id(entry_id), fields, pc.dead)
+                    if outcome is Outcome.DELETED:  # trimmed or deleted while pending: its events are lost
+                        pc.trim_detected(f"pending entry {entry_id.decode()} was deleted")
+                    pc.events_since_checkpoint += pc.ingest.events - events_before
         if n:
             self._bytes_per_entry = max(64.0, 0.5 * self._bytes_per_entry + 0.5 * size / n)
         self.applied_entries += n
@@ -410,22 +369,16 @@ class Consumer:
                 pc.last_checkpoint = now
 
     def _checkpoint(self, pc: PartitionConsumer) -> None:
+        """State + position, new dead letters and the acknowledgements of the entries covered: one
+        MULTI/EXEC on keys that share the partition's hash tag."""
         with self.lock:
-            blob = _pack_checkpoint(
-                {
-                    "v": CHECKPOINT_VERSION,
-                    "mapping": mapping_fingerprint(),
-                    "saved_at": time.time(),
-                    "state": pc.state.to_data(),
-                    "trim": pc.trim.to_data(),
-                }
-            )
+            blob = checkpoint.pack(pc.state, pc.ingest.trim)
             ids, dead = pc.to_ack, pc.dead
             pc.to_ack, pc.dead = [], []
             pc.events_since_checkpoint = 0
         sent = False
+        written = 0
         try:
-            written = 0
             if pc.unconfirmed is not None:
                 failed_blob, failed_dead = pc.unconfirmed
                 if self.client.get(pc.checkpoint) == failed_blob:
@@ -435,8 +388,8 @@ class Consumer:
                 pc.unconfirmed = None
             pipe = self.client.pipeline(transaction=True)
             pipe.set(pc.checkpoint, blob)
-            for fields in dead[written:]:
-                pipe.xadd(pc.dead_letters, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+            for letter in dead[written:]:
+                pipe.xadd(pc.dead_letters, letter.fields(), maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]  # bytes field names
             if ids:
                 pipe.xack(pc.stream, self.settings.group, *ids)
             sent = True
@@ -451,18 +404,26 @@ class Consumer:
         pc.last_checkpoint = time.time()
         self.checkpoints += 1
 
-    # ---- maintenance: trimming, trim detection, forgetting dead sources -----------------------------
+    # ---- maintenance: trimming by age, detecting entries removed unread --------------------------
 
     def maintain(self, force: bool = False) -> None:
-        """Periodic housekeeping, run by the consumer loop between polls."""
+        """Trim the streams by age when due (run by the consumer loop between polls)."""
         now = time.monotonic()
-        if not force and now < self._next_maintenance:
-            return
-        self._next_maintenance = now + MAINTENANCE_INTERVAL_S
-        self.forget_sources()
         if force or now >= self._next_trim:
             self._next_trim = now + min(TRIM_INTERVAL_S, self.settings.retention_s / 4)
             self.trim()
+
+    def trim(self, approximate: bool = True) -> None:
+        """Trim each stream by age (the replay window)."""
+        for pc in self.parts.values():
+            removed = trim_by_age(self.client, pc.stream, self.settings.retention_s, approximate)
+            if removed:
+                logger.info(
+                    "partition %d: trimmed %d entries older than %.0fs",
+                    pc.partition,
+                    removed,
+                    self.settings.retention_s,
+                )
 
     def detect_trimmed(self) -> None:
         """Inspect each stream (outside a read) and open a trim window if unread entries were removed."""
@@ -474,154 +435,28 @@ class Consumer:
                 info, groups = pipe.execute()
             except redis.ResponseError:
                 continue  # no stream yet
-            self._inspect(pc, info, groups, [])
+            self._inspect(pc, StreamInfo.parse(info), groups, [])
 
     def _inspect(
-        self, pc: PartitionConsumer, info: dict[str, Any], groups: list[dict[str, Any]], read: list[Any]
+        self, pc: PartitionConsumer, info: StreamInfo, groups: list[dict[str, object]], read: list[RawEntry]
     ) -> None:
-        """Open a trim window if entries after the group's last delivered id were removed unread.
-
-        ``info``/``groups`` were taken atomically with the read that returned ``read``. With the
-        group's ``last-delivered-id`` L before that read (everything up to L was delivered to us, so
-        it is folded or pending), entries were lost unread when the stream's first entry is after L and
-        the group's lag (entries added minus entries read) exceeds what is left in the stream (for a
-        group that has delivered nothing: when the stream holds fewer entries than were ever added), or
-        when an entry after L was deleted (``max-deleted-entry-id`` > L).
-        """
-        group = next((g for g in groups if _text(g.get("name")) == self.settings.group), None)
+        """Note where the group and the stream stand, and act on entries removed unread
+        (:func:`.retention.removed_unread`)."""
+        group = find_group(groups, self.settings.group)
         if group is None:
             return
-        last_delivered = parse_id(group["last-delivered-id"])
-        pc.last_delivered = parse_id(read[-1][0]) if read else last_delivered
-        pc.stream_last = parse_id(info.get("last-generated-id") or b"0-0")
-        max_deleted = parse_id(info.get("max-deleted-entry-id") or b"0-0")
-        first = info.get("first-entry")
-        length = int(info.get("length", 0))
-        if max_deleted > last_delivered and max_deleted > pc.trim.handled_deleted:
-            pc.trim.handled_deleted = max_deleted  # XDEL of an entry we had not read
+        pc.last_delivered = parse_id(read[-1][0]) if read else group.last_delivered_id
+        pc.stream_last = info.last_generated_id
+        for removal in removed_unread(info, group, pc.ingest.trim.handled_deleted, len(read)):
+            if removal.deleted is not None:
+                pc.ingest.trim.handled_deleted = removal.deleted
             with self.lock:
-                self._trim_detected(pc, f"entry {format_id(max_deleted)} was deleted unread")
-        if first is not None and parse_id(first[0]) <= last_delivered:
-            return  # everything removed had been delivered: folded, or pending (seen when drained)
-        added, entries_read = info.get("entries-added"), group.get("entries-read")
-        if last_delivered == (0, 0):
-            # A group that has delivered nothing (new, or set back to the start by a rebuild): what the
-            # stream no longer holds was never read by it. Replay counts the same (replay.fold_entry).
-            lost_unread = entries_removed(info)
-        elif added is not None and entries_read is not None:
-            lost_unread = int(added) - int(entries_read) > length
-        else:
-            lost_unread = group.get("lag") is None and length > 0
-        if not lost_unread:
-            return
-        with self.lock:
-            self._trim_detected(pc, f"entries after {format_id(last_delivered)} were trimmed unread")
-        # Redis keeps counting the trimmed entries as unread: set the group's read counter to the
-        # truth (all removed entries, plus those this read returned) so the lag gauge is right again.
-        last = read[-1][0].decode() if read else format_id(last_delivered)
-        self.client.execute_command(
-            "XGROUP",
-            "SETID",
-            pc.stream,
-            self.settings.group,
-            last,
-            "ENTRIESREAD",
-            int(added or 0) - length + len(read),
-        )
-
-    def _trim_detected(self, pc: PartitionConsumer, why: str) -> None:
-        """Called with the lock held."""
-        pc.trims_detected += 1
-        if not pc.trim.open:
-            logger.warning(
-                "partition %d: %s; gaps of the next batch of each known source are "
-                "counted as lost (reason=trimmed)",
-                pc.partition,
-                why,
-            )
-        pc.trim.start(set(pc.state.last_seq), max(pc.stream_last, pc.position))
-        pc.events_since_checkpoint += 1  # make the next checkpoint save the window
-
-    def forget_sources(self) -> None:
-        """Drop sources silent (by their own clock) for longer than ``source_forget_s``.
-
-        Measured against the newest event time seen, so replay and crash recovery forget exactly the
-        same sources as a live run. Counters are never touched; only per-source bookkeeping goes.
-        """
-        horizon_s = self.settings.source_forget_s
-        with self.lock:
-            for pc in self.parts.values():
-                state = pc.state
-                cutoff = state.newest_ts - horizon_s
-                dead = {s for s, info in state.sources.items() if info[LAST_SEEN] < cutoff}
-                if not dead:
-                    continue
-                for src in dead:
-                    del state.sources[src]
-                    state.last_seq.pop(src, None)
-                for per_labels in state.gauges.values():
-                    for per_src in per_labels.values():
-                        for src in dead & per_src.keys():
-                            del per_src[src]
-                pc.trim.forget(dead)
-                pc.events_since_checkpoint += 1
-                logger.info(
-                    "partition %d: forgot %d sources silent for over %.0fs",
-                    pc.partition,
-                    len(dead),
-                    horizon_s,
-                )
-
-    def trim(self, approximate: bool = True) -> None:
-        """Trim each stream by age (the replay window)."""
-        min_ms = int((time.time() - self.settings.retention_s) * 1000)
-        for pc in self.parts.values():
-            removed = self.client.xtrim(pc.stream, minid=f"{min_ms}-0", approximate=approximate)
-            if removed:
-                logger.info(
-                    "partition %d: trimmed %d entries older than %.0fs",
-                    pc.partition,
-                    removed,
-                    self.settings.retention_s,
+                pc.trim_detected(removal.why)
+            if removal.entries_read is not None:
+                last = read[-1][0].decode() if read else format_id(group.last_delivered_id)
+                self.client.xgroup_setid(
+                    pc.stream, self.settings.group, last, entries_read=removal.entries_read
                 )
 
 
-def _pack_checkpoint(doc: dict[str, Any]) -> bytes:
-    try:
-        return msgpack.packb(doc, use_bin_type=True)
-    except OverflowError:
-        # A counter grew past msgpack's 64-bit integers (absurd but valid input): store such values as
-        # floats, as the exposition renders them anyway, rather than never checkpointing again.
-        return msgpack.packb(_big_ints_to_floats(doc), use_bin_type=True)
-
-
-def _big_ints_to_floats(value: Any) -> Any:
-    if type(value) is int:
-        return value if -(2**63) <= value < 2**64 else float(value)
-    if isinstance(value, dict):
-        return {k: _big_ints_to_floats(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_big_ints_to_floats(v) for v in value]
-    return value
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _dead_letter(entry_id: bytes, reason: str, detail: str, fields: dict[Any, Any]) -> dict[bytes, bytes]:
-    payload = fields.get(ENTRY_FIELD)
-    if not isinstance(payload, bytes):
-        payload = msgpack.packb(
-            {k.decode(errors="replace") if isinstance(k, bytes) else str(k): v for k, v in fields.items()},
-            default=repr,
-        )
-    return {
-        b"entry_id": entry_id,
-        b"reason": reason.encode(),
-        b"detail": detail[:500].encode(errors="replace"),
-        b"payload": payload[:65536],
-    }
-
-
-__all__ = ["CheckpointMismatch", "Consumer"]
+__all__ = ["Consumer"]

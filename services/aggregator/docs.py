@@ -19,30 +19,13 @@ from pathlib import Path
 from shared.events.codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, MAX_SRC_LEN, MAX_STR_LEN
 from shared.events.schema import EVENT_TYPES, ID_PATTERN, SCHEMA_VERSION, UNMATCHED_PATH, Field
 
-from .metrics import HISTOGRAM, METRICS, MetricDef
+from .metrics import COMBINE_TEXT, METRICS, Const, Drive, Kind, MetricDef
 from .settings import AggregatorSettings
 
 DEFAULT_PREFIX = AggregatorSettings().metrics_prefix
 
 EVENTS_BEGIN = "<!-- BEGIN GENERATED: event types (python -m services.aggregator.docs --events) -->"
 EVENTS_END = "<!-- END GENERATED: event types -->"
-
-GROUP_TITLES = {
-    "pool": "Pool",
-    "container": "Container lifecycle",
-    "affinity": "Affinity",
-    "sync": "Sync",
-    "http": "HTTP",
-    "system": "System",
-    "pipeline": "Event pipeline and aggregator (self-metrics)",
-}
-
-SOURCE_TEXT = {
-    "events": "folded events (never decreases)",
-    "snapshot": "sum over live sources of each source's latest snapshot",
-    "runtime": "measured by the aggregator at scrape time",
-    "derived": "computed at scrape time from another metric's series (no state of its own)",
-}
 
 
 def _fmt_bucket(b: float) -> str:
@@ -51,17 +34,37 @@ def _fmt_bucket(b: float) -> str:
 
 def _series_names(m: MetricDef, prefix: str) -> str:
     name = prefix + m.name
-    if m.kind == HISTOGRAM:
+    if m.kind is Kind.HISTOGRAM:
         return f"`{name}_bucket`, `{name}_sum`, `{name}_count`"
     return f"`{name}`"
 
 
 def _driven_by(m: MetricDef) -> str:
-    if m.events:
-        return ", ".join(f"`{e}`" for e in m.events)
-    if m.source == "runtime":
+    if m.read is not None:
         return "(scrape time)"
-    return "(aggregator bookkeeping)"
+    if not m.drives:
+        return "(aggregator bookkeeping)"
+    return ", ".join(f"`{e}`" for e in m.events)
+
+
+def _drive_text(m: MetricDef, d: Drive) -> str:
+    """One drive as a sentence: which event, what value, which labels, when."""
+    if d.removes:
+        return f"`{d.event}` removes the source's value for its labels"
+    if d.custom:
+        return f"`{d.event}`: {m.note}"
+    if m.count_of is not None:
+        return f"`{d.event}`: the `_count` of `{m.count_of}` with the same labels (no state of its own)"
+    verb = {Kind.HISTOGRAM: "observes", Kind.COUNTER: "adds", Kind.GAUGE: "sets"}[m.kind]
+    value = f"`{d.value}`" if d.value is not None else "1"
+    origins = d.labels if d.labels is not None else m.labels
+    labels = ", ".join(
+        f"`{label}`=" + (f'"{o.value}"' if isinstance(o, Const) else f"`{o}`")
+        for label, o in zip(m.labels, origins, strict=True)
+        if isinstance(o, Const) or o != label
+    )
+    when = f", when `{d.when[0]}` is `{d.when[1]}`" if d.when is not None else ""
+    return f"`{d.event}` {verb} {value}" + (f" ({labels})" if labels else "") + when
 
 
 def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
@@ -75,16 +78,15 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         f"Every metric the aggregator serves at `/metrics`, with the default prefix `{prefix}`",
         "(`BOILERHOUSE_METRICS_PREFIX` changes it). Events are described in [events.md](events.md).",
         "",
-        "**Source** says where a value comes from:",
+        "**Combine** says how the values of many producer processes (sources) become one series:",
         "",
     ]
-    for key, text in SOURCE_TEXT.items():
-        out.append(f"- `{key}`: {text}.")
+    for mode, text in COMBINE_TEXT.items():
+        out.append(f"- `{mode}`: {text}.")
     out += [
         "",
-        "Gauges marked `snapshot` are published as absolute values by every producer process; the",
-        "aggregator keeps one value per (labels, source) and exports the sum over *live* sources. A source",
-        "is live until it sends `source.stopped` or is silent for `BOILERHOUSE_SOURCE_TTL_S` (30 s).",
+        "A source is *live* until it sends `source.stopped` or is silent for `BOILERHOUSE_SOURCE_TTL_S` (30 s);",
+        "`livesum` and `livemax` gauges keep one value per (labels, source) and combine the live ones.",
         "",
         "Each metric has a series cap (`BOILERHOUSE_SERIES_CAP`, 10000 label sets); beyond it new label",
         "sets are folded into one series whose labels are all `__overflow__`, counted in",
@@ -92,18 +94,18 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         "",
         "## Summary",
         "",
-        "| metric | type | labels | source | driven by |",
+        "| metric | type | labels | combine | driven by |",
         "| --- | --- | --- | --- | --- |",
     ]
     for m in METRICS:
         labels = ", ".join(f"`{label}`" for label in m.labels) or "—"
-        out.append(f"| `{prefix}{m.name}` | {m.kind} | {labels} | {m.source} | {_driven_by(m)} |")
+        out.append(f"| `{prefix}{m.name}` | {m.kind} | {labels} | {m.combine} | {_driven_by(m)} |")
     out.append("")
     group = None
     for m in METRICS:
         if m.group != group:
             group = m.group
-            out += [f"## {GROUP_TITLES.get(group, group)}", ""]
+            out += [f"## {group}", ""]
         out += [f"### `{prefix}{m.name}`", "", f"{m.help}.", ""]
         out.append(f"- type: {m.kind}")
         out.append(f"- series: {_series_names(m, prefix)}")
@@ -112,10 +114,11 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
             out.append(
                 f"- buckets (seconds, upper bounds): {', '.join(_fmt_bucket(b) for b in m.buckets)}, +Inf"
             )
-        out.append(f"- source: {m.source} — {SOURCE_TEXT[m.source]}")
-        if m.derived_from is not None:
-            out.append(f"- equals the `_count` of `{prefix}{m.derived_from}` with the same labels")
-        out.append(f"- driven by: {_driven_by(m)}")
+        out.append(f"- combine: {m.combine} — {COMBINE_TEXT[m.combine]}")
+        if m.drives:
+            out.append("- driven by: " + "; ".join(_drive_text(m, d) for d in m.drives))
+        else:
+            out.append(f"- driven by: {_driven_by(m)}")
         out.append("")
     out += [
         "## Process metrics of the aggregator",

@@ -1,112 +1,147 @@
 """Folding events into plain-data metric state: ``apply_batch(state, batch)`` is deterministic.
 
-State is numbers in dicts keyed by label tuples, so replay, checkpoints and tests need nothing but
-the events. Counter and histogram series only ever grow; snapshot gauges keep one value per source.
+State is numbers in dicts keyed by label tuples, so replay, checkpoints and tests need nothing but the
+events. Counter and histogram series only ever grow; snapshot gauges keep one value per source.
+
+The handler of each event type is generated from the drives declared in ``metrics.py`` (one function
+per type, with the counter and histogram updates inlined: this is the aggregator's hot loop), plus the
+few hand-written rules that drives mark ``custom``. ``python -m services.aggregator.fold TYPE`` prints
+a generated handler.
 """
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from shared.events.codec import FAST_VALIDATORS, Batch, explain_invalid
+from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME
 from shared.events.streams import StreamId, format_id, parse_id
 
-from .metrics import COUNTER, GAUGE, HISTOGRAM, METRICS, METRICS_BY_NAME, OVERFLOW, MetricDef
-
-# Indices into State.sources[src].
-SERVICE, VERSION, START_TIME, LAST_SEEN, STOPPED = range(5)
+from .metrics import METRICS, METRICS_BY_NAME, OVERFLOW, Combine, Const, Drive, Kind, MetricDef
 
 DEFAULT_SERIES_CAP = 10_000
+
+Event = dict[str, Any]
+LabelKey = tuple[str, ...]
+#: Histogram series: non-cumulative bucket counts, then the +Inf count, then the sum.
+HistSeries = list[float]
+
+
+@dataclass(slots=True)
+class Source:
+    """What the fold knows of one source (a producer process life).
+
+    ``last_seen`` is the newest event timestamp of the source; ``stopped`` is set by ``source.stopped``.
+    """
+
+    service: str
+    version: str
+    last_seen: float
+    stopped: bool = False
 
 
 class State:
     """Metric state as plain data.
 
-    ``counters[name][labels] -> value``; ``hists[name][labels] -> [bucket counts..., +Inf count, sum]``
-    (non-cumulative); ``gauges[name][labels][src] -> value``; ``sources[src] -> [service, version,
-    start_time_s, last_seen_ts, stopped]``; ``last_seq[src]`` for dedupe; ``positions[partition]`` is the
-    last stream id applied.
+    ``counters[name][labels] -> value``; ``hists[name][labels] -> HistSeries``;
+    ``gauges[name][labels][src] -> value`` (snapshot gauges); ``sources[src] -> Source``;
+    ``last_seq[src]`` for dedupe; ``positions[partition]`` is the last stream id applied.
     """
 
     __slots__ = ("counters", "gauges", "hists", "last_seq", "newest_ts", "positions", "series_cap", "sources")
 
     def __init__(self, series_cap: int = DEFAULT_SERIES_CAP) -> None:
-        self.counters: dict[str, dict[tuple[str, ...], float]] = {}
-        self.hists: dict[str, dict[tuple[str, ...], list[float]]] = {}
-        self.gauges: dict[str, dict[tuple[str, ...], dict[str, float]]] = {}
+        self.counters: dict[str, dict[LabelKey, float]] = {}
+        self.hists: dict[str, dict[LabelKey, HistSeries]] = {}
+        self.gauges: dict[str, dict[LabelKey, dict[str, float]]] = {}
         for m in METRICS:
-            if m.kind == COUNTER and m.derived_from is None:
-                self.counters[m.name] = {}
-            elif m.kind == HISTOGRAM:
-                self.hists[m.name] = {}
-            elif m.source == "snapshot":
+            if not m.stateful:
+                continue
+            if m.snapshot:
                 self.gauges[m.name] = {}
-        self.sources: dict[str, list[Any]] = {}
+            elif m.kind is Kind.HISTOGRAM:
+                self.hists[m.name] = {}
+            else:
+                self.counters[m.name] = {}
+        self.sources: dict[str, Source] = {}
         self.last_seq: dict[str, int] = {}
         self.positions: dict[int, str] = {}
         self.newest_ts = 0.0
         self.series_cap = series_cap
 
-    # ---- plain-data round trip (checkpoints) ------------------------------------------------------
-
-    def to_data(self) -> dict[str, Any]:
-        def items(d: dict[tuple[str, ...], Any]) -> list[list[Any]]:
-            return [[list(k), v] for k, v in d.items()]
-
-        return {
-            "counters": {n: items(d) for n, d in self.counters.items()},
-            "hists": {n: items(d) for n, d in self.hists.items()},
-            "gauges": {n: items(d) for n, d in self.gauges.items()},
-            "sources": self.sources,
-            "last_seq": self.last_seq,
-            "positions": {str(p): i for p, i in self.positions.items()},
-            "newest_ts": self.newest_ts,
-        }
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any], series_cap: int = DEFAULT_SERIES_CAP) -> State:
-        state = cls(series_cap)
-        for attr in ("counters", "hists", "gauges"):
-            target = getattr(state, attr)
-            for name, rows in data.get(attr, {}).items():
-                if name in target:  # a metric removed from the mapping is dropped
-                    target[name] = {tuple(k): v for k, v in rows}
-        state.sources = {k: list(v) for k, v in data.get("sources", {}).items()}
-        state.last_seq = dict(data.get("last_seq", {}))
-        state.positions = {int(p): i for p, i in data.get("positions", {}).items()}
-        state.newest_ts = data.get("newest_ts", 0.0)
-        return state
-
-    # ---- queries used by exposition --------------------------------------------------------------
-
     def live_sources(self, now: float, ttl: float) -> set[str]:
         horizon = now - ttl
-        return {s for s, info in self.sources.items() if not info[STOPPED] and info[LAST_SEEN] >= horizon}
+        return {s for s, info in self.sources.items() if not info.stopped and info.last_seen >= horizon}
+
+    def drop_gauges_of(self, srcs: set[str]) -> None:
+        """Remove the snapshot values of ``srcs`` from every gauge (stopped or forgotten sources)."""
+        for per_labels in self.gauges.values():
+            for per_src in per_labels.values():
+                for src in srcs & per_src.keys():
+                    del per_src[src]
+
+    def forget_sources(self, cutoff: float) -> set[str]:
+        """Drop the bookkeeping of sources silent since before ``cutoff``; returns them.
+
+        Counters are never touched: only liveness, dedupe positions and snapshot values go.
+        """
+        gone = {s for s, info in self.sources.items() if info.last_seen < cutoff}
+        if gone:
+            for src in gone:
+                del self.sources[src]
+                self.last_seq.pop(src, None)
+            self.drop_gauges_of(gone)
+        return gone
+
+    def copy(self) -> State:
+        """A copy that the consumer can keep mutating while the copy is rendered."""
+        new = State(self.series_cap)
+        new.counters = {n: dict(d) for n, d in self.counters.items()}
+        new.hists = {n: {k: list(v) for k, v in d.items()} for n, d in self.hists.items()}
+        new.gauges = {n: {k: dict(v) for k, v in d.items()} for n, d in self.gauges.items()}
+        new.sources = {
+            s: Source(i.service, i.version, i.last_seen, i.stopped) for s, i in self.sources.items()
+        }
+        new.last_seq = dict(self.last_seq)
+        new.positions = dict(self.positions)
+        new.newest_ts = self.newest_ts
+        return new
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        """Combine the states of several partitions (each source writes to exactly one partition)."""
+        if len(states) == 1:
+            return states[0]
+        out = State(states[0].series_cap if states else DEFAULT_SERIES_CAP)
+        for st in states:
+            for n, d in st.counters.items():
+                target = out.counters[n]
+                for k, v in d.items():
+                    target[k] = target.get(k, 0) + v
+            for n, dh in st.hists.items():
+                target_h = out.hists[n]
+                for k, h in dh.items():
+                    cur = target_h.get(k)
+                    target_h[k] = list(h) if cur is None else [a + b for a, b in zip(cur, h, strict=True)]
+            for n, dg in st.gauges.items():
+                target_g = out.gauges[n]
+                for k, per_src in dg.items():
+                    target_g.setdefault(k, {}).update(per_src)
+            out.sources.update(st.sources)
+            out.last_seq.update(st.last_seq)
+            out.positions.update(st.positions)
+            out.newest_ts = max(out.newest_ts, st.newest_ts)
+        return out
 
 
-def _series(
-    state: State,
-    table: dict[str, dict[tuple[str, ...], Any]],
-    name: str,
-    key: tuple[str, ...],
-    new: Callable[[], Any],
-) -> Any:
-    """The series for ``key``, created on first use; past the cap, the metric's overflow series."""
-    series = table[name]
-    value = series.get(key)
-    if value is None:
-        if len(series) >= state.series_cap:
-            key = (OVERFLOW,) * len(key)
-            _inc(state, "aggregator_series_overflow_total", (name,), 1)
-            value = series.get(key)
-        if value is None:
-            value = series[key] = new()
-    return value
+# ---- primitives (the slow paths of the generated handlers: first sighting of a series, the cap) -------
 
 
-def _inc(state: State, name: str, key: tuple[str, ...], amount: float) -> None:
+def inc(state: State, name: str, key: LabelKey, amount: float) -> None:
     series = state.counters[name]
     try:
         series[key] += amount  # the common case: an existing series (one lookup, one store)
@@ -118,208 +153,216 @@ def _inc(state: State, name: str, key: tuple[str, ...], amount: float) -> None:
     else:
         overflow = (OVERFLOW,) * len(key)
         series[overflow] = series.get(overflow, 0) + amount
-        _inc(state, "aggregator_series_overflow_total", (name,), 1)
+        inc(state, "aggregator_series_overflow_total", (name,), 1)
 
 
-def _make_observe(m: MetricDef) -> Callable[[State, tuple[str, ...], float], None]:
-    name, buckets = m.name, m.buckets
-    assert buckets is not None
-    width = len(buckets) + 2
-
-    def new() -> list[float]:
-        return [0] * width
-
-    def observe(state: State, key: tuple[str, ...], value: float) -> None:
-        series = state.hists[name]
-        h = series.get(key)
-        if h is None:
-            h = _series(state, state.hists, name, key, new)
-        h[bisect_left(buckets, value)] += 1
-        h[-1] += value
-
-    return observe
+def _series(
+    state: State, table: dict[LabelKey, Any], name: str, key: LabelKey, new: Callable[[], Any]
+) -> Any:
+    """The series for ``key``, created on first use; past the cap, the metric's overflow series."""
+    value = table.get(key)
+    if value is None:
+        if len(table) >= state.series_cap:
+            key = (OVERFLOW,) * len(key)
+            inc(state, "aggregator_series_overflow_total", (name,), 1)
+            value = table.get(key)
+        if value is None:
+            value = table[key] = new()
+    return value
 
 
-_OBSERVE = {m.name: _make_observe(m) for m in METRICS if m.kind == HISTOGRAM}
-_ACQUIRE_BUCKETS = METRICS_BY_NAME["container_acquire_duration_seconds"].buckets
-_HTTP_BUCKETS = METRICS_BY_NAME["http_request_duration_seconds"].buckets
-_acquire = _OBSERVE["container_acquire_duration_seconds"]
-_release = _OBSERVE["container_release_duration_seconds"]
-_create = _OBSERVE["container_create_duration_seconds"]
-_destroy = _OBSERVE["container_destroy_duration_seconds"]
-_wipe = _OBSERVE["container_wipe_duration_seconds"]
-_sync_duration = _OBSERVE["sync_duration_seconds"]
-_http_duration = _OBSERVE["http_request_duration_seconds"]
-
-_POOL_GAUGES = (
-    ("pool_size", "size"),
-    ("pool_available", "available"),
-    ("pool_borrowed", "borrowed"),
-    ("pool_pending", "pending"),
-    ("pool_min_size", "min_size"),
-    ("pool_max_size", "max_size"),
-    ("pool_target_size", "target_size"),
-)
-_SYNC_GAUGES = (
-    ("sync_concurrent_operations", "running"),
-    ("sync_queue_length", "queued"),
-    ("sync_periodic_jobs_active", "periodic_jobs"),
-)
+def observe(state: State, name: str, key: LabelKey, value: float, buckets: tuple[float, ...]) -> None:
+    table = state.hists[name]
+    h = table.get(key)
+    if h is None:
+        width = len(buckets) + 2
+        h = _series(state, table, name, key, lambda: [0] * width)
+    h[bisect_left(buckets, value)] += 1
+    h[-1] += value
 
 
-def _set_gauge(state: State, name: str, key: tuple[str, ...], src: str, value: float) -> None:
-    per_src = state.gauges[name].get(key)
+def set_gauge(state: State, name: str, key: LabelKey, src: str, value: float) -> None:
+    table = state.gauges[name]
+    per_src = table.get(key)
     if per_src is None:
-        per_src = _series(state, state.gauges, name, key, dict)
+        per_src = _series(state, table, name, key, dict)
     per_src[src] = value
 
 
-# ---- handlers: one per event type -------------------------------------------------------------------
-
-Handler = Callable[[State, str, dict[str, Any]], None]
-
-
-def _source_started(state: State, src: str, ev: dict[str, Any]) -> None:
-    info = state.sources.get(src)
-    if info is None:
-        info = state.sources[src] = [ev["service"], ev["version"], 0.0, ev["ts"], False]
-    info[SERVICE], info[VERSION], info[START_TIME] = ev["service"], ev["version"], float(ev["start_time_s"])
-
-
-def _source_stopped(state: State, src: str, ev: dict[str, Any]) -> None:
-    info = state.sources.get(src)
-    if info is not None:
-        info[STOPPED] = True
-    for per_labels in state.gauges.values():  # a stopped source contributes nothing any more
-        for per_src in per_labels.values():
-            per_src.pop(src, None)
-
-
-def _events_dropped(state: State, src: str, ev: dict[str, Any]) -> None:
-    info = state.sources.get(src)
-    _inc(state, "events_dropped_total", (info[SERVICE] if info else src.split(":", 1)[0],), ev["count"])
-
-
-def _pool_state(state: State, src: str, ev: dict[str, Any]) -> None:
-    key = (ev["pool_id"], ev["workload_id"])
-    for name, field in _POOL_GAUGES:
-        _set_gauge(state, name, key, src, ev[field])
-    _set_gauge(state, "affinity_reservations", (ev["pool_id"],), src, ev["affinity_reservations"])
-
-
-def _pool_removed(state: State, src: str, ev: dict[str, Any]) -> None:
-    key = (ev["pool_id"], ev["workload_id"])
-    for name, _ in _POOL_GAUGES:
-        per_src = state.gauges[name].get(key)
-        if per_src is not None:
-            per_src.pop(src, None)
-    per_src = state.gauges["affinity_reservations"].get((ev["pool_id"],))
+def remove_gauge(state: State, name: str, key: LabelKey, src: str) -> None:
+    per_src = state.gauges[name].get(key)
     if per_src is not None:
         per_src.pop(src, None)
 
 
-def _container_acquired(state: State, src: str, ev: dict[str, Any]) -> None:
-    pool = ev["pool_id"]
-    # Inlined observe and inc (the hottest handlers; see docs/performance.md); same effect as
-    # _acquire(...) and _inc(...), which handle the first sighting of a series and the series cap.
-    key = (pool, ev["status"])
-    h = state.hists["container_acquire_duration_seconds"].get(key)
-    value = ev["duration_s"]
-    if h is None:
-        _acquire(state, key, value)
-    else:
-        h[bisect_left(_ACQUIRE_BUCKETS, value)] += 1  # type: ignore[arg-type]
-        h[-1] += value
-    _inc(state, "affinity_hits_total" if ev["affinity"] == "hit" else "affinity_misses_total", (pool,), 1)
+# ---- custom rules (drives marked custom in metrics.py) ------------------------------------------------
+
+Handler = Callable[[State, str, Event], None]
 
 
-def _container_released(state: State, src: str, ev: dict[str, Any]) -> None:
-    _release(state, (ev["pool_id"], ev["status"]), ev["duration_s"])
-
-
-def _container_created(state: State, src: str, ev: dict[str, Any]) -> None:
-    _create(state, (ev["pool_id"], ev["workload_id"]), ev["duration_s"])
-    _inc(state, "container_operations_total", (ev["pool_id"], "create", ev["status"]), 1)
-
-
-def _container_destroyed(state: State, src: str, ev: dict[str, Any]) -> None:
-    _destroy(state, (ev["pool_id"],), ev["duration_s"])
-    _inc(state, "container_operations_total", (ev["pool_id"], "destroy", ev["status"]), 1)
-
-
-def _container_wiped(state: State, src: str, ev: dict[str, Any]) -> None:
-    _wipe(state, (ev["pool_id"],), ev["duration_s"])
-    _inc(state, "container_operations_total", (ev["pool_id"], "wipe", ev["status"]), 1)
-
-
-def _health_check_failed(state: State, src: str, ev: dict[str, Any]) -> None:
-    _inc(state, "container_health_check_failures_total", (ev["pool_id"],), 1)
-
-
-def _affinity_evicted(state: State, src: str, ev: dict[str, Any]) -> None:
-    _inc(state, "affinity_evictions_total", (ev["pool_id"],), 1)
-
-
-def _sync_finished(state: State, src: str, ev: dict[str, Any]) -> None:
-    workload, direction, status = ev["workload_id"], ev["direction"], ev["status"]
-    _inc(state, "sync_operations_total", (workload, direction, status), 1)
-    _sync_duration(state, (workload, direction, ev["mode"]), ev["duration_s"])
-    _inc(state, "sync_bytes_transferred_total", (workload, direction), ev["bytes"])
-    _inc(state, "sync_files_transferred_total", (workload, direction), ev["files"])
+def _sync_errors(state: State, src: str, ev: Event) -> None:
+    status = ev["status"]
     if status != "success":
         error_type = ev.get("error_type") or ("timeout" if status == "timeout" else "rclone_error")
-        _inc(state, "sync_errors_total", (workload, error_type), 1)
+        inc(state, "sync_errors_total", (ev["workload_id"], error_type), 1)
 
 
-def _sync_resynced(state: State, src: str, ev: dict[str, Any]) -> None:
-    _inc(state, "sync_bisync_resync_total", (ev["workload_id"],), 1)
+def _events_dropped(state: State, src: str, ev: Event) -> None:
+    info = state.sources.get(src)
+    inc(state, "events_dropped_total", (info.service if info else src.split(":", 1)[0],), ev["count"])
 
 
-def _sync_state(state: State, src: str, ev: dict[str, Any]) -> None:
-    key = (ev["workload_id"],)
-    for name, field in _SYNC_GAUGES:
-        _set_gauge(state, name, key, src, ev[field])
-
-
-_STATUS_TEXT = {code: str(code) for code in range(100, 600)}
-
-
-def _http_request(state: State, src: str, ev: dict[str, Any]) -> None:
-    status = ev["status"]
-    key = (ev["method"], ev["path"], _STATUS_TEXT.get(status) or str(status))
-    h = state.hists["http_request_duration_seconds"].get(key)
-    value = ev["duration_s"]
-    if h is None:
-        _http_duration(state, key, value)
-    else:
-        h[bisect_left(_HTTP_BUCKETS, value)] += 1  # type: ignore[arg-type]
-        h[-1] += value
-    # http_requests_total is this histogram's _count (metrics.py: derived), rendered at scrape time.
-
-
-def _nothing(state: State, src: str, ev: dict[str, Any]) -> None:
-    """Heartbeats only refresh the source's last-seen time (done for every batch)."""
-
-
-HANDLERS: dict[str, Handler] = {
-    "source.started": _source_started,
-    "source.heartbeat": _nothing,
-    "source.stopped": _source_stopped,
-    "events.dropped": _events_dropped,
-    "pool.state": _pool_state,
-    "pool.removed": _pool_removed,
-    "container.acquired": _container_acquired,
-    "container.released": _container_released,
-    "container.created": _container_created,
-    "container.destroyed": _container_destroyed,
-    "container.wiped": _container_wiped,
-    "container.health_check_failed": _health_check_failed,
-    "affinity.evicted": _affinity_evicted,
-    "sync.finished": _sync_finished,
-    "sync.resynced": _sync_resynced,
-    "sync.state": _sync_state,
-    "http.request": _http_request,
+#: (metric, event type) -> the handler of a drive marked ``custom``.
+CUSTOM: Mapping[tuple[str, str], Handler] = {
+    ("sync_errors_total", "sync.finished"): _sync_errors,
+    ("events_dropped_total", "events.dropped"): _events_dropped,
 }
+
+
+# ---- source lifecycle (not metrics: what liveness and the snapshot gauges rest on) --------------------
+
+
+def _source_started(state: State, src: str, ev: Event) -> None:
+    info = state.sources.get(src)
+    if info is None:
+        state.sources[src] = Source(ev["service"], ev["version"], ev["ts"])
+    else:
+        info.service, info.version = ev["service"], ev["version"]
+
+
+def _source_stopped(state: State, src: str, ev: Event) -> None:
+    info = state.sources.get(src)
+    if info is not None:
+        info.stopped = True
+    state.drop_gauges_of({src})  # a stopped source contributes nothing any more
+
+
+LIFECYCLE: Mapping[str, Handler] = {"source.started": _source_started, "source.stopped": _source_stopped}
+
+
+# ---- handler generation -----------------------------------------------------------------------------
+
+
+def _label_exprs(m: MetricDef, d: Drive) -> list[str]:
+    fields = {f.name: f for f in EVENT_TYPES_BY_NAME[d.event].fields}
+    exprs = []
+    for label, origin in zip(m.labels, d.labels if d.labels is not None else m.labels, strict=True):
+        if isinstance(origin, Const):
+            exprs.append(repr(origin.value))
+            continue
+        f = fields.get(origin)
+        if f is None:
+            raise AssertionError(f"{m.name}: label {label} reads {d.event}.{origin}, which the schema lacks")
+        exprs.append(f"_int_text(ev[{origin!r}])" if f.kind == "int" else f"ev[{origin!r}]")
+    return exprs
+
+
+def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[str]:
+    """Source lines applying drive ``d`` of metric ``m`` (indented by two spaces)."""
+    if d.custom:
+        env[f"_custom{n}"] = CUSTOM[(m.name, d.event)]
+        return [f"  _custom{n}(state, src, ev)"]
+    exprs = _label_exprs(m, d)
+    key = f"({exprs[0]},)" if len(exprs) == 1 else f"({', '.join(exprs)})"
+    value = f"ev[{d.value!r}]" if d.value is not None else "1"
+    lines = [f"  key = {key}"]
+    if m.snapshot:
+        fn = "_remove_gauge" if d.removes else "_set_gauge"
+        lines.append(f"  {fn}(state, {m.name!r}, key, src{'' if d.removes else ', ' + value})")
+    elif m.kind is Kind.HISTOGRAM:
+        env[f"_b{n}"] = m.buckets
+        lines += [
+            f"  h = state.hists[{m.name!r}].get(key)",
+            f"  v = {value}",
+            "  if h is None:",
+            f"    _observe(state, {m.name!r}, key, v, _b{n})",
+            "  else:",
+            f"    h[_bisect(_b{n}, v)] += 1",
+            "    h[-1] += v",
+        ]
+    else:
+        lines += [
+            "  try:",
+            f"    state.counters[{m.name!r}][key] += {value}",
+            "  except KeyError:",
+            f"    _inc(state, {m.name!r}, key, {value})",
+        ]
+    if d.when is not None:
+        field_, wanted = d.when
+        lines = [f"  if ev[{field_!r}] == {wanted!r}:"] + ["  " + line for line in lines]
+    return lines
+
+
+_INT_TEXT = {code: str(code) for code in range(100, 600)}
+
+
+def _int_text(value: int) -> str:
+    return _INT_TEXT.get(value) or str(value)
+
+
+def generate_handler(event_type: str) -> tuple[Handler, str]:
+    """The handler of ``event_type`` generated from the drives of every metric, and its source text."""
+    env: dict[str, Any] = {
+        "_inc": inc,
+        "_observe": observe,
+        "_set_gauge": set_gauge,
+        "_remove_gauge": remove_gauge,
+        "_bisect": bisect_left,
+        "_int_text": _int_text,
+    }
+    lines = ["def handle(state, src, ev):"]
+    if event_type in LIFECYCLE:
+        env["_lifecycle"] = LIFECYCLE[event_type]
+        lines.append("  _lifecycle(state, src, ev)")
+    n = 0
+    for m in METRICS:
+        if not m.stateful:
+            continue
+        for d in m.drives:
+            if d.event == event_type:
+                lines.append(f"  # {m.name}")
+                lines += _drive_lines(m, d, env, n)
+                n += 1
+    if len(lines) == 1:
+        lines.append("  pass  # a sign of life only: every applied event refreshes its source")
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<handler of {event_type}>", "exec"), env)  # noqa: S102  (generated from metrics.py only)
+    handler: Handler = env["handle"]
+    handler.__qualname__ = f"handle[{event_type}]"
+    return handler, source
+
+
+def _check_definitions() -> None:
+    """Every drive names a known event type and numeric value field; every custom drive has a handler."""
+    for m in METRICS:
+        for d in m.drives:
+            et = EVENT_TYPES_BY_NAME.get(d.event)
+            if et is None:
+                raise AssertionError(f"{m.name}: drive by unknown event type {d.event!r}")
+            kinds = {f.name: f.kind for f in et.fields}
+            if d.value is not None and kinds.get(d.value) not in ("int", "float"):
+                raise AssertionError(f"{m.name}: value field {d.event}.{d.value} is not a number")
+            if d.custom and (m.name, d.event) not in CUSTOM:
+                raise AssertionError(f"{m.name}: custom drive by {d.event} has no handler in CUSTOM")
+            if d.removes and not m.snapshot:
+                raise AssertionError(f"{m.name}: only snapshot gauges have removing drives")
+        if m.snapshot and m.kind is not Kind.GAUGE:
+            raise AssertionError(f"{m.name}: {m.combine} needs a gauge")
+        if m.kind is Kind.HISTOGRAM and not m.buckets:
+            raise AssertionError(f"{m.name}: a histogram needs buckets")
+        if (m.combine is Combine.SCRAPE) != (m.read is not None):
+            raise AssertionError(f"{m.name}: scrape-time metrics and only they have a read function")
+        if m.count_of is not None and METRICS_BY_NAME[m.count_of].labels != m.labels:
+            raise AssertionError(f"{m.name}: count_of {m.count_of} must have the same labels")
+
+
+_check_definitions()
+_GENERATED = {et.name: generate_handler(et.name) for et in EVENT_TYPES}
+HANDLERS: Mapping[str, Handler] = {name: h for name, (h, _) in _GENERATED.items()}
+HANDLER_SOURCE: Mapping[str, str] = {name: src for name, (_, src) in _GENERATED.items()}
+
+
+# ---- one batch --------------------------------------------------------------------------------------
 
 #: An event that could not be applied: (reason, detail, the event as received).
 Rejected = tuple[str, str, Any]
@@ -375,17 +418,16 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
             key = (type_,)
             applied[key] = applied.get(key, 0) + n
     if gap:
-        _inc(state, "events_lost_total", ("seq_gap",), gap)
+        inc(state, "events_lost_total", ("seq_gap",), gap)
     if duplicates:
-        _inc(state, "aggregator_duplicates_total", (), duplicates)
+        inc(state, "aggregator_duplicates_total", (), duplicates)
     state.last_seq[src] = last
     if newest:
         info = state.sources.get(src)
         if info is None:  # first seen mid-life (its source.started was trimmed or is elsewhere)
-            parts = src.split(":")
-            info = state.sources[src] = [parts[0], "", 0.0, newest, False]
-        elif newest > info[LAST_SEEN]:
-            info[LAST_SEEN] = newest
+            state.sources[src] = Source(src.split(":", 1)[0], "", newest)
+        elif newest > info.last_seen:
+            info.last_seen = newest
         state.newest_ts = max(state.newest_ts, newest)
     return rejected
 
@@ -397,36 +439,25 @@ def apply_all(state: State, batches: Iterable[Batch]) -> State:
 
 
 def record_dead_letter(state: State, reason: str, count: int = 1) -> None:
-    _inc(state, "aggregator_dead_letters_total", (reason,), count)
+    inc(state, "aggregator_dead_letters_total", (reason,), count)
 
 
 def record_lost(state: State, reason: str, count: int) -> None:
     if count > 0:
-        _inc(state, "events_lost_total", (reason,), count)
+        inc(state, "events_lost_total", (reason,), count)
 
 
-def count_trimmed_gap(state: State, batch: Any) -> None:
-    """Count the gap before ``batch`` (in its source's ``seq``) as lost to trimming, and advance the
-    source's ``last_seq`` so that :func:`apply_batch` does not count it again as a ``seq_gap``."""
-    last = state.last_seq.get(batch.src, 0)
-    for ev in batch.events:
-        seq = ev.get("seq") if type(ev) is dict else None
-        if type(seq) is int and seq > last:
-            if seq > last + 1:
-                record_lost(state, "trimmed", seq - last - 1)
-                state.last_seq[batch.src] = seq - 1
-            return
+# ---- attributing gaps to trimming -------------------------------------------------------------------
 
 
 class TrimWindow:
     """Sources whose next sequence gap is attributed to entries trimmed before they were read.
 
     Opened when the consumer sees that entries it had not read were removed (and by replay and rebuild
-    when the stream they fold from the start lost entries). Each source's first
-    batch after that is checked (``check``): its gap, if any, is what the trim took. The window stays
-    open until every source known at the detection (``suspects``) was seen again or forgotten, and
-    the consumer has read up to the stream's last entry at the detection (``until``), so sources
-    first seen in that backlog are checked too.
+    when the stream they fold from the start lost entries). Each source's first batch after that is
+    checked: its gap, if any, is what the trim took. The window stays open until every source known at
+    the detection (``suspects``) was seen again or forgotten, and the fold has reached the stream's last
+    entry at the detection (``until``), so sources first seen in that backlog are checked too.
     """
 
     __slots__ = ("handled_deleted", "open", "seen", "suspects", "until")
@@ -439,30 +470,23 @@ class TrimWindow:
         #: The stream's max-deleted-entry-id already accounted for.
         self.handled_deleted: StreamId = (0, 0)
 
-    def start(self, known: set[str], until: StreamId) -> None:
+    def start(self, known: Iterable[str], until: StreamId) -> None:
         self.suspects = set(known)
         self.seen = set()
         self.until = max(self.until, until) if self.open else until
         self.open = True
 
-    def check(self, src: str) -> bool:
-        """True if ``src``'s current batch is its first since the window opened."""
-        if not self.open or src in self.seen:
-            return False
-        self.seen.add(src)
-        self.suspects.discard(src)
-        return True
-
     def attribute(self, state: State, batch: Batch, position: StreamId) -> None:
         """Before ``batch`` (at stream ``position``) is folded: if it is its source's first since the
-        window opened, count the gap in front of it as trimmed (:func:`count_trimmed_gap`)."""
-        if self.open:
-            if self.check(batch.src):
-                count_trimmed_gap(state, batch)
-            self.maybe_close(position)
-
-    def maybe_close(self, position: StreamId) -> None:
-        if self.open and not self.suspects and position >= self.until:
+        window opened, count the gap in front of it as trimmed."""
+        if not self.open:
+            return
+        src = batch.src
+        if src not in self.seen:
+            self.seen.add(src)
+            self.suspects.discard(src)
+            _count_trimmed_gap(state, batch)
+        if not self.suspects and position >= self.until:
             self.open = False
             self.seen = set()
 
@@ -481,7 +505,7 @@ class TrimWindow:
         }
 
     @classmethod
-    def from_data(cls, data: dict[str, Any] | None) -> TrimWindow:
+    def from_data(cls, data: Mapping[str, Any] | None) -> TrimWindow:
         w = cls()
         if data:
             w.open = bool(data.get("open"))
@@ -492,53 +516,19 @@ class TrimWindow:
         return w
 
 
-__all__ = [
-    "GAUGE",
-    "HANDLERS",
-    "State",
-    "TrimWindow",
-    "apply_all",
-    "apply_batch",
-    "count_trimmed_gap",
-    "record_dead_letter",
-    "record_lost",
-]
+def _count_trimmed_gap(state: State, batch: Batch) -> None:
+    """Count the gap before ``batch`` (in its source's ``seq``) as lost to trimming, and advance the
+    source's ``last_seq`` so that :func:`apply_batch` does not count it again as a ``seq_gap``."""
+    last = state.last_seq.get(batch.src, 0)
+    for ev in batch.events:
+        seq = ev.get("seq") if type(ev) is dict else None
+        if type(seq) is int and seq > last:
+            if seq > last + 1:
+                record_lost(state, "trimmed", seq - last - 1)
+                state.last_seq[batch.src] = seq - 1
+            return
 
 
-def copy_state(state: State) -> State:
-    """A copy that the consumer can keep mutating while the copy is rendered."""
-    new = State(state.series_cap)
-    new.counters = {n: dict(d) for n, d in state.counters.items()}
-    new.hists = {n: {k: list(v) for k, v in d.items()} for n, d in state.hists.items()}
-    new.gauges = {n: {k: dict(v) for k, v in d.items()} for n, d in state.gauges.items()}
-    new.sources = {s: list(v) for s, v in state.sources.items()}
-    new.last_seq = dict(state.last_seq)
-    new.positions = dict(state.positions)
-    new.newest_ts = state.newest_ts
-    return new
-
-
-def merge_states(states: list[State]) -> State:
-    """Combine the states of several partitions (each source writes to exactly one partition)."""
-    if len(states) == 1:
-        return states[0]
-    out = State(states[0].series_cap if states else DEFAULT_SERIES_CAP)
-    for st in states:
-        for n, d in st.counters.items():
-            target = out.counters[n]
-            for k, v in d.items():
-                target[k] = target.get(k, 0) + v
-        for n, dh in st.hists.items():
-            target_h = out.hists[n]
-            for k, h in dh.items():
-                cur = target_h.get(k)
-                target_h[k] = list(h) if cur is None else [a + b for a, b in zip(cur, h, strict=True)]
-        for n, dg in st.gauges.items():
-            target_g = out.gauges[n]
-            for k, per_src in dg.items():
-                target_g.setdefault(k, {}).update(per_src)
-        out.sources.update(st.sources)
-        out.last_seq.update(st.last_seq)
-        out.positions.update(st.positions)
-        out.newest_ts = max(out.newest_ts, st.newest_ts)
-    return out
+if __name__ == "__main__":
+    for name in sys.argv[1:] or sorted(HANDLER_SOURCE):
+        sys.stdout.write(f"# {name}\n{HANDLER_SOURCE[name]}\n")

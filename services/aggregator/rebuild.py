@@ -1,9 +1,10 @@
 """Offline rebuild: re-fold each partition's retained stream into a fresh checkpoint, with progress.
 
 Used by ``boilerhouse aggregator --rebuild`` before it starts serving (after a bucket or mapping
-change). The checkpoint has the consumer's format and the consumer group's last-delivered id is set
-to the position it covers, in one transaction, so the live consumer restores it and carries on with
-the entries added since. Stop the other aggregators of the same consumer group first.
+change). The checkpoint is the consumer's (:mod:`.checkpoint`), folded by the consumer's ingest step,
+and the consumer group's last-delivered id is set to the position it covers, in one transaction, so the
+live consumer restores it and carries on with the entries added since. Stop the other aggregators of the
+same consumer group first.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
-import msgpack
 import redis
 
+from shared.events.bus import Client, connect
 from shared.events.streams import checkpoint_key, format_id, parse_id
 
-from .consumer import CHECKPOINT_VERSION, mapping_fingerprint
+from . import checkpoint
 from .fold import State, TrimWindow
-from .replay import Progress, StreamReader, fold_entry, trim_window
+from .ingest import PartitionIngest
+from .progress import Progress
+from .reader import StreamReader
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
@@ -39,44 +42,32 @@ class RebuildResult:
 
 
 def rebuild_partition(
-    client: redis.Redis, settings: AggregatorSettings, partition: int, progress: Progress | None = None
+    client: Client, settings: AggregatorSettings, partition: int, progress: Progress | None = None
 ) -> RebuildResult:
     """Fold the partition's stream up to its current last id; save checkpoint + group position atomically."""
     started = time.monotonic()
     reader = StreamReader(client, settings.partitions, settings.key_prefix)
     key = reader.key(partition)
-    try:
-        info: dict[str, Any] = client.xinfo_stream(key)
-    except redis.ResponseError:  # no stream yet
-        info = {}
-    last_raw = info.get("last-generated-id")
-    last = parse_id(last_raw) if last_raw else (0, 0)
-    added = info.get("entries-added")
-    trim = trim_window(info)
-    if progress is not None:
-        progress.total = float(info.get("length", 0))
-    state = State(settings.series_cap)
-    entries = events = 0
+    info = reader.info(partition)
+    last = info.last_generated_id if info is not None else (0, 0)
+    if progress is not None and info is not None:
+        progress.total = float(info.length)
+    ingest = PartitionIngest(
+        partition, State(settings.series_cap), reader.trim_window(partition), settings.source_forget_s
+    )
+    entries = 0
     if last != (0, 0):
-        for entry in reader.range((0, 0), last, partitions=[partition]):
-            n = fold_entry(state, entry, trim)
+        for _, (raw_id, fields) in reader.raw((0, 0), last, partitions=[partition]):
+            before = ingest.events
+            ingest.entry(parse_id(raw_id), fields)
             entries += 1
-            events += n
             if progress is not None:
-                progress.update(entries, n)
+                progress.update(entries, ingest.events - before)
     position = format_id(last) if last != (0, 0) else None
     if position is not None:
-        state.positions[partition] = position
-    blob = msgpack.packb(
-        {
-            "v": CHECKPOINT_VERSION,
-            "mapping": mapping_fingerprint(),
-            "saved_at": time.time(),
-            "state": state.to_data(),
-            "trim": TrimWindow().to_data(),
-        },
-        use_bin_type=True,
-    )
+        ingest.state.positions[partition] = position
+    # Every gap the fold could attribute to trimming was attributed: the live consumer starts afresh.
+    blob = checkpoint.pack(ingest.state, TrimWindow())
     try:
         client.xgroup_create(key, settings.group, id="0", mkstream=True)
     except redis.ResponseError as exc:
@@ -84,17 +75,16 @@ def rebuild_partition(
             raise
     pipe = client.pipeline(transaction=True)
     pipe.set(checkpoint_key(partition, settings.group, settings.key_prefix), blob)
-    setid: list[Any] = ["XGROUP", "SETID", key, settings.group, position or "0"]
-    if added is not None:
-        setid += ["ENTRIESREAD", int(added)]  # everything up to `last` counts as read: lag starts right
-    pipe.execute_command(*setid)
+    # Everything up to `last` counts as read, so the group's lag starts right.
+    entries_read = info.entries_added if info is not None else None
+    pipe.xgroup_setid(key, settings.group, position or "0", entries_read=entries_read)
     pipe.execute()
-    result = RebuildResult(partition, entries, events, position, time.monotonic() - started)
+    result = RebuildResult(partition, entries, ingest.events, position, time.monotonic() - started)
     logger.debug(
         "partition %d rebuilt: %d entries, %d events folded in %.2fs; checkpoint at %s",
         partition,
         entries,
-        events,
+        ingest.events,
         result.seconds,
         position,
     )
@@ -102,7 +92,7 @@ def rebuild_partition(
 
 
 def rebuild(
-    client: redis.Redis,
+    client: Client,
     settings: AggregatorSettings,
     show_progress: bool = True,
     stream: TextIO | None = None,
@@ -124,17 +114,12 @@ def rebuild(
     return results
 
 
-__all__ = ["RebuildResult", "rebuild", "rebuild_offline", "rebuild_partition"]
-
-
 def rebuild_offline(settings: AggregatorSettings, show_progress: bool = True) -> list[RebuildResult]:
     """``aggregator --rebuild``: rebuild before serving; a summary per partition on stderr.
 
     An unreachable bus ends the process with a message (exit status 1), never a traceback.
     """
-    client = redis.Redis.from_url(
-        settings.redis_url, protocol=2, socket_timeout=30.0, socket_connect_timeout=5.0
-    )
+    client = connect(settings.redis, "tool")
     try:
         results = rebuild(client, settings, show_progress)
     except redis.RedisError as exc:
@@ -149,3 +134,6 @@ def rebuild_offline(settings: AggregatorSettings, show_progress: bool = True) ->
             flush=True,
         )
     return results
+
+
+__all__ = ["RebuildResult", "rebuild", "rebuild_offline", "rebuild_partition"]

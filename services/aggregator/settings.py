@@ -7,78 +7,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.events.bus import DEFAULT_URL, RedisSettings, check_url
 from shared.events.streams import DEFAULT_GROUP, DEFAULT_PREFIX
+from shared.settings import SettingsError, env_bool, env_number, env_secret
 
+__all__ = ["AggregatorSettings", "SettingsError"]
 
-class SettingsError(ValueError):
-    """A configuration value that cannot be used; the message names the variable."""
-
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
-def check_redis_url(url: str) -> None:
-    """Reject a Redis URL redis-py cannot use, with a message naming the setting (no credentials)."""
-    scheme = url.partition("://")[0] if "://" in url else ""
-    if scheme not in REDIS_SCHEMES:
-        raise SettingsError(
-            f"Redis URL must start with {', '.join(s + '://' for s in REDIS_SCHEMES)} "
-            f"(BOILERHOUSE_REDIS_URL or --redis-url); got scheme {scheme or 'none'!r}"
-        )
-
-
-def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={raw!r}: expected true or false")
-
-
-def env_number(
-    environ: Mapping[str, str], name: str, default: Any, kind: type = int, minimum: float = 0
-) -> Any:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        expected = "an integer" if kind is int else "a number"
-        raise SettingsError(f"{name}={raw!r}: expected {expected}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r}: must be >= {minimum}")
-    return value
-
-
-def env_secret(environ: Mapping[str, str], name: str) -> str | None:
-    """A secret from ``NAME``, or read from the file named by ``NAME_FILE`` (Docker/Kubernetes secrets).
-
-    Error messages name the variable and the file, never the value.
-    """
-    value = environ.get(name)
-    if value:
-        return value
-    path = environ.get(name + "_FILE")
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = f.read().rstrip("\r\n")
-    except OSError as exc:
-        raise SettingsError(f"{name}_FILE={path!r}: cannot read it ({exc.strerror})") from None
-    return value or None
+#: Upper bound of the partition count (each partition is a stream, a consumer-group cursor and a state).
+MAX_PARTITIONS = 4096
+#: Upper bound of durations in seconds (about 300 years: "forever", but a finite number).
+MAX_SECONDS = 1e10
 
 
 @dataclass(frozen=True)
 class AggregatorSettings:
     """Everything the aggregator needs. Secrets are excluded from ``repr``."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_URL
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 9464
     metrics_enabled: bool = True
@@ -104,7 +51,7 @@ class AggregatorSettings:
     metrics_bearer_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        check_redis_url(self.redis_url)
+        check_url(self.redis_url)
         if not self.metrics_path.startswith("/") or self.metrics_path in ("/healthz", "/readyz"):
             raise SettingsError(f"metrics path {self.metrics_path!r} must start with / and not clash")
         if not 0 <= self.shard < self.shards:
@@ -121,6 +68,10 @@ class AggregatorSettings:
             raise SettingsError("BOILERHOUSE_METRICS_USERNAME and BOILERHOUSE_METRICS_PASSWORD go together")
 
     @property
+    def redis(self) -> RedisSettings:
+        return RedisSettings(self.redis_url, self.redis_username, self.redis_password)
+
+    @property
     def my_partitions(self) -> list[int]:
         return [p for p in range(self.partitions) if p % self.shards == self.shard]
 
@@ -135,27 +86,32 @@ class AggregatorSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AggregatorSettings:
         env = os.environ if environ is None else environ
         d = cls()
+        bus = RedisSettings.from_env(env)
         return cls(
-            redis_url=env.get("BOILERHOUSE_REDIS_URL") or d.redis_url,  # empty = unset, as for numbers
+            redis_url=bus.url,
+            redis_username=bus.username,
+            redis_password=bus.password,
             host=env.get("BOILERHOUSE_METRICS_HOST", d.host),
-            port=env_number(env, "BOILERHOUSE_METRICS_PORT", d.port, minimum=1),
+            port=env_number(env, "BOILERHOUSE_METRICS_PORT", d.port, int, 1, 65535),
             metrics_enabled=env_bool(env, "BOILERHOUSE_METRICS_ENABLED", d.metrics_enabled),
             metrics_path=env.get("BOILERHOUSE_METRICS_PATH", d.metrics_path),
             metrics_prefix=env.get("BOILERHOUSE_METRICS_PREFIX", d.metrics_prefix),
             key_prefix=env.get("BOILERHOUSE_STREAM_PREFIX", d.key_prefix),
             group=env.get("BOILERHOUSE_CONSUMER_GROUP", d.group),
-            partitions=env_number(env, "BOILERHOUSE_PARTITIONS", d.partitions, minimum=1),
-            shard=env_number(env, "BOILERHOUSE_AGGREGATOR_SHARD", d.shard),
-            shards=env_number(env, "BOILERHOUSE_AGGREGATOR_SHARDS", d.shards, minimum=1),
-            source_ttl_s=env_number(env, "BOILERHOUSE_SOURCE_TTL_S", d.source_ttl_s, float, 0.1),
-            source_forget_s=env_number(env, "BOILERHOUSE_SOURCE_FORGET_S", d.source_forget_s, float, 1),
-            checkpoint_interval_s=env_number(
-                env, "BOILERHOUSE_CHECKPOINT_INTERVAL_S", d.checkpoint_interval_s, float, 0.01
+            partitions=env_number(env, "BOILERHOUSE_PARTITIONS", d.partitions, int, 1, MAX_PARTITIONS),
+            shard=env_number(env, "BOILERHOUSE_AGGREGATOR_SHARD", d.shard, int, 0, MAX_PARTITIONS - 1),
+            shards=env_number(env, "BOILERHOUSE_AGGREGATOR_SHARDS", d.shards, int, 1, MAX_PARTITIONS),
+            source_ttl_s=env_number(env, "BOILERHOUSE_SOURCE_TTL_S", d.source_ttl_s, float, 0.1, MAX_SECONDS),
+            source_forget_s=env_number(
+                env, "BOILERHOUSE_SOURCE_FORGET_S", d.source_forget_s, float, 1, MAX_SECONDS
             ),
-            retention_s=env_number(env, "BOILERHOUSE_RETENTION_S", d.retention_s, float, 1),
-            series_cap=env_number(env, "BOILERHOUSE_SERIES_CAP", d.series_cap, minimum=1),
+            checkpoint_interval_s=env_number(
+                env, "BOILERHOUSE_CHECKPOINT_INTERVAL_S", d.checkpoint_interval_s, float, 0.01, MAX_SECONDS
+            ),
+            retention_s=env_number(env, "BOILERHOUSE_RETENTION_S", d.retention_s, float, 1, MAX_SECONDS),
+            series_cap=env_number(env, "BOILERHOUSE_SERIES_CAP", d.series_cap, int, 1, 10_000_000),
             max_concurrent_scrapes=env_number(
-                env, "BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES", d.max_concurrent_scrapes, minimum=1
+                env, "BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES", d.max_concurrent_scrapes, int, 1, 1024
             ),
             metrics_username=env.get("BOILERHOUSE_METRICS_USERNAME") or None,
             metrics_password=env_secret(env, "BOILERHOUSE_METRICS_PASSWORD"),

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def make_publisher(settings: ApiSettings, service: str = "api") -> Publisher:
     return Publisher(
-        settings.redis_url,
+        settings.redis,
         service,
         version=__version__,
         partitions=settings.partitions,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from services.aggregator.settings import SettingsError, check_redis_url, env_number
+from shared.events.bus import DEFAULT_URL, RedisSettings, check_url
+from shared.settings import SettingsError, env_number
 from shared.events.streams import DEFAULT_PREFIX
 
 
@@ -15,7 +16,9 @@ from shared.events.streams import DEFAULT_PREFIX
 class ApiSettings:
     """Everything the API server needs."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_URL
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 8080
     key_prefix: str = DEFAULT_PREFIX
@@ -36,9 +39,13 @@ class ApiSettings:
     pools_file: str | None = None
 
     def __post_init__(self) -> None:
-        check_redis_url(self.redis_url)
+        check_url(self.redis_url)
         if not 0 < self.port < 65536:
             raise SettingsError(f"port {self.port} is not a TCP port")
+
+    @property
+    def redis(self) -> RedisSettings:
+        return RedisSettings(self.redis_url, self.redis_username, self.redis_password)
 
     def with_(self, **changes: Any) -> ApiSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -47,16 +54,19 @@ class ApiSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
         env = os.environ if environ is None else environ
         d = cls()
+        bus = RedisSettings.from_env(env)
         return cls(
-            redis_url=env.get("BOILERHOUSE_REDIS_URL") or d.redis_url,  # empty = unset, as for numbers
+            redis_url=bus.url,
+            redis_username=bus.username,
+            redis_password=bus.password,
             host=env.get("BOILERHOUSE_API_HOST", d.host),
-            port=env_number(env, "BOILERHOUSE_API_PORT", d.port, minimum=1),
+            port=env_number(env, "BOILERHOUSE_API_PORT", d.port, int, 1),
             key_prefix=env.get("BOILERHOUSE_STREAM_PREFIX", d.key_prefix),
-            partitions=env_number(env, "BOILERHOUSE_PARTITIONS", d.partitions, minimum=1),
+            partitions=env_number(env, "BOILERHOUSE_PARTITIONS", d.partitions, int, 1),
             heartbeat_interval_s=env_number(
                 env, "BOILERHOUSE_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s, float, 0.05
             ),
-            buffer_size=env_number(env, "BOILERHOUSE_EVENT_BUFFER", d.buffer_size, minimum=1),
+            buffer_size=env_number(env, "BOILERHOUSE_EVENT_BUFFER", d.buffer_size, int, 1),
             spool_dir=env.get("BOILERHOUSE_SPOOL_DIR") or None,
             workloads_dir=env.get("BOILERHOUSE_WORKLOADS_DIR") or None,
             data_dir=env.get("BOILERHOUSE_DATA_DIR", d.data_dir),

@@ -11,7 +11,6 @@ import msgspec
 
 from .schema import (
     EVENT_TYPES,
-    EVENT_TYPES_BY_NAME,
     ID_PATTERN,
     PATH_PATTERN,
     SCHEMA_VERSION,
@@ -282,7 +281,3 @@ def explain_invalid(ev: Any) -> tuple[str, str] | None:
         return "bad_event", f"ts {ts!r} is not unix seconds"
     problem = validator(ev)
     return None if problem is None else ("invalid_field", problem)
-
-
-def event_type(name: str) -> EventType:
-    return EVENT_TYPES_BY_NAME[name]

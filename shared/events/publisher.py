@@ -8,6 +8,7 @@ and the drop count is published as an ``events.dropped`` event once Redis is bac
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -21,15 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 import redis
 
+from .bus import Client, RedisSettings, connect
 from .codec import ENTRY_FIELD, encode_batch
 from .streams import DEFAULT_PREFIX, partition_of, stream_key
 
 logger = logging.getLogger(__name__)
 
 _time = time.time
+_decode = msgspec.msgpack.Decoder().decode
 
 #: A pending batch: (number of events, encoded payload).
 _Pending = tuple[int, bytes]
@@ -44,7 +47,7 @@ class Publisher:
     """Publishes events for one producer process.
 
     Parameters:
-        redis_url: where the event bus is (``redis://`` or ``unix://``).
+        bus: where the event bus is: :class:`~shared.events.bus.RedisSettings`, or just its URL.
         service: service name, part of the source id and of ``source.started``.
         version: software version reported in ``source.started`` (``boilerhouse_info``).
         partitions: number of partition streams; this source writes to one, chosen by hashing its id.
@@ -56,7 +59,7 @@ class Publisher:
         stream_maxlen: approximate hard cap on the stream length (memory safety valve).
         spool_dir: if set, batches that do not fit in memory during an outage are written here and sent
             later, also by the next process life; nothing is dropped.
-        client: an already-built redis client (tests, shared connection pools); overrides ``redis_url``.
+        client: an already-built redis client (tests, shared connection pools); overrides ``bus``.
     """
 
     #: ``emit(type, fields)``: the hot path. A closure built per instance by ``_make_emit``: free
@@ -65,7 +68,7 @@ class Publisher:
 
     def __init__(
         self,
-        redis_url: str | None = "redis://127.0.0.1:6379/0",
+        bus: RedisSettings | str | None = None,
         service: str = "app",
         *,
         version: str = "0",
@@ -77,7 +80,7 @@ class Publisher:
         heartbeat_interval_s: float = 5.0,
         stream_maxlen: int = 1_000_000,
         spool_dir: str | os.PathLike[str] | None = None,
-        client: redis.Redis | None = None,
+        client: Client | None = None,
         src: str | None = None,
     ) -> None:
         self.service = service
@@ -86,12 +89,10 @@ class Publisher:
         self.stream = stream_key(self.partition, prefix)
         self._partitions = partitions
         self._prefix = prefix
-        self._client = client or redis.Redis.from_url(
-            redis_url or "redis://127.0.0.1:6379/0",
-            socket_timeout=2.0,
-            socket_connect_timeout=1.0,
-            protocol=2,
-        )
+        if client is None:
+            settings = bus if isinstance(bus, RedisSettings) else RedisSettings(bus or RedisSettings().url)
+            client = connect(settings, "publisher")
+        self._client = client
         self._cap = buffer_size
         self._batch_size = batch_size
         self._interval = flush_interval_s
@@ -252,9 +253,8 @@ class Publisher:
                 unreported,
             )
 
-    async def aclose(self, timeout: float = 5.0) -> None:
-        import asyncio
-
+    async def aclose(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109  (a deadline for the flusher thread, not a cancel scope)
+        """:meth:`close` from async code, without blocking the event loop."""
         await asyncio.to_thread(self.close, timeout)
 
     # ---- flusher --------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ class Publisher:
                 logger.warning("event bus unreachable (%s); buffering up to %d events", exc, self._cap)
             self._connected = False
             self._backoff = min(5.0, max(0.05, self._backoff * 2))
-            self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
+            self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)  # noqa: S311  (jitter, not a secret)
 
     def _spool_pending(self) -> None:
         with self._move_lock:
@@ -442,13 +442,8 @@ class Publisher:
         if self._partitions <= 1:
             return self.stream
         try:
-            src = msgpack.unpackb(payload, raw=False).get("src")
-        except (
-            ValueError,
-            TypeError,
-            AttributeError,
-            msgpack.UnpackException,
-        ):  # damaged: sent, dead-lettered
+            src = _decode(payload).get("src")
+        except (msgspec.DecodeError, AttributeError):  # damaged: sent as it is, and dead-lettered
             return self.stream
         return (
             stream_key(partition_of(src, self._partitions), self._prefix) if type(src) is str else self.stream

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zlib
-from typing import Any
 
 DEFAULT_PREFIX = "boilerhouse"
 DEFAULT_GROUP = "aggregator"
@@ -39,10 +38,3 @@ def parse_id(raw: bytes | str) -> StreamId:
 
 def format_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
-
-
-def entries_removed(xinfo_stream: dict[str, Any]) -> bool:
-    """From ``XINFO STREAM``: whether entries were removed (trimmed or deleted). Redis 7 counts every entry
-    ever added (``entries-added``); older servers do not, and this says False."""
-    added = xinfo_stream.get("entries-added")
-    return isinstance(added, int) and added > int(xinfo_stream.get("length", 0))

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from services.aggregator.app import create_app as create_aggregator
-from services.aggregator.metrics import CONTAINER_BUCKETS, HTTP_BUCKETS, METRICS, SYNC_BUCKETS
+from services.aggregator.metrics import CONTAINER_BUCKETS, HTTP_BUCKETS, METRICS, SYNC_BUCKETS, Group
 from services.aggregator.settings import AggregatorSettings
 from services.api.app import create_app as create_api
 from services.api.settings import ApiSettings
@@ -32,6 +32,10 @@ from tests.aggregator.harness import (
 from tests.support.expo import Samples, parse, value
 
 P = "boilerhouse_"
+
+#: The seed's pool gauges, each driven by the ``pool.state`` field it is named after (pool_<field>).
+POOL_GAUGES = [(m.name, d.value) for m in METRICS if m.group is Group.POOL for d in m.drives if d.value]
+assert len(POOL_GAUGES) == 7 and all(m == f"pool_{f}" for m, f in POOL_GAUGES), POOL_GAUGES
 
 
 def expected_buckets(values: list[float], buckets: tuple[float, ...]) -> dict[str, float]:
@@ -73,15 +77,7 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
 
             # ---- pool gauges (snapshot, one live source) ------------------------------------------
             last_a = p.of("pool.state", pool_id="pool-a")[-1]
-            for metric, fld in [
-                ("pool_size", "size"),
-                ("pool_available", "available"),
-                ("pool_borrowed", "borrowed"),
-                ("pool_pending", "pending"),
-                ("pool_min_size", "min_size"),
-                ("pool_max_size", "max_size"),
-                ("pool_target_size", "target_size"),
-            ]:
+            for metric, fld in POOL_GAUGES:
                 assert value(s, P + metric, pool_id="pool-a", workload_id="echo") == last_a[fld], metric
                 assert value(s, P + metric, pool_id="pool-b", workload_id="echo") is None, "removed pool"
             assert value(s, f"{P}affinity_reservations", pool_id="pool-a") == last_a["affinity_reservations"]

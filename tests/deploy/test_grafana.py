@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from services.aggregator.metrics import HISTOGRAM, METRICS
+from services.aggregator.metrics import METRICS, Kind
 from tests.deploy.queries import (
     REPO,
     SEED_EQUIVALENTS,
@@ -53,7 +53,7 @@ def known_series_names(prefix: str = "boilerhouse_") -> set[str]:
     names = {"up"}
     for m in METRICS:
         names.add(prefix + m.name)
-        if m.kind == HISTOGRAM:
+        if m.kind is Kind.HISTOGRAM:
             names |= {f"{prefix}{m.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
     return names
 

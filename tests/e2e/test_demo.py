@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.aggregator.metrics import METRICS
+from services.aggregator.metrics import METRICS, Group
 from services.embedded import free_port
 from tests.support.expo import Samples, parse
 from tests.support.procs import boilerhouse, wait_http
 
 P = "boilerhouse_"
-SEED = [m for m in METRICS if m.group != "pipeline"]
+SEED = [m for m in METRICS if m.group is not Group.PIPELINE]
 #: How long a newcomer waits, from the moment `up` answers, for every seed metric to move.
 WITHIN_S = 60.0
 

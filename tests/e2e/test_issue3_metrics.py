@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from services import __version__
-from services.aggregator.metrics import HISTOGRAM, METRICS, METRICS_BY_NAME
+from services.aggregator.metrics import METRICS, METRICS_BY_NAME, Group, Kind
 from services.embedded import free_port, wait_for_port
 from shared.events.codec import ENTRY_FIELD, decode_batch
 from shared.events.schema import UNMATCHED_PATH
@@ -37,7 +37,7 @@ API = "/api/v1"
 Labels = frozenset[tuple[str, str]]
 
 #: Every metric family of the seed's tables ("pipeline" metrics are the event pipeline's own).
-SEED_FAMILIES = {m.name for m in METRICS if m.group != "pipeline"}
+SEED_FAMILIES = {m.name for m in METRICS if m.group is not Group.PIPELINE}
 
 
 # ---- the API as a client sees it, with every request tallied by (method, route template, status) ----------
@@ -657,4 +657,4 @@ def expected_after_stop(samples: Samples, running: Samples) -> Check:
 def test_seed_families_are_the_seed_tables() -> None:
     """The families this test must cover are the seed's tables, no more, no fewer."""
     assert len(SEED_FAMILIES) == 31
-    assert {m.kind for m in METRICS if m.name in SEED_FAMILIES} == {"counter", "gauge", HISTOGRAM}
+    assert {m.kind for m in METRICS if m.name in SEED_FAMILIES} == {Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM}

@@ -85,6 +85,8 @@ class Aggregator:
         return self.proc is not None and self.proc.popen.poll() is None
 
     def samples(self) -> Samples:
+        if self.proc is not None:  # started without waiting: it may still be binding its port
+            wait_http(self.url + "/readyz", timeout=30, proc=self.proc)
         r = httpx.get(self.url + "/metrics", timeout=30)
         r.raise_for_status()
         return parse(r.text)

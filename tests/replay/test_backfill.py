@@ -12,7 +12,9 @@ import httpx
 import pytest
 import redis
 
-from services.aggregator.replay import MAX_SEQ, Replayer, StreamReader
+from services.aggregator.reader import StreamReader
+from services.aggregator.replay import Replayer
+from services.aggregator.times import MAX_SEQ
 from services.embedded import free_port
 from tests.support.procs import Proc, wait_http
 
@@ -52,7 +54,7 @@ def backfilled(history: int, run: Run, tmp_path: Path) -> Path:
     assert err.startswith("replay: 9 steps 2025-11-27T00:00:00.000Z .. 2025-11-27T00:02:00.000Z every 15s, ")
     text = om.read_text()
     assert text.endswith("\n# EOF\n")
-    assert 'boilerhouse_pool_available{pool_id="web",workload_id="echo"} 0.0 1764201630.000\n' in text
+    assert 'boilerhouse_pool_available{pool_id="web",workload_id="echo"} 0.0 1764201630.0\n' in text
     blocks = tmp_path / "data"
     done = subprocess.run(
         [_tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],

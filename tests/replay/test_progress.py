@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from services.aggregator.replay import Progress
+from services.aggregator.progress import Progress
 
 
 class Clock:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from services.aggregator.replay import EventFilter, StreamReader, parse_time
+from services.aggregator.filters import EventFilter
+from services.aggregator.reader import StreamReader
+from services.aggregator.times import parse_time
 
 from .history import HISTORY
 

@@ -9,7 +9,8 @@ import msgpack
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.aggregator.consumer import Consumer, mapping_fingerprint
+from services.aggregator.checkpoint import CHECKPOINT_VERSION, mapping_fingerprint
+from services.aggregator.consumer import Consumer
 from services.aggregator.exposition import StateCollector
 from services.aggregator.rebuild import rebuild
 from services.aggregator.settings import AggregatorSettings
@@ -63,7 +64,7 @@ def test_rebuild_writes_the_checkpoint_the_consumer_restores(
     )
 
     doc = msgpack.unpackb(redis_client.get(checkpoint_key(0, "aggregator")), raw=False, strict_map_key=False)
-    assert (doc["v"], doc["mapping"]) == (1, mapping_fingerprint())
+    assert (doc["v"], doc["mapping"]) == (CHECKPOINT_VERSION, mapping_fingerprint())
     assert doc["state"]["positions"] == {"0": "1764201700000-0"}
     group = _group(redis_client, "aggregator")
     assert (group["last-delivered-id"], group["lag"], group["pending"]) == (b"1764201700000-0", 0, 0)

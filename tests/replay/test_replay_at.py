@@ -137,7 +137,7 @@ def test_replay_at_openmetrics_format_and_file(history: int, run: Run, tmp_path:
     code, _, _ = run("replay", "--at", "2025-11-27T00:01:00Z", "--openmetrics", str(target))
     assert code == 0
     written = target.read_text()
-    assert 'boilerhouse_pool_available{pool_id="web",workload_id="echo"} 0.0 1764201660.000\n' in written
+    assert 'boilerhouse_pool_available{pool_id="web",workload_id="echo"} 0.0 1764201660.0\n' in written
     assert written.endswith("# EOF\n")
 
 

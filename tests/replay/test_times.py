@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.aggregator.replay import (
+from services.aggregator.filters import EventFilter
+from services.aggregator.times import (
     MAX_SEQ,
-    EventFilter,
-    ReplayError,
+    ArgumentError,
     TimePoint,
     format_ts,
     parse_duration_ms,
@@ -55,7 +55,7 @@ def test_time_bounds_of_a_range() -> None:
     ],
 )
 def test_bad_times(text: str, message: str) -> None:
-    with pytest.raises(ReplayError, match=None) as err:
+    with pytest.raises(ArgumentError, match=None) as err:
         parse_time(text, NOW)
     assert message in str(err.value)
 
@@ -73,7 +73,7 @@ def test_durations(text: str, ms: int) -> None:
     [("0s", "must be positive"), ("fast", "cannot parse duration"), ("-5s", "cannot parse duration")],
 )
 def test_bad_durations(text: str, message: str) -> None:
-    with pytest.raises(ReplayError) as err:
+    with pytest.raises(ArgumentError) as err:
         parse_duration_ms(text)
     assert message in str(err.value)
 
@@ -108,6 +108,6 @@ def test_filter_matches() -> None:
     ],
 )
 def test_unknown_filters(kwargs: dict[str, str], message: str) -> None:
-    with pytest.raises(ReplayError) as err:
+    with pytest.raises(ArgumentError) as err:
         EventFilter(**kwargs)
     assert message in str(err.value)

@@ -1,0 +1,131 @@
+"""Typed views of the Redis stream replies the code reads (XINFO, XPENDING, XREADGROUP, XRANGE).
+
+redis-py returns these as loosely typed dicts and lists whose values are bytes (binary clients, RESP2).
+Parsing them once here lets mypy check every caller and keeps the bytes-or-str handling in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from .streams import StreamId, parse_id
+
+#: One stream entry as redis-py returns it: id and fields (empty or None once deleted while pending).
+RawEntry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+def text(value: object) -> str:
+    """A reply value as text: bytes decoded (invalid UTF-8 replaced), anything else via ``str``."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    return str(value)
+
+
+def optional_int(value: object) -> int | None:
+    """An integer reply that may be nil."""
+    if value is None:
+        return None
+    return value if isinstance(value, int) else int(text(value))
+
+
+def _id(value: object, default: StreamId = (0, 0)) -> StreamId:
+    return parse_id(value) if isinstance(value, bytes | str) and value else default
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """``XINFO STREAM``. ``entries_added`` is None on servers older than Redis 7."""
+
+    length: int
+    first_id: StreamId | None
+    last_generated_id: StreamId
+    max_deleted_id: StreamId
+    entries_added: int | None
+
+    @classmethod
+    def parse(cls, reply: Mapping[Any, Any]) -> StreamInfo:
+        first = reply.get("first-entry")
+        return cls(
+            length=int(reply.get("length", 0)),
+            first_id=parse_id(first[0]) if first else None,
+            last_generated_id=_id(reply.get("last-generated-id")),
+            max_deleted_id=_id(reply.get("max-deleted-entry-id")),
+            entries_added=optional_int(reply.get("entries-added")),
+        )
+
+    @property
+    def entries_removed(self) -> bool:
+        """Whether entries were ever removed (trimmed or deleted); False where the server cannot tell."""
+        return self.entries_added is not None and self.entries_added > self.length
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """One element of ``XINFO GROUPS``. ``entries_read`` and ``lag`` are None when Redis cannot tell."""
+
+    name: str
+    consumers: int
+    pending: int
+    last_delivered_id: StreamId
+    entries_read: int | None
+    lag: int | None
+
+    @classmethod
+    def parse(cls, reply: Mapping[Any, Any]) -> GroupInfo:
+        return cls(
+            name=text(reply.get("name")),
+            consumers=int(reply.get("consumers", 0)),
+            pending=int(reply.get("pending", 0)),
+            last_delivered_id=_id(reply.get("last-delivered-id")),
+            entries_read=optional_int(reply.get("entries-read")),
+            lag=optional_int(reply.get("lag")),
+        )
+
+
+def find_group(reply: Sequence[Mapping[Any, Any]], name: str) -> GroupInfo | None:
+    """The group called ``name`` in an ``XINFO GROUPS`` reply."""
+    for raw in reply:
+        if text(raw.get("name")) == name:
+            return GroupInfo.parse(raw)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """``XPENDING key group`` (the summary form)."""
+
+    count: int
+    min_id: StreamId | None
+    max_id: StreamId | None
+
+    @classmethod
+    def parse(cls, reply: Mapping[Any, Any]) -> PendingSummary:
+        lo, hi = reply.get("min"), reply.get("max")
+        return cls(
+            count=int(reply.get("pending", 0)),
+            min_id=parse_id(lo) if lo else None,
+            max_id=parse_id(hi) if hi else None,
+        )
+
+
+def entries(reply: object) -> list[RawEntry]:
+    """``XRANGE``/``XREVRANGE``: the entries, oldest (or newest) first; an empty list for nil."""
+    return list(cast("Iterable[RawEntry]", reply or []))
+
+
+def read_reply(reply: object) -> list[tuple[str, list[RawEntry]]]:
+    """``XREAD``/``XREADGROUP``: ``[(stream key, entries)]`` for streams that returned entries.
+
+    Accepts both reply shapes: a list of ``[key, entries]`` pairs (RESP2) and a mapping of key to
+    entries (RESP3).
+    """
+    if not reply:
+        return []
+    pairs: Iterable[Any] = reply.items() if isinstance(reply, Mapping) else cast("Iterable[Any]", reply)
+    out: list[tuple[str, list[RawEntry]]] = []
+    for key, entries in pairs:
+        if entries:
+            out.append((text(key), list(entries)))
+    return out
