@@ -42,20 +42,6 @@ class BadRequest(ApiError):
     """The request body or a path parameter is malformed (400)."""
 
 
-class NotFound(ApiError):
-    """A named pool, workload or tenant does not exist (404)."""
-
-    status = 404
-    error = "not_found"
-
-
-class Conflict(ApiError):
-    """The request clashes with the current state (409)."""
-
-    status = 409
-    error = "conflict"
-
-
 def error_body(error: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": error, "detail": detail, **extra}
 
@@ -86,7 +72,7 @@ def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
+    logger.error("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
     return json_error(500, "internal_error", f"unexpected {type(exc).__name__}; see the server log")
 
 
