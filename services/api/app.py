@@ -158,6 +158,8 @@ def create_app(
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    # No redirect to the slash-less path: Starlette builds its Location from the client's Host header.
+    app.router.redirect_slashes = False
     app.state.publisher = pub
     app.state.settings = settings
     app.state.platform = None

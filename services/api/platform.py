@@ -13,6 +13,7 @@ from shared.events.schema import ID_PATTERN
 
 from .clock import Clock, SystemClock
 from .containers import Container, ContainerManager
+from .limits import POOL_FIELDS
 from .pool import ContainerPool
 from .sync import SyncCoordinator, SyncNotConfigured
 from .workloads import Workload
@@ -71,17 +72,15 @@ class PoolSpec:
     health_interval_s: float = 10.0
 
     def check(self) -> None:
+        """Refuse a spec outside the ranges of :data:`limits.POOL_FIELDS` (what the API accepts)."""
         if not ID_PATTERN.match(self.pool_id):
             raise InvalidPool(f"pool_id {self.pool_id!r} must match {ID_PATTERN.pattern}")
-        if not 0 <= self.min_size <= self.max_size or self.max_size < 1:
-            raise InvalidPool(
-                f"need 0 <= min_size <= max_size and max_size >= 1 ({self.min_size}, {self.max_size})"
-            )
-        if (
-            min(self.affinity_timeout_s, self.acquire_timeout_s, self.idle_timeout_s) < 0
-            or self.health_interval_s <= 0
-        ):
-            raise InvalidPool("timeouts must be >= 0 and health_interval_s > 0")
+        for name, limits in POOL_FIELDS.items():
+            problem = limits.problem(getattr(self, name))
+            if problem is not None:
+                raise InvalidPool(f"{name} {problem}, got {getattr(self, name)!r}")
+        if self.min_size > self.max_size:
+            raise InvalidPool(f"need min_size <= max_size ({self.min_size}, {self.max_size})")
 
 
 @dataclass(frozen=True, slots=True)
