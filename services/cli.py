@@ -18,6 +18,7 @@ import uvicorn
 from services.aggregator import events_cli, replay_cli
 from services.aggregator.settings import AggregatorSettings, SettingsError
 from services.api.settings import ApiSettings
+from services.httpserver import MAX_HEAD_BYTES, connection_limits, guarded_protocol
 
 logger = logging.getLogger("boilerhouse")
 
@@ -34,11 +35,26 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn(app: Any, host: str, port: int) -> _Server:
+def _uvicorn(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    read_timeout_s: float = ApiSettings.http_read_timeout_s,
+    max_connections: int = ApiSettings.http_max_connections,
+    share: int = 1,
+) -> _Server:
+    # uvicorn's h11 protocol with a timeout on reading each request and a cap on open connections, both
+    # kept below the open-files limit with the listen backlog (services/httpserver.py says why uvicorn's
+    # own settings give neither). ``share``: servers in this process, splitting its open files.
+    limits = connection_limits(max_connections, share)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=guarded_protocol(read_timeout_s, limits.max_connections),
+        backlog=limits.backlog,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         log_level="warning",
         lifespan="on",
         access_log=False,
@@ -116,7 +132,14 @@ def cmd_api(args: argparse.Namespace) -> int:
         f"api: http://{settings.host}:{settings.port}/api/v1" + (" (demo traffic on)" if args.demo else ""),
         flush=True,
     )
-    asyncio.run(serve_all([_uvicorn(app, settings.host, settings.port)]))
+    server = _uvicorn(
+        app,
+        settings.host,
+        settings.port,
+        read_timeout_s=settings.http_read_timeout_s,
+        max_connections=settings.http_max_connections,
+    )
+    asyncio.run(serve_all([server]))
     return 0
 
 
@@ -159,8 +182,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         _write_pidfile(args.pidfile)
         api_app = _build_api(create_api, api_settings, args.demo)
         servers = [
-            _uvicorn(create_aggregator(agg_settings), agg_settings.host, agg_settings.port),
-            _uvicorn(api_app, api_settings.host, api_settings.port),
+            _uvicorn(
+                create_aggregator(agg_settings),
+                agg_settings.host,
+                agg_settings.port,
+                share=2,
+            ),
+            _uvicorn(
+                api_app,
+                api_settings.host,
+                api_settings.port,
+                read_timeout_s=api_settings.http_read_timeout_s,
+                max_connections=api_settings.http_max_connections,
+                share=2,  # two servers, one process
+            ),
         ]
         bus = f"{redis_url} ({embedded.kind}, embedded)" if embedded else redis_url
         print(

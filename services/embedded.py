@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from services import children
 
@@ -219,13 +219,13 @@ class EmbeddedRedis:
             str(self.workdir / "redis.log"),
             *self.extra_args,
         ]
-        self._proc = subprocess.Popen(
+        self._proc = subprocess.Popen(  # noqa: S603  (our own argument list: a binary path and flags)
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=children.die_with_parent(signal.SIGTERM) if self.die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=children.die_with_parent(signal.SIGTERM) if self.die_with_parent else None,  # noqa: PLW1509  (prctl only: no locks taken between fork and exec)
         )
         self.pid = self._proc.pid
         try:
@@ -242,7 +242,7 @@ class EmbeddedRedis:
         from fakeredis import TcpFakeServer  # noqa: PLC0415
 
         class _NoDelayServer(TcpFakeServer):
-            def get_request(self):  # type: ignore[no-untyped-def]
+            def get_request(self) -> tuple[socket.socket, Any]:
                 conn, addr = super().get_request()
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # avoid 40 ms stalls
                 return conn, addr

@@ -43,7 +43,9 @@ def env_number(
     except ValueError:
         expected = "an integer" if kind is int else "a number"
         raise SettingsError(f"{name}={raw!r}: expected {expected}") from None
-    if not math.isfinite(value) or not minimum <= value <= maximum:
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r}: expected a finite number")
+    if not minimum <= value <= maximum:
         upper = "" if maximum == math.inf else f" and <= {maximum:g}"
         raise SettingsError(f"{name}={raw!r}: must be >= {minimum:g}{upper}")
     return value

@@ -68,8 +68,9 @@ def with_data_dir(workloads: dict[str, Workload], data_dir: str) -> dict[str, Wo
     out = {}
     for wid, w in workloads.items():
         if w.sync is not None and DATA_DIR_VAR in w.sync.remote:
-            w = replace(w, sync=replace(w.sync, remote=w.sync.remote.replace(DATA_DIR_VAR, data_dir)))
-        out[wid] = w
+            out[wid] = replace(w, sync=replace(w.sync, remote=w.sync.remote.replace(DATA_DIR_VAR, data_dir)))
+        else:
+            out[wid] = w
     return out
 
 
@@ -157,6 +158,8 @@ def create_app(
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    # No redirect to the slash-less path: Starlette builds its Location from the client's Host header.
+    app.router.redirect_slashes = False
     app.state.publisher = pub
     app.state.settings = settings
     app.state.platform = None

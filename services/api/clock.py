@@ -6,11 +6,16 @@ import asyncio
 import heapq
 import itertools
 import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
 class Clock(Protocol):
-    """Monotonic time and sleeping; injected so pool logic can be tested without real waiting."""
+    """Monotonic time and sleeping, the one clock of the API's components (pools, containers, sync).
+
+    Injected so that timing logic can be tested without real waiting (:class:`ManualClock`).
+    ``monotonic()`` is in seconds; ``sleep()`` suspends the caller for ``seconds`` of this clock's time.
+    """
 
     def monotonic(self) -> float: ...
 
@@ -30,6 +35,15 @@ class SystemClock:
         return "SystemClock()"
 
 
+@dataclass(order=True, slots=True)
+class _Sleeper:
+    """A sleeper of a :class:`ManualClock`, ordered by deadline, then by arrival."""
+
+    deadline: float
+    order: int
+    future: asyncio.Future[None] = field(compare=False)
+
+
 class ManualClock:
     """A clock that only moves when :meth:`advance` is called.
 
@@ -39,7 +53,7 @@ class ManualClock:
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[_Sleeper] = []
         self._order = itertools.count()
 
     def monotonic(self) -> float:
@@ -50,7 +64,7 @@ class ManualClock:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), fut))
+        heapq.heappush(self._sleepers, _Sleeper(self._now + seconds, next(self._order), fut))
         await fut
 
     def advance(self, seconds: float) -> None:
@@ -58,15 +72,15 @@ class ManualClock:
         if seconds < 0:
             raise ValueError(f"a monotonic clock cannot go back ({seconds} s)")
         self._now += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._now:
-            _, _, fut = heapq.heappop(self._sleepers)
+        while self._sleepers and self._sleepers[0].deadline <= self._now:
+            fut = heapq.heappop(self._sleepers).future
             if not fut.done():
                 fut.set_result(None)
 
     @property
     def sleepers(self) -> int:
         """Sleepers still waiting (cancelled ones included until their deadline passes)."""
-        return sum(1 for _, _, f in self._sleepers if not f.done())
+        return sum(1 for s in self._sleepers if not s.future.done())
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self._now})"

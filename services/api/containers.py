@@ -6,10 +6,11 @@ import asyncio
 import logging
 import secrets
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shared.events.emit import Emit
 
 from .clock import Clock, SystemClock
 from .runtimes.base import ContainerRuntime, ContainerRuntimeError
@@ -17,16 +18,13 @@ from .workloads import Workload
 
 logger = logging.getLogger(__name__)
 
-#: ``Publisher.emit``: takes ownership of the dict, so every call gets a fresh one.
-Emit = Callable[[str, dict[str, Any]], None]
-
 PENDING = "pending"
 AVAILABLE = "available"
 RESERVED = "reserved"
 BORROWED = "borrowed"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Container:
     """One container of a pool.
 
@@ -102,9 +100,7 @@ class ContainerManager:
         container = Container(
             container_id, pool_id, workload.id, data_dir, self.runtime.name, created_at=self.clock.monotonic()
         )
-        pid = getattr(self.runtime, "pid", None)
-        if callable(pid):
-            container.pid = pid(container_id)
+        container.pid = self.runtime.pid(container_id)
         self._containers[container_id] = container
         logger.debug("created %s for pool %s", container_id, pool_id)
         return container
@@ -141,7 +137,7 @@ class ContainerManager:
         """True if the container is healthy; emits ``container.health_check_failed`` otherwise."""
         try:
             ok = await self.runtime.healthy(container.id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- a check that raises, for any reason, is a failed check
             logger.info("health check of %s raised: %s", container.id, exc)
             ok = False
         if not ok:

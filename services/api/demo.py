@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,14 @@ DEMO_TIMINGS = {
 TRAFFIC_POOLS = ("demo-web", "demo-web", "demo-notes", "demo-journal")
 
 
+@dataclass(frozen=True, slots=True)
+class _Released:
+    """A tenant the demo released: from which pool, and when (monotonic seconds)."""
+
+    pool_id: str
+    at: float
+
+
 class DemoDriver:
     """Creates the demo pools and drives traffic until stopped.
 
@@ -98,14 +107,14 @@ class DemoDriver:
         self.app = app
         self.platform = platform
         self.settings = settings
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 -- reproducible demo traffic, not a secret
         self.step_s = step_s
         self.requests = 0
         self.statuses: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._held: dict[str, str] = {}  # tenant -> pool
-        self._released: dict[str, tuple[str, float]] = {}  # tenant -> (pool, when)
+        self._released: dict[str, _Released] = {}  # by tenant
         self._next_tenant = 0
 
     async def start(self) -> None:
@@ -189,19 +198,19 @@ class DemoDriver:
             r = await self._call("POST", f"{API}/tenants/{tenant}/release")
             if r.status_code == 200:
                 del self._held[tenant]
-                self._released[tenant] = (pool, now)
+                self._released[tenant] = _Released(pool, now)
             return
         affinity = float(DEMO_TIMINGS["affinity_timeout_s"])
-        for t in [t for t, (_, at) in self._released.items() if now - at > 4 * affinity]:
+        for t in [t for t, r in self._released.items() if now - r.at > 4 * affinity]:
             del self._released[t]
-        quick = sorted(t for t, (_, at) in self._released.items() if now - at < 0.7 * affinity)
-        late = sorted(t for t, (_, at) in self._released.items() if now - at > 1.5 * affinity)
+        quick = sorted(t for t, r in self._released.items() if now - r.at < 0.7 * affinity)
+        late = sorted(t for t, r in self._released.items() if now - r.at > 1.5 * affinity)
         if quick and roll < 0.7:
             tenant = rng.choice(quick)  # back within the affinity timeout: a hit
-            pool = self._released.pop(tenant)[0]
+            pool = self._released.pop(tenant).pool_id
         elif late and roll < 0.8:
             tenant = rng.choice(late)  # back after its reservation was evicted: a miss
-            pool = self._released.pop(tenant)[0]
+            pool = self._released.pop(tenant).pool_id
         else:
             tenant, pool = self._new_tenant(), TRAFFIC_POOLS[self._next_tenant % len(TRAFFIC_POOLS)]
         if pool == "demo-web" and sum(1 for p in self._held.values() if p == pool) >= 3:

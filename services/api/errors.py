@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+
+from services.httpserver import READ_TIMED_OUT_KEY
 
 from . import platform, pool, sync
 from .runtimes.base import ContainerRuntimeError
@@ -24,14 +26,18 @@ class ApiError(Exception):
         detail: what is wrong, for a person (goes into the JSON body).
         error: a stable machine-readable code; the class default if None.
         status: the HTTP status; the class default if None.
+        extra: more JSON fields for the body (``field``, ``minimum``, ``maximum`` ...).
     """
 
     status = 400
     error = "bad_request"
 
-    def __init__(self, detail: str, *, error: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, detail: str, *, error: str | None = None, status: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.extra = extra
         if error is not None:
             self.error = error
         if status is not None:
@@ -40,20 +46,6 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     """The request body or a path parameter is malformed (400)."""
-
-
-class NotFound(ApiError):
-    """A named pool, workload or tenant does not exist (404)."""
-
-    status = 404
-    error = "not_found"
-
-
-class Conflict(ApiError):
-    """The request clashes with the current state (409)."""
-
-    status = 409
-    error = "conflict"
 
 
 def error_body(error: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -71,7 +63,7 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return json_error(exc.status, exc.error, exc.detail)
+    return json_error(exc.status, exc.error, exc.detail, **exc.extra)
 
 
 def _http_exception(request: Request, exc: Exception) -> Response:
@@ -80,13 +72,29 @@ def _http_exception(request: Request, exc: Exception) -> Response:
     detail = exc.detail
     if exc.status_code == 404:
         detail = f"no route for {request.method} {request.url.path}"
+        if request.url.path.endswith("/"):
+            detail += " (paths have no trailing slash)"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
     return json_error(exc.status_code, error, str(detail), headers=dict(exc.headers or {}))
 
 
+#: Status of a request whose client closed the connection before sending all of it (nginx's 499).
+CLIENT_CLOSED = 499
+#: Status of a request the server stopped reading after ``http_read_timeout_s`` (services/httpserver.py).
+READ_TIMEOUT = 408
+
+
+def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody will read this answer: it exists so the request is recorded (http.request status) as what
+    # happened - the client closed (499) or was cut off for being too slow (408) - not as a server error.
+    status = READ_TIMEOUT if request.scope.get(READ_TIMED_OUT_KEY) else CLIENT_CLOSED
+    logger.info("%s %s: client gone before its body was read (%d)", request.method, request.url.path, status)
+    return Response(status_code=status)
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
+    logger.error("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
     return json_error(500, "internal_error", f"unexpected {type(exc).__name__}; see the server log")
 
 
@@ -134,6 +142,7 @@ def exception_handlers() -> dict[Any, Handler]:
     table: dict[Any, Callable[[Request, Exception], Response]] = {
         ApiError: _api_error,
         HTTPException: _http_exception,
+        ClientDisconnect: _client_gone,
         platform.UnknownPool: _status(404, "pool_not_found"),
         platform.UnknownWorkload: _status(404, "workload_not_found"),
         platform.UnknownTenant: _status(404, "tenant_not_found"),

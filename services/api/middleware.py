@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.events.emit import Emit
 from shared.events.schema import HTTP_METHODS, UNMATCHED_PATH
 
 _perf = time.perf_counter
@@ -33,7 +33,7 @@ class EventsMiddleware:
         emit: ``Publisher.emit`` (or anything with that signature).
     """
 
-    def __init__(self, app: ASGIApp, emit: Any) -> None:
+    def __init__(self, app: ASGIApp, emit: Emit) -> None:
         self.app = app
         self.emit = emit
 

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from shared.events.emit import Emit
 from shared.events.schema import ID_PATTERN
 
 from .clock import Clock, SystemClock
 from .containers import Container, ContainerManager
+from .limits import POOL_FIELDS
 from .pool import ContainerPool
 from .sync import SyncCoordinator, SyncNotConfigured
 from .workloads import Workload
 
 logger = logging.getLogger(__name__)
-
-Emit = Callable[[str, dict[str, Any]], None]
 
 
 class PlatformError(Exception):
@@ -72,17 +72,23 @@ class PoolSpec:
     health_interval_s: float = 10.0
 
     def check(self) -> None:
+        """Refuse a spec outside the ranges of :data:`limits.POOL_FIELDS` (what the API accepts)."""
         if not ID_PATTERN.match(self.pool_id):
             raise InvalidPool(f"pool_id {self.pool_id!r} must match {ID_PATTERN.pattern}")
-        if not 0 <= self.min_size <= self.max_size or self.max_size < 1:
-            raise InvalidPool(
-                f"need 0 <= min_size <= max_size and max_size >= 1 ({self.min_size}, {self.max_size})"
-            )
-        if (
-            min(self.affinity_timeout_s, self.acquire_timeout_s, self.idle_timeout_s) < 0
-            or self.health_interval_s <= 0
-        ):
-            raise InvalidPool("timeouts must be >= 0 and health_interval_s > 0")
+        for name, limits in POOL_FIELDS.items():
+            problem = limits.problem(getattr(self, name))
+            if problem is not None:
+                raise InvalidPool(f"{name} {problem}, got {getattr(self, name)!r}")
+        if self.min_size > self.max_size:
+            raise InvalidPool(f"need min_size <= max_size ({self.min_size}, {self.max_size})")
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """The container a tenant holds, and its pool."""
+
+    pool: ContainerPool
+    container: Container
 
 
 class Boilerhouse:
@@ -131,7 +137,8 @@ class Boilerhouse:
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
-        """Close every pool (destroying its containers), stop periodic syncs, close the runtime."""
+        """Close every pool (destroying its containers and stopping its periodic syncs), then the
+        sync coordinator and the runtime."""
         for pool_id in list(self._pools):
             try:
                 await self.delete_pool(pool_id)
@@ -150,10 +157,8 @@ class Boilerhouse:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self.emit_snapshots)
-        except RuntimeError:  # the loop closed meanwhile
-            pass
 
     def emit_snapshots(self) -> None:
         for pool in list(self._pools.values()):
@@ -217,12 +222,9 @@ class Boilerhouse:
         async with self._lock:
             self._pools.pop(pool_id, None)
             self._specs.pop(pool_id, None)
-            tenants = [t for t, p in self._claims.items() if p == pool_id]
-            for tenant in tenants:
+            for tenant in [t for t, p in self._claims.items() if p == pool_id]:
                 del self._claims[tenant]
-        for tenant in tenants:
-            await self.syncer.stop_periodic(tenant)
-        await pool.close()
+        await pool.close()  # stops its tenants' periodic syncs
         logger.info("pool %s deleted", pool_id)
 
     def pool_info(self, pool_id: str) -> dict[str, Any]:
@@ -246,9 +248,6 @@ class Boilerhouse:
             if held is None and self._claims.get(tenant) == pool_id:
                 del self._claims[tenant]
             raise
-        spec = pool.workload.sync
-        if spec is not None and spec.period_s > 0:
-            self.syncer.start_periodic(pool.workload.id, tenant, container.data_dir)
         return {"tenant_id": tenant, "pool_id": pool_id, "container": container_info(container)}
 
     async def release(self, tenant: str) -> dict[str, Any]:
@@ -258,7 +257,6 @@ class Boilerhouse:
         pool = self._pool(pool_id)
         if tenant not in pool.tenants():
             raise UnknownTenant()
-        await self.syncer.stop_periodic(tenant)
         try:
             await pool.release(tenant)
         finally:
@@ -266,23 +264,23 @@ class Boilerhouse:
                 self._claims.pop(tenant, None)
         return {"tenant_id": tenant, "pool_id": pool_id, "released": True}
 
-    def _held(self, tenant: str) -> tuple[str, ContainerPool, Any]:
+    def _held(self, tenant: str) -> Holding:
         pool_id = self._claims.get(tenant)
         pool = self._pools.get(pool_id) if pool_id else None
         container = pool.tenants().get(tenant) if pool is not None else None
-        if pool_id is None or pool is None or container is None:
+        if pool is None or container is None:
             raise UnknownTenant()
-        return pool_id, pool, container
+        return Holding(pool, container)
 
     async def sync(self, tenant: str, direction: str | None = None) -> dict[str, Any]:
-        pool_id, pool, container = self._held(tenant)
-        workload = pool.workload
+        held = self._held(tenant)
+        workload = held.pool.workload
         if workload.sync is None:
             raise SyncNotConfigured(workload.id)
-        result = await self.syncer.sync(workload.id, tenant, container.data_dir, direction)
+        result = await self.syncer.sync(workload.id, tenant, held.container.data_dir, direction)
         return {
             "tenant_id": tenant,
-            "pool_id": pool_id,
+            "pool_id": held.pool.pool_id,
             "workload_id": workload.id,
             "direction": direction or workload.sync.direction,
             "mode": workload.sync.mode,
@@ -293,22 +291,22 @@ class Boilerhouse:
         }
 
     def tenant_info(self, tenant: str) -> dict[str, Any]:
-        pool_id, pool, container = self._held(tenant)
+        held = self._held(tenant)
         return {
             "tenant_id": tenant,
-            "pool_id": pool_id,
-            "workload_id": pool.workload.id,
-            "container": container_info(container),
+            "pool_id": held.pool.pool_id,
+            "workload_id": held.pool.workload.id,
+            "container": container_info(held.container),
         }
 
     # ---- listings -------------------------------------------------------------------------------
 
     def containers_info(self) -> list[dict[str, Any]]:
-        out = []
-        for pool_id in sorted(self._pools):
-            for c in self._pools[pool_id].containers():
-                out.append({"pool_id": pool_id, **container_info(c)})
-        return out
+        return [
+            {"pool_id": pool_id, **container_info(c)}
+            for pool_id in sorted(self._pools)
+            for c in self._pools[pool_id].containers()
+        ]
 
     def workloads_info(self) -> list[dict[str, Any]]:
         return [workload_info(w) for _, w in sorted(self.workloads.items())]

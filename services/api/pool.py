@@ -5,22 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from shared.events.emit import Emit
 
 from .clock import Clock, SystemClock
-from .containers import AVAILABLE, BORROWED, PENDING, RESERVED, Container, ContainerManager, Emit
+from .containers import AVAILABLE, BORROWED, PENDING, RESERVED, Container, ContainerManager
+from .runtimes.base import ContainerRuntimeError
+from .sync import TenantSync
 from .workloads import SyncSpec, Workload
 
 logger = logging.getLogger(__name__)
-
-
-class TenantSync(Protocol):
-    """What the pool needs from the sync coordinator: one sync that raises on failure."""
-
-    async def sync(
-        self, workload_id: str, tenant_id: str, local_dir: Path, direction: str | None = None
-    ) -> Any: ...
 
 
 class PoolError(Exception):
@@ -353,7 +348,7 @@ class ContainerPool:
         if direction is not None and self.sync is not None:
             try:
                 await self.sync.sync(self.workload.id, tenant_id, container.data_dir, direction)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- a failed sync never fails the release (status failure)
                 status = "failure"
                 logger.warning("pool %s: sync on release failed, releasing anyway: %s", self.pool_id, exc)
         del self._borrowed[tenant_id]
@@ -377,24 +372,26 @@ class ContainerPool:
             await self._recycle(container)
             self.emit("container.released", self._timed(start, status))
 
+    # The pool owns its tenants' periodic sync jobs: it starts one with every claim (a hit or a miss)
+    # and stops it before every release and when it closes, so a job never outlives its holding.
+
     def _start_periodic(self, tenant_id: str, container: Container) -> None:
-        """Start the tenant's periodic sync job if the workload has a period and the coordinator runs jobs."""
+        """Start the tenant's periodic sync job if the workload syncs with a period."""
         spec = self.workload.sync
-        start_periodic = getattr(self.sync, "start_periodic", None)
-        if spec is None or spec.period_s <= 0 or start_periodic is None:
+        if spec is None or spec.period_s <= 0 or self.sync is None:
             return
         try:
-            start_periodic(self.workload.id, tenant_id, container.data_dir)
-        except Exception as exc:
+            self.sync.start_periodic(self.workload.id, tenant_id, container.data_dir)
+        except Exception as exc:  # noqa: BLE001 -- the claim stands without its periodic job; logged
             logger.warning("pool %s: periodic sync not started: %s", self.pool_id, exc)
 
     async def _stop_periodic(self, tenant_id: str) -> None:
-        stop_periodic = getattr(self.sync, "stop_periodic", None)
-        if self.workload.sync is None or self.workload.sync.period_s <= 0 or stop_periodic is None:
+        spec = self.workload.sync
+        if spec is None or spec.period_s <= 0 or self.sync is None:
             return
         try:
-            await stop_periodic(tenant_id)
-        except Exception as exc:
+            await self.sync.stop_periodic(tenant_id)
+        except Exception as exc:  # noqa: BLE001 -- a release or close must go on; logged
             logger.warning("pool %s: periodic sync not stopped: %s", self.pool_id, exc)
 
     async def _take(self, start: float) -> Container:
@@ -444,11 +441,11 @@ class ContainerPool:
         self._wiping.discard(container)
         return container
 
-    async def _wait(self, timeout: float) -> bool:
-        """Wait until the pool changes (True) or ``timeout`` passes on the pool's clock (False)."""
+    async def _wait(self, timeout_s: float) -> bool:
+        """Wait until the pool changes (True) or ``timeout_s`` passes on the pool's clock (False)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
-        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        timer = asyncio.ensure_future(self.clock.sleep(timeout_s))
         try:
             await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -500,7 +497,7 @@ class ContainerPool:
         self.emit_state()
         try:
             await self.manager.wipe(container)
-        except Exception as exc:
+        except ContainerRuntimeError as exc:  # the manager raises nothing else
             logger.warning("pool %s: wipe failed, destroying the container: %s", self.pool_id, exc)
             self._wiping.discard(container)
             await self._destroy(next(iter(self._mark_destroying([container]))))
@@ -527,7 +524,7 @@ class ContainerPool:
             self.emit_state()
         try:
             await self.manager.destroy(container)
-        except Exception as exc:
+        except ContainerRuntimeError as exc:  # the manager raises nothing else
             logger.warning("pool %s: %s", self.pool_id, exc)
         finally:
             self._destroying.discard(container)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,53 +13,119 @@ from starlette.routing import Route
 
 from shared.events.schema import DIRECTIONS, ID_PATTERN
 
-from .errors import BadRequest
+from .errors import ApiError, BadRequest
+from .limits import POOL_FIELDS, Range
 from .platform import Boilerhouse, PoolSpec
 from .settings import ApiSettings
 from .sync import TENANT_PATTERN  # tenant ids are never labels, but they are one remote path segment
 
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
-MAX_POOL_SIZE = 1000
+#: Request bodies are flat objects; deeper nesting is refused before anything looks at it.
+MAX_JSON_DEPTH = 32
+JSON_MEDIA_TYPE = "application/json"
 
-_POOL_FIELDS = {
-    "pool_id",
-    "workload_id",
-    "min_size",
-    "max_size",
-    "affinity_timeout_s",
-    "acquire_timeout_s",
-    "idle_timeout_s",
-    "health_interval_s",
-}
+_POOL_KEYS = {"pool_id", "workload_id", *POOL_FIELDS}
 
 
 def _platform(request: Request) -> Boilerhouse:
-    return request.app.state.platform  # type: ignore[no-any-return]
+    platform: Boilerhouse = request.app.state.platform
+    return platform
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of a client's value for an error message (never a deep repr)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, refused as soon as it passes ``MAX_BODY_BYTES`` (never buffered beyond that)."""
+    too_large = BadRequest(f"body is over {MAX_BODY_BYTES} bytes", error="body_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_media_type(request: Request) -> None:
+    """A body must be declared ``application/json`` (UTF-8): any other type is a 415.
+
+    Browsers send ``text/plain``, form and multipart bodies cross-origin without a CORS preflight; a
+    JSON type requires one, so a web page cannot make a visitor's browser post to a loopback API.
+    """
+    declared = request.headers.get("content-type")
+    media, _, params = (declared or "").partition(";")
+    charset = ""
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    if media.strip().lower() != JSON_MEDIA_TYPE or charset not in ("", "utf-8", "utf8"):
+        raise ApiError(
+            f"a request body must have Content-Type: {JSON_MEDIA_TYPE} (UTF-8), got {_show(declared)}",
+            error="unsupported_media_type",
+            status=415,
+        )
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in ``value`` (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_JSON_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 async def json_body(request: Request, *, required: bool) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is ``{}`` unless one is required."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"body is {len(raw)} bytes; at most {MAX_BODY_BYTES}", error="body_too_large")
+    raw = await _read_body(request)
     if not raw.strip():
         if required:
             raise BadRequest("a JSON object body is required", error="body_required")
         return {}
+    _check_media_type(request)
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise BadRequest(
+            f"body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels", error="invalid_json"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity, integers too long
         raise BadRequest(f"body is not valid JSON: {exc}", error="invalid_json") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(
+            f"body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels", error="invalid_json"
+        )
     if not isinstance(body, dict):
-        raise BadRequest(f"body must be a JSON object, got {type(body).__name__}", error="invalid_body")
+        raise BadRequest(f"body must be a JSON object, got {_show(body)}", error="invalid_body")
     return body
 
 
 def _reject_unknown(body: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(body) - known)
     if unknown:
-        raise BadRequest(f"unknown field(s) {unknown}; known: {sorted(known)}", error="unknown_field")
+        shown = ", ".join(_show(k) for k in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        raise BadRequest(f"unknown field(s) {shown}; known: {sorted(known)}", error="unknown_field")
 
 
 def _string(
@@ -69,67 +134,63 @@ def _string(
     value = body.get(name)
     if value is None:
         if required:
-            raise BadRequest(f"field {name!r} is required", error="missing_field")
+            raise BadRequest(f"field {name!r} is required", error="missing_field", field=name)
         return None
     if not isinstance(value, str):
         raise BadRequest(
-            f"field {name!r} must be a string, got {type(value).__name__}", error="invalid_field"
+            f"field {name!r} must be a string, got {_show(value)}", error="invalid_field", field=name
         )
     if not pattern.match(value):
         raise BadRequest(
-            f"field {name!r}: {value[:80]!r} does not match {pattern.pattern}", error="invalid_field"
+            f"field {name!r}: {_show(value)} does not match {pattern.pattern}",
+            error="invalid_field",
+            field=name,
         )
     return value
 
 
-def _int(body: dict[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:
+def _number(body: dict[str, Any], name: str, default: float) -> float:
+    """Field ``name`` (or ``default``), checked against its declared range in :data:`POOL_FIELDS`."""
     value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int):
+    limits: Range = POOL_FIELDS[name]
+    problem = limits.problem(value)
+    if problem is not None:
         raise BadRequest(
-            f"field {name!r} must be an integer, got {type(value).__name__}", error="invalid_field"
+            f"field {name!r} {problem}, got {_show(value)}",
+            error="invalid_field",
+            field=name,
+            minimum=limits.minimum,
+            maximum=limits.maximum,
         )
-    if not minimum <= value <= maximum:
-        raise BadRequest(
-            f"field {name!r} must be in {minimum}..{maximum}, got {value}", error="invalid_field"
-        )
-    return value
-
-
-def _seconds(body: dict[str, Any], name: str, default: float, *, positive: bool = False) -> float:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequest(f"field {name!r} must be a number of seconds, got {value!r}", error="invalid_field")
-    if value < 0 or (positive and value == 0):
-        raise BadRequest(
-            f"field {name!r} must be {'> 0' if positive else '>= 0'}, got {value}", error="invalid_field"
-        )
-    return float(value)
+    return value  # problem() is None only for an int or a float
 
 
 def path_id(request: Request, name: str, pattern: re.Pattern[str]) -> str:
     value = str(request.path_params[name])
     if not pattern.match(value):
-        raise BadRequest(f"{name} {value[:80]!r} does not match {pattern.pattern}", error="invalid_" + name)
+        raise BadRequest(f"{name} {_show(value)} does not match {pattern.pattern}", error="invalid_" + name)
     return value
 
 
 def pool_spec(body: dict[str, Any], defaults: ApiSettings) -> PoolSpec:
     """A pool-creation body validated into a :class:`PoolSpec`; omitted timings come from settings."""
-    _reject_unknown(body, _POOL_FIELDS)
+    _reject_unknown(body, _POOL_KEYS)
     d = defaults
-    min_size = _int(body, "min_size", 1, 0, MAX_POOL_SIZE)
-    max_size = _int(body, "max_size", max(min_size, 4), 1, MAX_POOL_SIZE)
+    min_size = int(_number(body, "min_size", 1))
+    max_size = int(_number(body, "max_size", max(min_size, 4)))
     if max_size < min_size:
-        raise BadRequest(f"max_size {max_size} is below min_size {min_size}", error="invalid_field")
+        raise BadRequest(
+            f"max_size {max_size} is below min_size {min_size}", error="invalid_field", field="max_size"
+        )
     return PoolSpec(
         pool_id=_string(body, "pool_id", ID_PATTERN) or "",
         workload_id=_string(body, "workload_id", ID_PATTERN) or "",
         min_size=min_size,
         max_size=max_size,
-        affinity_timeout_s=_seconds(body, "affinity_timeout_s", d.affinity_timeout_s),
-        acquire_timeout_s=_seconds(body, "acquire_timeout_s", d.acquire_timeout_s),
-        idle_timeout_s=_seconds(body, "idle_timeout_s", d.idle_timeout_s),
-        health_interval_s=_seconds(body, "health_interval_s", d.health_interval_s, positive=True),
+        affinity_timeout_s=float(_number(body, "affinity_timeout_s", d.affinity_timeout_s)),
+        acquire_timeout_s=float(_number(body, "acquire_timeout_s", d.acquire_timeout_s)),
+        idle_timeout_s=float(_number(body, "idle_timeout_s", d.idle_timeout_s)),
+        health_interval_s=float(_number(body, "health_interval_s", d.health_interval_s)),
     )
 
 
@@ -174,8 +235,12 @@ async def sync(request: Request) -> Response:
     body = await json_body(request, required=False)
     _reject_unknown(body, {"direction"})
     direction = body.get("direction")
-    if direction is not None and direction not in DIRECTIONS:
-        raise BadRequest(f"direction {direction!r} is not one of {sorted(DIRECTIONS)}", error="invalid_field")
+    if direction is not None and (not isinstance(direction, str) or direction not in DIRECTIONS):
+        raise BadRequest(
+            f"direction {_show(direction)} is not one of {sorted(DIRECTIONS)}",
+            error="invalid_field",
+            field="direction",
+        )
     return JSONResponse(await _platform(request).sync(tenant, direction))
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.events.bus import DEFAULT_URL, RedisSettings, check_url
-from shared.settings import SettingsError, env_number
 from shared.events.streams import DEFAULT_PREFIX
+from shared.settings import SettingsError, env_number
+
+from .limits import SETTINGS
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,18 @@ class ApiSettings:
     rclone: str = "rclone"
     #: YAML file of pools created at start-up (a list of pool-creation bodies).
     pools_file: str | None = None
+    #: Seconds a client has to send a whole request (headers and body) before its connection is closed.
+    http_read_timeout_s: float = 10.0
+    #: Open connections the HTTP server holds at most (also kept below the open-files limit).
+    http_max_connections: int = 1000
 
     def __post_init__(self) -> None:
         check_url(self.redis_url)
-        if not 0 < self.port < 65536:
-            raise SettingsError(f"port {self.port} is not a TCP port")
+        for variable, (name, limits) in SETTINGS.items():
+            value = getattr(self, name)
+            problem = limits.problem(value)
+            if problem is not None:
+                raise SettingsError(f"{variable} ({name}) {problem}, got {value!r}")
 
     @property
     def redis(self) -> RedisSettings:
@@ -52,31 +62,28 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
+        """Settings from ``BOILERHOUSE_*`` variables; numbers are range-checked (:data:`limits.SETTINGS`)."""
         env = os.environ if environ is None else environ
         d = cls()
         bus = RedisSettings.from_env(env)
+        numbers = {}
+        for variable, (name, limits) in SETTINGS.items():
+            kind = int if limits.integer else float
+            try:
+                numbers[name] = env_number(env, variable, getattr(d, name), kind, -math.inf)
+            except SettingsError as exc:
+                raise SettingsError(f"{exc} in {limits}") from None
         return cls(
             redis_url=bus.url,
             redis_username=bus.username,
             redis_password=bus.password,
             host=env.get("BOILERHOUSE_API_HOST", d.host),
-            port=env_number(env, "BOILERHOUSE_API_PORT", d.port, int, 1),
             key_prefix=env.get("BOILERHOUSE_STREAM_PREFIX", d.key_prefix),
-            partitions=env_number(env, "BOILERHOUSE_PARTITIONS", d.partitions, int, 1),
-            heartbeat_interval_s=env_number(
-                env, "BOILERHOUSE_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s, float, 0.05
-            ),
-            buffer_size=env_number(env, "BOILERHOUSE_EVENT_BUFFER", d.buffer_size, int, 1),
             spool_dir=env.get("BOILERHOUSE_SPOOL_DIR") or None,
             workloads_dir=env.get("BOILERHOUSE_WORKLOADS_DIR") or None,
             data_dir=env.get("BOILERHOUSE_DATA_DIR", d.data_dir),
             runtime=env.get("BOILERHOUSE_RUNTIME", d.runtime),
-            affinity_timeout_s=env_number(env, "BOILERHOUSE_AFFINITY_TIMEOUT_S", d.affinity_timeout_s, float),
-            acquire_timeout_s=env_number(env, "BOILERHOUSE_ACQUIRE_TIMEOUT_S", d.acquire_timeout_s, float),
-            idle_timeout_s=env_number(env, "BOILERHOUSE_IDLE_TIMEOUT_S", d.idle_timeout_s, float),
-            health_interval_s=env_number(
-                env, "BOILERHOUSE_HEALTH_INTERVAL_S", d.health_interval_s, float, 0.01
-            ),
             rclone=env.get("BOILERHOUSE_RCLONE", d.rclone),
             pools_file=env.get("BOILERHOUSE_POOLS_FILE") or None,
+            **numbers,
         )

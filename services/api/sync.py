@@ -13,14 +13,16 @@ import errno
 import logging
 import re
 import time
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
+from shared.events.emit import Emit
 from shared.events.schema import DIRECTIONS
 
+from .clock import Clock, SystemClock
 from .rclone import (
     LOG_FLAGS,
     PERMISSION_DENIED,
@@ -38,16 +40,8 @@ from .workloads import SyncSpec, Workload
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any]], None]
-
 #: Tenant ids become one path segment of the remote path: no slashes, no "..", no leading dot.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
-
-
-class MonotonicClock(Protocol):
-    """Anything with ``monotonic()`` in seconds; ``sleep`` is used for periodic jobs when present."""
-
-    def monotonic(self) -> float: ...
 
 
 class SyncError(Exception):
@@ -135,6 +129,27 @@ class SyncResult:
     mode: str = ""
 
 
+class TenantSync(ABC):
+    """What a pool needs from a sync coordinator: one sync that raises on failure, and periodic jobs.
+
+    Periodic jobs are an optional capability: the defaults run none, so a pool calls them without
+    probing. :class:`SyncCoordinator` is the implementation.
+    """
+
+    @abstractmethod
+    async def sync(
+        self, workload_id: str, tenant_id: str, local_dir: Path, direction: str | None = None
+    ) -> SyncResult: ...
+
+    def start_periodic(self, workload_id: str, tenant_id: str, local_dir: Path) -> bool:
+        """Sync this tenant every period of its workload until :meth:`stop_periodic`; False if not started."""
+        return False
+
+    async def stop_periodic(self, tenant_id: str) -> bool:
+        """Stop the tenant's periodic job; False if it had none."""
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Leg:
     """One rclone run of an operation."""
@@ -171,6 +186,23 @@ class _WorkloadState:
 
 
 @dataclass(slots=True)
+class _TenantTurn:
+    """The lock that serialises one (workload, tenant)'s operations, and how many hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Transferred:
+    """What one leg moved, and whether it had to resync to do it."""
+
+    bytes: int
+    files: int
+    resynced: bool = False
+
+
+@dataclass(slots=True)
 class _PeriodicJob:
     workload_id: str
     tenant_id: str
@@ -188,13 +220,13 @@ class _OpFailed(Exception):
         self.result = result
 
 
-class SyncCoordinator:
+class SyncCoordinator(TenantSync):
     """Runs rclone for registered workloads and publishes ``sync.*`` events.
 
     Parameters:
         emit: ``Publisher.emit``-shaped callable; it takes ownership of each (fresh) dict.
         rclone: the rclone binary, or a command prefix ending with it (e.g. run under ``setpriv``).
-        clock: anything with ``monotonic()`` (durations); its ``sleep()`` paces periodic jobs if present.
+        clock: measures durations and paces periodic jobs (the system clock if None).
         env: extra environment for rclone (e.g. ``RCLONE_CONFIG_<NAME>_TYPE`` remotes).
         bisync_workdir: bisync's ``--workdir`` (listings); rclone's default (~/.cache/rclone/bisync) if None.
         kill_grace_s: seconds between SIGTERM and SIGKILL when a run is stopped.
@@ -205,14 +237,14 @@ class SyncCoordinator:
         emit: Emit,
         *,
         rclone: str | Sequence[str] = "rclone",
-        clock: MonotonicClock | None = None,
+        clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
         bisync_workdir: str | Path | None = None,
         kill_grace_s: float = 2.0,
     ) -> None:
         self._emit = emit
         self._rclone = (rclone,) if isinstance(rclone, str) else tuple(rclone)
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._env = dict(env or {})
         self._workdir = Path(bisync_workdir) if bisync_workdir else None
         self._grace_s = kill_grace_s
@@ -222,7 +254,7 @@ class SyncCoordinator:
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._closed = False
-        self._tenant_locks: dict[tuple[str, str], list[Any]] = {}
+        self._turns: dict[tuple[str, str], _TenantTurn] = {}
 
     # ---- configuration ---------------------------------------------------------------------
 
@@ -305,11 +337,11 @@ class SyncCoordinator:
         """One operation at a time per (workload, tenant): two rclones on the same paths would race
         (and bisync would fail on its lock). A waiting operation counts as queued."""
         key = (workload_id, tenant_id)
-        entry = self._tenant_locks.get(key)
-        if entry is None:
-            entry = self._tenant_locks[key] = [asyncio.Lock(), 0]
-        lock: asyncio.Lock = entry[0]
-        entry[1] += 1
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _TenantTurn()
+        lock = turn.lock
+        turn.users += 1
         try:
             if lock.locked():
                 st.queued += 1
@@ -328,9 +360,9 @@ class SyncCoordinator:
             finally:
                 lock.release()
         finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._tenant_locks[key]
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[key]
 
     async def _operation(
         self,
@@ -356,10 +388,10 @@ class SyncCoordinator:
                 if any(leg.download or leg.verb == "bisync" for leg in legs):
                     _make_local_dir(local)
                 for leg in legs:
-                    nbytes, nfiles, did_resync = await self._run_leg(workload_id, spec, leg, deadline)
-                    total_bytes += nbytes
-                    total_files += nfiles
-                    resynced = resynced or did_resync
+                    moved = await self._run_leg(workload_id, spec, leg, deadline)
+                    total_bytes += moved.bytes
+                    total_files += moved.files
+                    resynced = resynced or moved.resynced
             except _OpFailed as exc:
                 nbytes = exc.result.output.bytes if exc.result else 0
                 nfiles = exc.result.output.files if exc.result else 0
@@ -410,7 +442,7 @@ class SyncCoordinator:
 
     async def _run_leg(
         self, workload_id: str, spec: SyncSpec, leg: _Leg, deadline: float | None, retry_lock: bool = True
-    ) -> tuple[int, int, bool]:
+    ) -> _Transferred:
         if leg.verb == "bisync" and _is_empty_dir(Path(leg.src)):
             # An empty local dir is a first run or a wiped container: listings from an earlier run would
             # make bisync delete the tenant's remote files, and rclone refuses empty listings anyway.
@@ -421,14 +453,14 @@ class SyncCoordinator:
         started = time.time()
         result = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags), deadline)
         if result.ok:
-            return result.output.bytes, result.output.files, False
+            return _Transferred(result.output.bytes, result.output.files)
         if leg.verb == "bisync" and (
             result.exit_code is None or result.exit_code < 0 or result.deadline_exceeded
         ):
             _remove_partial_copies(workload_id, Path(leg.src), result, started)
         if leg.download and source_missing(result.exit_code, result.output.errors):
             logger.info("workload %s: %s does not exist yet; nothing to download", workload_id, leg.src)
-            return 0, 0, False
+            return _Transferred(0, 0)
         lock = stale_lock(result.output.errors) if leg.verb == "bisync" and retry_lock else None
         if lock is not None:
             # left by an rclone that was SIGKILLed (ours after the grace period, or a crash)
@@ -453,7 +485,7 @@ class SyncCoordinator:
 
     async def _resync(
         self, workload_id: str, spec: SyncSpec, leg: _Leg, deadline: float | None
-    ) -> tuple[int, int, bool]:
+    ) -> _Transferred:
         made = await self._run(spec, ("mkdir", leg.dst), deadline)  # bisync needs both sides to exist
         if not made.ok:
             raise self._failure(made)
@@ -461,7 +493,7 @@ class SyncCoordinator:
         again = await self._run(spec, (leg.verb, leg.src, leg.dst, *leg.flags, "--resync"), deadline)
         if not again.ok:
             raise self._failure(again)
-        return again.output.bytes, again.output.files, True
+        return _Transferred(again.output.bytes, again.output.files, resynced=True)
 
     def _failure(self, result: RcloneResult) -> _OpFailed:
         error_type = classify_error(result.exit_code, result.output.errors, result.deadline_exceeded)
@@ -530,7 +562,7 @@ class SyncCoordinator:
         return duration
 
     def _now(self) -> float:
-        return self._clock.monotonic() if self._clock is not None else time.monotonic()
+        return self._clock.monotonic()
 
     # ---- concurrency limit with a FIFO queue --------------------------------------------------
 
@@ -619,9 +651,6 @@ class SyncCoordinator:
         logger.info("periodic sync of workload %s stopped", job.workload_id)
         return True
 
-    def periodic_tenants(self) -> list[str]:
-        return sorted(self._jobs)
-
     def _drop_job(self, job: _PeriodicJob) -> None:
         job.stopping = True
         if self._jobs.get(job.tenant_id) is job:
@@ -633,7 +662,7 @@ class SyncCoordinator:
 
     async def _periodic(self, job: _PeriodicJob, period_s: float) -> None:
         while not job.stopping:
-            await self._sleep(period_s)
+            await self._clock.sleep(period_s)
             if job.stopping:
                 return
             job.syncing = True
@@ -643,13 +672,6 @@ class SyncCoordinator:
                 logger.warning("periodic sync of workload %s: %s", job.workload_id, exc)
             finally:
                 job.syncing = False
-
-    async def _sleep(self, seconds: float) -> None:
-        sleep = getattr(self._clock, "sleep", None)
-        if sleep is not None:
-            await sleep(seconds)
-        else:
-            await asyncio.sleep(seconds)
 
     # ---- shutdown -----------------------------------------------------------------------------
 

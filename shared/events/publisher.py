@@ -27,6 +27,7 @@ import redis
 
 from .bus import Client, RedisSettings, connect
 from .codec import ENTRY_FIELD, encode_batch
+from .emit import Emit
 from .streams import DEFAULT_PREFIX, partition_of, stream_key
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Publisher:
 
     #: ``emit(type, fields)``: the hot path. A closure built per instance by ``_make_emit``: free
     #: variables instead of attribute lookups keep it near CPython's floor for a call.
-    emit: Callable[[str, dict[str, Any] | None], None]
+    emit: Emit
 
     def __init__(
         self,
@@ -139,7 +140,7 @@ class Publisher:
 
     # ---- hot path -------------------------------------------------------------------------------
 
-    def _make_emit(self) -> Callable[[str, dict[str, Any] | None], None]:
+    def _make_emit(self) -> Emit:
         buf, pending, cap, append, now = self._buf, self._pending_box, self._cap, self._buf.append, _time
 
         def emit(type_: str, fields: dict[str, Any] | None = None) -> None:

@@ -30,6 +30,7 @@ from shared.events.streams import stream_key
 pytestmark = pytest.mark.anyio
 
 API = "/api/v1"
+JSON = {"content-type": "application/json"}  # raw bodies must declare it (415 otherwise)
 
 
 def write_workloads(root: Path, remote: Path, closed_port: int) -> Path:
@@ -210,11 +211,11 @@ async def test_pool_create_rejects_bad_bodies(api: Api, body: dict[str, Any], er
 
 async def test_pool_create_rejects_malformed_json_and_conflicts(api: Api) -> None:
     post = api.client.post
-    assert_error(await post(f"{API}/pools", content=b"{nope"), 400, "invalid_json")
-    assert_error(await post(f"{API}/pools", content=b"\xff\xfe"), 400, "invalid_json")
+    assert_error(await post(f"{API}/pools", content=b"{nope", headers=JSON), 400, "invalid_json")
+    assert_error(await post(f"{API}/pools", content=b"\xff\xfe", headers=JSON), 400, "invalid_json")
     assert_error(await post(f"{API}/pools", json=[1, 2]), 400, "invalid_body")
     assert_error(await post(f"{API}/pools"), 400, "body_required")
-    assert_error(await post(f"{API}/pools", content=b" " * (65 * 1024)), 400, "body_too_large")
+    assert_error(await post(f"{API}/pools", content=b" " * (65 * 1024), headers=JSON), 400, "body_too_large")
     assert_error(
         await post(f"{API}/pools", json={"pool_id": "x", "workload_id": "nope"}), 404, "workload_not_found"
     )
@@ -287,7 +288,9 @@ async def test_release_and_tenant_errors(api: Api) -> None:
     assert_error(await api.client.post(f"{API}/tenants/bad$/release"), 400, "invalid_tenant_id")
     assert_error(await api.client.get(f"{API}/tenants/bad$"), 400, "invalid_tenant_id")
     assert_error(await api.client.get(f"{API}/tenants/nobody"), 404, "tenant_not_found")
-    assert_error(await api.client.post(f"{API}/tenants/x/claim", content=b"[]"), 400, "invalid_body")
+    assert_error(
+        await api.client.post(f"{API}/tenants/x/claim", content=b"[]", headers=JSON), 400, "invalid_body"
+    )
     assert_error(await api.client.post(f"{API}/tenants/x/claim"), 400, "body_required")
 
 
@@ -337,7 +340,9 @@ async def test_sync_success_and_validation(api: Api) -> None:
     assert_error(
         await api.client.post(f"{API}/tenants/alice/sync", json={"mode": "copy"}), 400, "unknown_field"
     )
-    assert_error(await api.client.post(f"{API}/tenants/alice/sync", content=b"nope"), 400, "invalid_json")
+    assert_error(
+        await api.client.post(f"{API}/tenants/alice/sync", content=b"nope", headers=JSON), 400, "invalid_json"
+    )
     assert_error(await api.client.post(f"{API}/tenants/nobody/sync"), 404, "tenant_not_found")
     assert (await api.claim("bob", "plain")).status_code == 200
     assert_error(await api.client.post(f"{API}/tenants/bob/sync"), 409, "sync_not_configured")

@@ -61,7 +61,8 @@ class Api:
         **params: str,
     ) -> httpx.Response:
         path = raw_path if raw_path is not None else template.format(**params)
-        r = self.http.request(method, self.base + path, json=json, content=content)
+        headers = {"content-type": "application/json"} if content is not None else None  # raw JSON bodies
+        r = self.http.request(method, self.base + path, json=json, content=content, headers=headers)
         assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
         if status >= 400:
             assert r.headers["content-type"] == "application/json" and r.json()["error"], r.text

@@ -24,7 +24,8 @@ class Events:
         self.threads: list[int] = []  # the thread each event was emitted from
         self._lock = threading.Lock()
 
-    def __call__(self, type_: str, fields: dict[str, Any]) -> None:
+    def __call__(self, type_: str, fields: dict[str, Any] | None = None) -> None:
+        fields = fields or {}
         problem = validate_event({**fields, "type": type_, "seq": 1, "ts": time.time()})
         assert problem is None, f"{type_} {fields}: {problem}"
         assert not any(TENANT_MARK in str(v) for v in fields.values()), f"tenant id in {type_} {fields}"

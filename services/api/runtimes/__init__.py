@@ -1,4 +1,4 @@
-"""Container runtimes behind one Protocol; ``make_runtime`` builds one by name (``process`` or ``podman``)."""
+"""Container runtimes behind one base class; ``make_runtime`` builds one by name (``process`` or ``podman``)."""
 
 from __future__ import annotations
 

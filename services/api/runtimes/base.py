@@ -1,11 +1,11 @@
-"""The container runtime plug point: the Protocol every runtime implements, and its error type."""
+"""The container runtime plug point: the base class every runtime derives from, and its error type."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Protocol
 
 from services.api.workloads import Workload
 
@@ -31,7 +31,7 @@ class ContainerRuntimeError(Exception):
         return f"{self.operation} of container {self.container_id!r} failed: {self.detail}"
 
 
-class ContainerRuntime(Protocol):
+class ContainerRuntime(ABC):
     """Runs containers: one isolated process (tree) per container with its own data directory.
 
     ``create`` starts the container with ``data_dir`` as its data directory (``BOILERHOUSE_DATA_DIR``
@@ -39,19 +39,32 @@ class ContainerRuntime(Protocol):
     directory while the container keeps running; ``healthy`` is False for unknown or stopped
     containers and when the workload's health command fails. ``close`` destroys every container the
     runtime still tracks. Failures raise :class:`ContainerRuntimeError`.
+
+    Optional capabilities have a default here, so callers never probe for them: ``pid`` is None
+    unless the runtime knows a host pid for the container.
     """
 
+    #: The runtime's name as in settings (``process``, ``podman``); reported with each container.
     name: str
 
+    @abstractmethod
     async def create(self, container_id: str, workload: Workload, data_dir: Path) -> None: ...
 
+    @abstractmethod
     async def destroy(self, container_id: str) -> None: ...
 
+    @abstractmethod
     async def wipe(self, container_id: str) -> None: ...
 
+    @abstractmethod
     async def healthy(self, container_id: str) -> bool: ...
 
+    @abstractmethod
     async def close(self) -> None: ...
+
+    def pid(self, container_id: str) -> int | None:
+        """The host pid of a container's main process, if this runtime knows one (None by default)."""
+        return None
 
 
 def clear_directory(path: Path) -> int:

@@ -6,13 +6,12 @@ import asyncio
 import logging
 import re
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.api.workloads import Workload
 
-from .base import ContainerRuntimeError, clear_directory
+from .base import ContainerRuntime, ContainerRuntimeError, clear_directory
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class CommandResult:
     stderr: str
 
 
-class PodmanRuntime:
+class PodmanRuntime(ContainerRuntime):
     """Containers run by ``podman --runtime runc``; destroyed by the id podman returned.
 
     Parameters:
@@ -86,7 +85,7 @@ class PodmanRuntime:
     def containers(self) -> list[str]:
         return list(self._boxes)
 
-    async def run(self, *args: str, timeout: float | None = None) -> CommandResult:
+    async def run(self, *args: str, timeout_s: float | None = None) -> CommandResult:
         """Run one podman command and collect its output (never raises for a non-zero exit)."""
         argv = (self.podman, "--runtime", self.oci_runtime, *self.global_args, *args)
         try:
@@ -98,7 +97,7 @@ class PodmanRuntime:
             )
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.podman} is not installed (apt-get install podman runc)") from exc
-        limit = timeout or self.command_timeout_s
+        limit = timeout_s or self.command_timeout_s
         try:
             out, err = await asyncio.wait_for(proc.communicate(), limit)
         except (TimeoutError, asyncio.CancelledError) as exc:
@@ -116,13 +115,17 @@ class PodmanRuntime:
         if container_id in self._boxes:
             raise ContainerRuntimeError(container_id, "create", "a container with this id already exists")
         name = self.container_name(container_id)
+        try:
+            source = await asyncio.to_thread(_make_dir, data_dir)
+        except OSError as exc:
+            raise ContainerRuntimeError(container_id, "create", str(exc)) from exc
         args = ["run", "-d", "--pull", "never", "--name", name, "--network", self.network]
         for ulimit in self.ulimits:
             args += ["--ulimit", ulimit]
         # --mount, not -v: pool ids (and so data paths) may contain ':'.
         args += [
             "--mount",
-            f"type=bind,source={data_dir.resolve()},destination={CONTAINER_DATA_DIR}",
+            f"type=bind,source={source},destination={CONTAINER_DATA_DIR}",
             "-w",
             CONTAINER_DATA_DIR,
             "--label",
@@ -140,7 +143,6 @@ class PodmanRuntime:
             args += ["-e", f"{key}={value}"]
         args += [workload.image, *workload.command]
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
             result = await self.run(*args)
         except (OSError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):  # podman may have created it before we gave up
@@ -164,7 +166,7 @@ class PodmanRuntime:
     async def _remove_quietly(self, name_or_id: str) -> None:
         """Best-effort removal of a half-created container (its own, generous time limit)."""
         try:
-            await self.run("rm", "-f", "-t", "0", name_or_id, timeout=max(30.0, self.command_timeout_s))
+            await self.run("rm", "-f", "-t", "0", name_or_id, timeout_s=max(30.0, self.command_timeout_s))
         except (OSError, TimeoutError) as exc:
             logger.warning("could not remove podman container %s: %s", name_or_id, exc)
 
@@ -202,7 +204,7 @@ class PodmanRuntime:
             if not box.workload.health_command:
                 return True
             probe = await self.run(
-                "exec", box.podman_id, *box.workload.health_command, timeout=self.health_timeout_s
+                "exec", box.podman_id, *box.workload.health_command, timeout_s=self.health_timeout_s
             )
         except (OSError, TimeoutError) as exc:
             logger.info("health check of %s failed: %s", container_id, exc)
@@ -217,5 +219,7 @@ class PodmanRuntime:
         return f"PodmanRuntime(prefix={self.name_prefix!r}, containers={len(self._boxes)})"
 
 
-def podman_available(podman: str = "podman") -> bool:
-    return shutil.which(podman) is not None
+def _make_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) and return its absolute, resolved form (bind mounts need one)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()

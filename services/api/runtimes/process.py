@@ -15,7 +15,7 @@ from typing import IO
 from services.api.workloads import Workload
 from services.children import die_with_parent
 
-from .base import ContainerRuntimeError, clear_directory
+from .base import ContainerRuntime, ContainerRuntimeError, clear_directory
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class _Child:
     env: dict[str, str]
 
 
-class ProcessRuntime:
+class ProcessRuntime(ContainerRuntime):
     """Containers as subprocesses, each in its own session (process group), tracked and stopped by pid.
 
     Parameters:
@@ -69,13 +69,11 @@ class ProcessRuntime:
             "BOILERHOUSE_WORKLOAD_ID": workload.id,
         }
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            if self.log_dir is not None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                with open(self.log_dir / f"{container_id}.log", "ab") as out:
-                    popen = self._spawn(workload, data_dir, env, out)
-            else:
-                popen = self._spawn(workload, data_dir, env, subprocess.DEVNULL)
+            log = await asyncio.to_thread(self._prepare, container_id, data_dir)
+            if container_id in self._children:  # created concurrently while the directories were made
+                raise ContainerRuntimeError(container_id, "create", "a container with this id already exists")
+            with log if log is not None else contextlib.nullcontext():
+                popen = self._spawn(workload, data_dir, env, log if log is not None else subprocess.DEVNULL)
         except (OSError, subprocess.SubprocessError) as exc:
             raise ContainerRuntimeError(
                 container_id, "create", f"cannot start {list(workload.command)}: {exc}"
@@ -83,13 +81,21 @@ class ProcessRuntime:
         self._children[container_id] = _Child(popen, workload, data_dir, env)
         logger.debug("container %s started as pid %d", container_id, popen.pid)
 
+    def _prepare(self, container_id: str, data_dir: Path) -> IO[bytes] | None:
+        """Make the data directory and open the container's log file (None when logs are discarded)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.log_dir / f"{container_id}.log", "ab")
+
     @staticmethod
     def _spawn(
         workload: Workload, data_dir: Path, env: dict[str, str], out: int | IO[bytes]
     ) -> subprocess.Popen[bytes]:
         # Spawned from the event loop's thread, which lives as long as the server: the signal
         # fires when the server process dies (PR_SET_PDEATHSIG follows the creating thread).
-        return subprocess.Popen(
+        return subprocess.Popen(  # noqa: S603 -- the operator's workload definition, never request input
             list(workload.command),
             cwd=data_dir,
             env=env,
