@@ -6,38 +6,77 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
+from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from shared.events.bus import Client, connect
 
 from .consumer import Consumer
 from .exposition import StateCollector
+from .render import Renderer
+from .scrape import Exposer, Reader, negotiate
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
 
 
 def make_registry(consumer: Consumer, settings: AggregatorSettings) -> CollectorRegistry:
+    """Everything /metrics shows, through prometheus_client (the renderer's fallback and reference)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         StateCollector(consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.readings)
     )
-    # The aggregator's own process metrics, from the library's standard collectors.
+    standard_collectors(registry)
+    return registry
+
+
+def standard_collectors(registry: CollectorRegistry) -> CollectorRegistry:
+    """The aggregator's own process metrics, from the library's standard collectors."""
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
+
+
+def make_exposer(consumer: Consumer, settings: AggregatorSettings) -> Exposer:
+    """The /metrics renderer: fold state written directly, then the standard collectors."""
+    return Exposer(
+        Renderer(settings.metrics_prefix, settings.source_ttl_s),
+        consumer.capture,
+        lambda: consumer.version,
+        consumer.readings,
+        standard_collectors(CollectorRegistry(auto_describe=False)),
+        make_registry(consumer, settings),
+    )
+
+
+class _MetricsResponse(StreamingResponse):
+    """The exposition, streamed as it is rendered; ``done`` runs once it was sent, failed or the client
+    went away (it closes the reader and gives the scrape slot back)."""
+
+    def __init__(
+        self, first: bytes, reader: Reader, done: Callable[[], None], headers: dict[str, str]
+    ) -> None:
+        super().__init__(iterate_in_threadpool(itertools.chain((first,), reader)), headers=headers)
+        self._done = done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._done()
 
 
 def _same(given: str, expected: str) -> bool:
@@ -92,7 +131,7 @@ def create_app(
     """Build the app; the consumer thread starts and stops with the ASGI lifespan."""
     client = client or connect(settings.redis, "consumer", extra_timeout_s=settings.block_ms / 1000)
     consumer = Consumer(client, settings, rebuild=rebuild)
-    registry = make_registry(consumer, settings)
+    exposer = make_exposer(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
     started = time.time()
 
@@ -120,11 +159,27 @@ def create_app(
                 headers={"Retry-After": "1"},
             )
         try:
-            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-            body = await anyio.to_thread.run_sync(encoder, registry)
-        finally:
+            fmt = negotiate(request.headers.get("accept", ""), request.headers.get("accept-encoding", ""))
+            reader = exposer.open(fmt)
+        except BaseException:
             scrape_slots.release()
-        return Response(body, headers={"Content-Type": content_type})
+            raise
+
+        def done() -> None:
+            reader.close()
+            scrape_slots.release()
+
+        try:
+            # The first chunk (and so the capture of the state) before the status line: a failure to
+            # render is still a 500, not a truncated 200.
+            first = await anyio.to_thread.run_sync(next, reader, b"")
+        except BaseException:
+            done()
+            raise
+        headers = {"Content-Type": fmt.content_type}
+        if fmt.gzip:
+            headers["Content-Encoding"] = "gzip"
+        return _MetricsResponse(first, reader, done, headers)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "uptime_s": round(time.time() - started, 3)})
@@ -160,6 +215,6 @@ def create_app(
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.consumer = consumer
-    app.state.registry = registry
+    app.state.exposer = exposer
     app.state.settings = settings
     return app

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import redis
 
@@ -33,6 +34,8 @@ from .retention import removed_unread, trim_by_age
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEAD_LETTER_MAXLEN = 100_000
 #: Upper bound on raw bytes asked for in one XREADGROUP (entries hold up to 1 MiB each).
@@ -117,6 +120,9 @@ class Consumer:
         self.error: BaseException | None = None
         self.applied_entries = 0
         self.checkpoints = 0
+        #: Changes (under the lock) whenever the fold state may have changed: scrapes of the same
+        #: version render the same state.
+        self.version = 0
         self._bytes_per_entry = 1024.0
         self._redrain = False
         self._next_trim = time.monotonic() + min(TRIM_INTERVAL_S, settings.retention_s / 4)
@@ -124,8 +130,14 @@ class Consumer:
     # ---- state access ---------------------------------------------------------------------------
 
     def snapshot(self) -> State:
+        """A copy of the whole state (all partitions merged)."""
         with self.lock:
             return State.merge([pc.state.copy() for pc in self.parts.values()])
+
+    def capture(self, take: Callable[[Sequence[State], int], T]) -> T:
+        """``take(states, version)`` under the lock: what a scrape copies, without copying the state."""
+        with self.lock:
+            return take([pc.state for pc in self.parts.values()], self.version)
 
     def readings(self) -> Mapping[int, PartitionReading]:
         """Lag and pending per partition (XINFO GROUPS) and checkpoint age, for the scrape."""
@@ -223,6 +235,7 @@ class Consumer:
                 restored = checkpoint.load(raw, self.settings.series_cap, f"checkpoint {pc.checkpoint}")
                 with self.lock:
                     pc.restore(restored.state, restored)
+                    self.version += 1
                 pc.last_checkpoint = restored.saved_at
                 logger.info(
                     "partition %d restored from checkpoint at %s (%d sources)",
@@ -349,6 +362,8 @@ class Consumer:
                     if outcome is Outcome.DELETED:  # trimmed or deleted while pending: its events are lost
                         pc.trim_detected(f"pending entry {entry_id.decode()} was deleted")
                     pc.events_since_checkpoint += pc.ingest.events - events_before
+            if n:
+                self.version += 1
         if n:
             self._bytes_per_entry = max(64.0, 0.5 * self._bytes_per_entry + 0.5 * size / n)
         self.applied_entries += n
