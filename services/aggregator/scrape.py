@@ -89,6 +89,7 @@ class Exposer:
         fallback: a registry rendering everything through prometheus_client (for escapings the
             renderer does not write).
         clock: wall clock.
+        retain_bytes: output a rendering keeps for scrapes that join it late.
     """
 
     def __init__(
@@ -100,8 +101,10 @@ class Exposer:
         standard: CollectorRegistry,
         fallback: CollectorRegistry,
         clock: Callable[[], float] = time.time,
+        retain_bytes: int = RETAIN_BYTES,
     ) -> None:
         self._renderer = renderer
+        self._retain = retain_bytes
         self._capture = capture
         self._version = version
         self._partitions = partitions
@@ -124,7 +127,7 @@ class Exposer:
             if reader is not None:
                 self.joined += 1
                 return reader
-            new = _Shared(self._produce(fmt), lambda: self._forget(key, new))
+            new = _Shared(self._produce(fmt), lambda: self._forget(key, new), self._retain)
             self._inflight[key] = shared = new
             self.renderings += 1
             reader = shared.join()
@@ -185,9 +188,10 @@ class _Shared:
     for the consumer's lock, to capture the state).
     """
 
-    def __init__(self, source: Iterator[bytes], done: Callable[[], None]) -> None:
+    def __init__(self, source: Iterator[bytes], done: Callable[[], None], retain: int) -> None:
         self._source = source
         self._done = done
+        self._retain = retain
         self._lock = threading.Lock()
         self._producing = threading.Lock()
         self._chunks: list[bytes] = []
@@ -243,7 +247,7 @@ class _Shared:
                 return None
             data = self._chunks[pos - self._base]
             self._positions[rid] = pos + 1
-            if self._kept > RETAIN_BYTES:
+            if self._kept > self._retain:
                 self._drop_read()
             return data
 
@@ -255,7 +259,7 @@ class _Shared:
             if last:  # nobody reads any more: nothing to keep
                 self._chunks.clear()
                 self._kept = 0
-            elif self._kept > RETAIN_BYTES:
+            elif self._kept > self._retain:
                 self._drop_read()
         if last:
             with self._producing:
