@@ -62,9 +62,32 @@ def reason_of(payload: Any) -> str:
 def test_round_trip_every_event_type() -> None:
     events = [valid_event(et, i + 1) for i, et in enumerate(EVENT_TYPES)]
     batch = decode_batch(encode_batch(SRC, events))
-    assert batch.src == SRC and batch.version == SCHEMA_VERSION
+    assert batch.src == SRC and batch.version == 1
     assert batch.events == events
     assert all(validate_event(ev) is None for ev in batch.events)
+
+
+def test_version_2_numbers_events_from_the_header_and_reads_as_version_1() -> None:
+    """The same events, version 2 (first seq in the header, none per event) and version 1: the
+    aggregator reads the same event maps."""
+    assert SCHEMA_VERSION == 2
+    v1 = [valid_event(et, 41 + i) for i, et in enumerate(EVENT_TYPES)]
+    v2 = [{k: v for k, v in ev.items() if k != "seq"} for ev in v1]
+    payload = encode_batch(SRC, [dict(ev) for ev in v2], 41)
+    assert msgpack.unpackb(payload) == {"v": 2, "src": SRC, "seq": 41, "events": v2}
+    assert b"\xa3seq" not in payload.split(b"\xa6events", 1)[1], "no seq key in the events"
+    batch = decode_batch(payload)
+    assert batch.version == 2 and batch.events == v1 == decode_batch(encode_batch(SRC, v1)).events
+    assert len(payload) < len(encode_batch(SRC, v1))
+
+
+def test_version_2_events_keep_their_place_whatever_they_hold() -> None:
+    """An element that is not a map still uses up its number; a seq written in an event is ignored."""
+    ev = {"type": "source.heartbeat", "ts": 1.0}
+    batch = decode_batch(
+        raw({"v": 2, "src": SRC, "seq": 7, "events": [dict(ev), "junk", [1], {**ev, "seq": 1}]})
+    )
+    assert batch.events == [{**ev, "seq": 7}, "junk", [1], {**ev, "seq": 10}]
 
 
 @pytest.mark.parametrize(
@@ -98,6 +121,10 @@ def test_round_trip_every_event_type() -> None:
         (raw({"v": 1, "src": SRC, "events": []}), "bad_envelope"),
         (raw({"v": 1, "src": SRC, "events": {"a": 1}}), "bad_envelope"),
         (raw({"v": 1, "src": SRC}), "bad_envelope"),
+        (raw({"v": 2, "src": SRC, "events": [{}]}), "bad_envelope"),  # version 2 without its seq
+        (raw({"v": 2, "src": SRC, "seq": 0, "events": [{}]}), "bad_envelope"),
+        (raw({"v": 2, "src": SRC, "seq": "1", "events": [{}]}), "bad_envelope"),
+        (raw({"v": 2, "src": SRC, "seq": 1.0, "events": [{}]}), "bad_envelope"),
     ],
 )
 def test_bad_entries_have_a_reason(payload: Any, reason: str) -> None:

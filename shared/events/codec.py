@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import count
 from typing import Any
 
 import msgspec
@@ -56,11 +57,17 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
 
-def encode_batch(src: str, events: Iterable[dict[str, Any]]) -> bytes:
-    """Encode event maps (each already holding ``type``, ``seq``, ``ts`` and its fields)."""
+def encode_batch(src: str, events: Iterable[dict[str, Any]], first_seq: int | None = None) -> bytes:
+    """Encode event maps holding ``type``, ``ts`` and their fields.
+
+    With ``first_seq``: a version 2 batch, the events numbered from ``first_seq`` by their position.
+    Without: a version 1 batch, each event holding its own ``seq``.
+    """
     if not isinstance(events, list):
         events = list(events)
-    return _encode({"v": SCHEMA_VERSION, "src": src, "events": events})
+    if first_seq is None:
+        return _encode({"v": 1, "src": src, "events": events})
+    return _encode({"v": 2, "src": src, "seq": first_seq, "events": events})
 
 
 def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
@@ -92,7 +99,26 @@ def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
         raise EventDecodeError("bad_envelope", "events is not a non-empty list", entry_id)
     if len(events) > MAX_EVENTS_PER_BATCH:
         raise EventDecodeError("too_large", f"{len(events)} events > {MAX_EVENTS_PER_BATCH}", entry_id)
+    if version >= 2:
+        first = doc.get("seq")
+        if type(first) is not int or first < 1:
+            raise EventDecodeError("bad_envelope", f"seq {first!r:.60} is not a positive int", entry_id)
+        _number(events, first)
     return Batch(src, version, events)
+
+
+def _number(events: list[Any], first: int) -> None:
+    """Version 2: give each event the ``seq`` of its position (events read on as version 1 ones).
+
+    Every element takes a number, so one that is not a map still uses up its ``seq``.
+    """
+    try:
+        for ev, seq in zip(events, count(first)):
+            ev["seq"] = seq
+    except TypeError:  # an element that is not a map: the slow way, skipping it
+        for ev, seq in zip(events, count(first)):
+            if type(ev) is dict:
+                ev["seq"] = seq
 
 
 Validator = Callable[[dict[str, Any]], str | None]

@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass
 
 #: Bumped when a change would make an older aggregator misread events (see docs/events.md).
-SCHEMA_VERSION = 1
+#: 2: the batch header carries the first event's ``seq`` and events carry none (version 1 batches,
+#: one ``seq`` per event, are still read).
+SCHEMA_VERSION = 2
 
 #: Keys every event map carries besides its own fields.
 ENVELOPE_KEYS = ("type", "seq", "ts")
