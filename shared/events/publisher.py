@@ -405,13 +405,6 @@ class Publisher:
                 self._drain_into_pending()
                 self._spool_pending()
             return
-        with self._drop_lock:
-            unreported = self._dropped - self._dropped_reported
-        if unreported and self._connected:
-            # Bypass the cap: this single event is what makes the loss visible.
-            self._buf.append(("events.dropped", _time(), {"count": unreported}))
-            with self._drop_lock:
-                self._dropped_reported += unreported
         self._drain_into_pending()
         try:
             if not self._send_spool():
@@ -432,6 +425,14 @@ class Publisher:
             self._connected = False
             self._backoff = min(5.0, max(0.05, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)  # noqa: S311  (jitter, not a secret)
+            return
+        # Everything was written, so the bus is back (or never left): report the drops, once, in the
+        # next round (a round that starts by reporting could still fail and drop more after it).
+        with self._drop_lock:
+            unreported = self._dropped - self._dropped_reported
+            self._dropped_reported += unreported
+        if unreported:  # bypasses the cap: this single event is what makes the loss visible
+            self._buf.append(("events.dropped", _time(), {"count": unreported}))
 
     def _spool_pending(self) -> None:
         with self._move_lock:
