@@ -26,7 +26,7 @@ from shared.events.bus import Client, connect
 from .consumer import Consumer
 from .exposition import StateCollector
 from .render import Renderer
-from .scrape import Exposer, Reader, negotiate
+from .scrape import Exposer, Reader, negotiate, prefer_mmap_for_large_blocks
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def standard_collectors(registry: CollectorRegistry) -> CollectorRegistry:
 
 def make_exposer(consumer: Consumer, settings: AggregatorSettings) -> Exposer:
     """The /metrics renderer: fold state written directly, then the standard collectors."""
+    prefer_mmap_for_large_blocks()  # scrapes' big transient blocks go back to the system when freed
     return Exposer(
         Renderer(settings.metrics_prefix, settings.source_ttl_s),
         consumer.capture,

@@ -204,7 +204,7 @@ class Renderer:
         self.plain = all(f.plain for f in self.families)
         self._orders: dict[str, _Order] = {f.m.name: _Order() for f in self.families}
         self._orders_lock = threading.Lock()
-        self._width = {f.m.name: f.width for f in self.families if f.m.kind is Kind.HISTOGRAM}
+        self._families = {f.m.name: f for f in self.families}
 
     def handles(self, escaping: str) -> bool:
         """True if :meth:`lines` writes exactly what prometheus_client would for this escaping."""
@@ -272,13 +272,19 @@ class Renderer:
                 order, texts = self._order(m.name, keys, fam.histogram_text)
                 yield head
                 yield from _histogram_chunks(fam, order, texts, values)
+            elif m.count_of is not None:
+                hist = self._families[m.count_of]
+                yield head
+                if hist.le_first:  # the histogram's label strings serve: "name{" + 'a="x"} '
+                    order, texts = self._order(m.count_of, keys, hist.histogram_text)
+                    yield from _count_chunks(fam.sample + "{", order, texts, values, hist.width)
+                else:
+                    order, texts = self._order(m.name, keys, fam.line_head)
+                    yield from _count_chunks("", order, texts, values, hist.width)
             else:
                 order, texts = self._order(m.name, keys, fam.line_head)
                 yield head
-                if m.count_of is not None:
-                    yield from _count_chunks(order, texts, values, self._width[m.count_of])
-                else:
-                    yield from _value_chunks(order, texts, values)
+                yield from _value_chunks(order, texts, values)
 
     def _order(
         self, name: str, keys: list[LabelKey], text: Callable[[LabelKey], Any]
@@ -328,15 +334,23 @@ def _value_chunks(order: list[int], texts: list[str], values: list[Any]) -> Iter
         yield "".join(out)
 
 
-def _count_chunks(order: list[int], texts: list[str], flat: list[Any], width: int) -> Iterator[str]:
-    """A counter that is a histogram's ``_count`` (the sum of its buckets), from the histogram's values."""
+def _count_chunks(
+    head: str, order: list[int], texts: list[str], flat: list[Any], width: int
+) -> Iterator[str]:
+    """A counter that is a histogram's ``_count`` (the sum of its buckets), from the histogram's values:
+    each line is ``head``, the series' text and the number."""
     out: list[str] = []
-    small = _SMALL_LINES
+    extend, small = out.extend, _SMALL_LINES
     for n, i in enumerate(order, 1):
         a = i * width
-        count = sum(flat[a : a + width - 1])
-        out.append(texts[i])
-        out.append(small[count] if type(count) is int and count < _SMALL else go_float(float(count)) + "\n")
+        total = sum(flat[a : a + width - 1])
+        extend(
+            (
+                head,
+                texts[i],
+                small[total] if type(total) is int and total < _SMALL else _number_line(float(total)),
+            )
+        )
         if n % (CHUNK_SERIES * 8) == 0:
             yield "".join(out)
             out.clear()

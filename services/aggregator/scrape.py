@@ -16,10 +16,14 @@ holds O(chunk) of output at a time, not O(output).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -33,6 +37,8 @@ from .metrics import PartitionReading, Readings
 from .render import Capture, Renderer
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 #: Output a rendering keeps for scrapes that join it late.
 RETAIN_BYTES = 16 << 20
@@ -161,6 +167,9 @@ class Exposer:
         pending: list[str] = []
         size = 0
         for text in renderer.lines(cap, readings, fmt.openmetrics):
+            if not pending and len(text) >= CHUNK_BYTES:
+                yield text.encode()
+                continue
             pending.append(text)
             size += len(text)
             if size >= CHUNK_BYTES:
@@ -171,13 +180,63 @@ class Exposer:
         yield "".join(pending).encode() + fmt.encoder(self._standard)
 
 
+_compressor: ThreadPoolExecutor | None = None
+_compressor_lock = threading.Lock()
+
+
+def _compress_pool() -> ThreadPoolExecutor:
+    global _compressor  # noqa: PLW0603  (one pool per process, made on the first gzipped scrape)
+    with _compressor_lock:
+        if _compressor is None:
+            _compressor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="metrics-gzip")
+        return _compressor
+
+
 def _gzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Gzip the chunks. zlib lets go of the GIL while it compresses, so a worker thread compresses
+    chunk *k* while this thread renders chunk *k+1* (on two cores, gzip costs almost no wall time).
+    One chunk in flight at a time: the compressor sees the chunks in order."""
     z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: the gzip container
-    for chunk in chunks:
-        out = z.compress(chunk)
-        if out:
-            yield out
-    yield z.flush()
+    pool = _compress_pool()
+    pending: Future[bytes] | None = None
+    try:
+        for chunk in chunks:
+            if pending is not None:
+                out = pending.result()
+                if out:
+                    yield out
+            pending = pool.submit(z.compress, chunk)
+        if pending is not None:
+            yield pending.result()
+            pending = None
+        yield z.flush()
+    finally:
+        if pending is not None:  # abandoned mid-way: let the compression in flight finish first
+            pending.result()
+
+
+def prefer_mmap_for_large_blocks(threshold: int = 128 << 10) -> bool:
+    """Make glibc's malloc give blocks of ``threshold`` bytes and more their own mmap (returned to the
+    system when freed), for the whole process. True if it did.
+
+    By default glibc raises this threshold to the largest block freed so far: after a scrape freed
+    its copies of the state (megabytes), later chunks of text come from the heap, whose top a
+    long-lived object keeps from shrinking, and the RSS ratchets up scrape after scrape (measured:
+    +40 MB over two scrapes of 100 000 series; with a fixed threshold, nothing beyond the caches).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is None:  # not glibc: nothing to tune
+        return False
+    m_mmap_threshold = -3  # glibc's <malloc.h>
+    ok = bool(mallopt(m_mmap_threshold, threshold))
+    if not ok:
+        logger.debug("mallopt(M_MMAP_THRESHOLD) refused")
+    return ok
 
 
 class _Shared:
