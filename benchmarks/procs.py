@@ -68,7 +68,16 @@ class AggregatorProcess:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         with open(self.log, "wb") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "aggregator", "--redis-url", redis_url, "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "aggregator",
+                    "--redis-url",
+                    redis_url,
+                    "--port",
+                    str(self.port),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -233,8 +233,12 @@ class ScrapeResult:
     sources: list[SourcesResult]
 
 
-def run(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), reps: int = 5, library_max: int = 10_000,
-        sources: tuple[int, ...] = (1, 8, 64)) -> ScrapeResult:
+def run(
+    sizes: tuple[int, ...] = (1_000, 10_000, 100_000),
+    reps: int = 5,
+    library_max: int = 10_000,
+    sources: tuple[int, ...] = (1, 8, 64),
+) -> ScrapeResult:
     return ScrapeResult(
         [measure_size(n, reps, n <= library_max) for n in sizes],
         [measure_sources(n, reps) for n in sources],

@@ -34,8 +34,14 @@ def preload(client: redis.Redis, series: int) -> int:
     now = time.time()
     methods = ("GET", "POST", "PUT", "DELETE")
     events = [
-        {"type": "http.request", "ts": now, "method": methods[i % 4], "path": f"/api/v1/r{i // 4}/{{id}}",
-         "status": 200, "duration_s": (i % 97) / 100 + k}
+        {
+            "type": "http.request",
+            "ts": now,
+            "method": methods[i % 4],
+            "path": f"/api/v1/r{i // 4}/{{id}}",
+            "status": 200,
+            "duration_s": (i % 97) / 100 + k,
+        }
         for k in range(PER_SERIES)
         for i in range(series)
     ]
@@ -99,7 +105,10 @@ def run(redis_url: str, series: int = 100_000, reps: int = 5) -> HttpResult:
         result.first_peak = memory(pid, "VmHWM")
         time.sleep(0.5)
         result.steady_rss = memory(pid, "VmRSS")
-        for encoding, times, attr in (("identity", result.identity_s, "identity"), ("gzip", result.gzip_s, "gzip")):
+        for encoding, times, attr in (
+            ("identity", result.identity_s, "identity"),
+            ("gzip", result.gzip_s, "gzip"),
+        ):
             reset_peak(pid)
             for _ in range(reps):
                 seconds, received = scrape(agg.url, encoding)
