@@ -4,13 +4,19 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: up test bench docs system-deps clean
+.PHONY: up test lint bench docs system-deps clean
 
 up: $(STAMP)
 	$(BIN)/boilerhouse up $(ARGS)
 
-test: system-deps $(STAMP)
+test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Gates of the test command: lint (rules in pyproject.toml), formatting, and types.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
@@ -24,7 +30,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 clean:
