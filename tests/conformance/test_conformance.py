@@ -12,7 +12,15 @@ from tests.conformance.harness import run_case
 
 CASES = load_cases()
 PARAMS = [
-    pytest.param(driver, case, id=f"{driver}-{case.name}")
+    pytest.param(
+        driver,
+        case,
+        id=f"{driver}-{case.name}",
+        # A contract bug the lead has to fix: strict, so the case fails loudly once it is fixed.
+        marks=[pytest.mark.xfail(reason=case.known_issue, raises=AssertionError, strict=True)]
+        if case.known_issue
+        else [],
+    )
     for case in CASES
     for driver in (("python", "typescript") if case.kind == "emit" else ("raw",))
 ]
