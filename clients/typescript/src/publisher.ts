@@ -343,15 +343,39 @@ export class Publisher {
   /** Move queued events into encoded batches, assigning sequence numbers in emit order. */
   #drainIntoPending(): void {
     const buf = this.#buf;
-    let i = 0;
-    while (i < buf.length) {
+    this.#buf = [];
+    for (let i = 0; i < buf.length; i += this.#batchSize) {
       const chunk = buf.slice(i, i + this.#batchSize);
-      i += chunk.length;
-      const events: WireEvent[] = chunk.map(([type, ts, fields]) => ({ type, seq: ++this.#seq, ts, fields }));
-      this.#pending.push([events.length, encodeBatch(this.src, events)]);
+      let events = this.#numbered(chunk);
+      let payload: Buffer;
+      try {
+        payload = encodeBatch(this.src, events);
+      } catch {
+        // An event msgpack cannot encode (a BigInt, a cycle): drop and count it, never stall on it.
+        this.#seq -= events.length;
+        const ok = chunk.filter((q) => this.#encodable(q));
+        this.#dropped += chunk.length - ok.length;
+        this.#logger.warn(`dropped ${chunk.length - ok.length} events that cannot be encoded`);
+        events = this.#numbered(ok);
+        if (events.length === 0) continue;
+        payload = encodeBatch(this.src, events);
+      }
+      this.#pending.push([events.length, payload]);
       this.#pendingEvents += events.length;
     }
-    this.#buf = [];
+  }
+
+  #numbered(chunk: readonly Queued[]): WireEvent[] {
+    return chunk.map(([type, ts, fields]) => ({ type, seq: ++this.#seq, ts, fields }));
+  }
+
+  #encodable([type, ts, fields]: Queued): boolean {
+    try {
+      encodeBatch(this.src, [{ type, seq: 1, ts, fields }]);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   async #send(client: Client, batch: Pending[]): Promise<void> {
