@@ -16,7 +16,15 @@ CASES_DIR = REPO / "conformance" / "cases"
 
 #: Publisher options a case may give a source (snake_case; each driver maps them to its API).
 SOURCE_OPTIONS = frozenset(
-    {"service", "version", "partitions", "buffer_size", "batch_size", "flush_interval_s", "heartbeat_interval_s"}
+    {
+        "service",
+        "version",
+        "partitions",
+        "buffer_size",
+        "batch_size",
+        "flush_interval_s",
+        "heartbeat_interval_s",
+    }
 )
 #: Defaults every driver applies: heartbeats off, so that counts do not depend on timing.
 SOURCE_DEFAULTS: dict[str, Any] = {"service": "conformance", "version": "1.0.0", "heartbeat_interval_s": 3600}
@@ -65,7 +73,9 @@ class Case:
     known_issue: str | None = None
 
 
-def _keys(obj: dict[str, Any], allowed: set[str], where: str, required: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def _keys(
+    obj: dict[str, Any], allowed: set[str], where: str, required: frozenset[str] | set[str] = frozenset()
+) -> None:
     if not isinstance(obj, dict):
         raise CaseError(f"{where}: expected an object")
     unknown = set(obj) - allowed
@@ -134,9 +144,10 @@ def _step(raw: Any, where: str) -> dict[str, Any]:
         if type(raw["sleep_s"]) not in (int, float) or raw["sleep_s"] < 0:
             raise CaseError(f"{where}: sleep_s must be a number >= 0")
     else:
-        (kind,) = set(raw) & {"flush", "close", "abandon"} or {None}
-        if kind is None:
+        kinds = sorted(set(raw) & {"flush", "close", "abandon"})
+        if len(kinds) != 1:
             raise CaseError(f"{where}: unknown step {sorted(raw)}")
+        kind = kinds[0]
         _keys(raw, {kind}, where)
         if not isinstance(raw[kind], str):
             raise CaseError(f"{where}: {kind} names a source")
@@ -151,7 +162,17 @@ def load_case(path: Path) -> Case:
     where = path.name
     _keys(
         raw,
-        {"name", "description", "known_issue", "sources", "partitions", "aggregator_env", "steps", "expect", "later"},
+        {
+            "name",
+            "description",
+            "known_issue",
+            "sources",
+            "partitions",
+            "aggregator_env",
+            "steps",
+            "expect",
+            "later",
+        },
         where,
         {"name", "description", "steps", "expect"},
     )
@@ -173,11 +194,15 @@ def load_case(path: Path) -> Case:
         _keys(options, set(SOURCE_OPTIONS), f"{where}.sources.{name}")
         sources[name] = options
     for i, s in enumerate(steps):
-        ref = s.get("source", "main") if "emit" in s else next((s[k] for k in ("flush", "close", "abandon") if k in s), None)
-        if ref is not None:
-            sources.setdefault(ref, {})
+        ref = (
+            s.get("source", "main")
+            if "emit" in s
+            else next((s[k] for k in ("flush", "close", "abandon") if k in s), None)
+        )
         if ref is not None and not isinstance(ref, str):
             raise CaseError(f"{where}.steps[{i}]: source must be a string")
+        if ref is not None:
+            sources.setdefault(ref, {})
     for options in sources.values():
         for key, value in SOURCE_DEFAULTS.items():
             options.setdefault(key, value)

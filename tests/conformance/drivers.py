@@ -70,7 +70,9 @@ class PythonDriver:
                     for _ in range(step.get("repeat", 1)):
                         p.emit(step["emit"], dict(step.get("fields", {})))  # the publisher owns the dict
                 elif "flush" in step:
-                    assert pub(step["flush"]).flush(FLUSH_TIMEOUT_S), f"source {step['flush']}: flush timed out"
+                    assert pub(step["flush"]).flush(FLUSH_TIMEOUT_S), (
+                        f"source {step['flush']}: flush timed out"
+                    )
                 elif "close" in step:
                     p = pub(step["close"])
                     p.close(FLUSH_TIMEOUT_S)
@@ -157,4 +159,3 @@ def build_typescript() -> None:
 def _npm(cmd: list[str]) -> None:
     result = subprocess.run(cmd, cwd=TS_DIR, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd[1:])} failed:\n{result.stdout}\n{result.stderr}"
-

@@ -41,7 +41,10 @@ def run_case(case: Case, driver: Driver, redis_url: str, workdir: Path) -> None:
     port = free_port()
     env = {**BASE_ENV, "BOILERHOUSE_PARTITIONS": str(case.partitions), **case.aggregator_env}
     agg = boilerhouse(
-        ["aggregator", "--redis-url", redis_url, "--port", str(port)], workdir, f"aggregator-{driver.name}", env
+        ["aggregator", "--redis-url", redis_url, "--port", str(port)],
+        workdir,
+        f"aggregator-{driver.name}",
+        env,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -74,7 +77,9 @@ def wait_caught_up(client: redis.Redis, partitions: int, agg: Proc, timeout: flo
     state: Any = None
     while time.monotonic() < deadline:
         if agg.popen.poll() is not None:
-            raise ConformanceFailure(f"aggregator exited with {agg.popen.returncode}:\n{agg.output()[-3000:]}")
+            raise ConformanceFailure(
+                f"aggregator exited with {agg.popen.returncode}:\n{agg.output()[-3000:]}"
+            )
         state = []
         for p in range(partitions):
             key = stream_key(p)
@@ -107,7 +112,9 @@ def check_stream(client: redis.Redis, case: Case) -> list[str]:
                 problems.append(f"{where}: {exc}")
                 continue
             if partition_of(batch.src, case.partitions) != p:
-                problems.append(f"{where}: source {batch.src} belongs to partition {partition_of(batch.src, case.partitions)}")
+                problems.append(
+                    f"{where}: source {batch.src} belongs to partition {partition_of(batch.src, case.partitions)}"
+                )
             for ev in batch.events:
                 problem = validate_event(ev)
                 if problem is not None:
@@ -162,7 +169,9 @@ def compare(expectation: Expectation, samples: Samples) -> list[str]:
         if name in complete and key not in expectation.samples:
             problems.append(f"unlisted  {_show(key)} = {got!r}")
         elif name in clean:
-            problems.append(f"unexpected {_show(key)} = {got!r} (a pipeline problem the case does not expect)")
+            problems.append(
+                f"unexpected {_show(key)} = {got!r} (a pipeline problem the case does not expect)"
+            )
     for name, labels in expectation.absent:
         present = [k for k in samples if k[0] == name and (labels is None or k[1] == labels)]
         problems.extend(f"present   {_show(k)} = {samples[k]!r}, want absent" for k in present)

@@ -36,7 +36,9 @@ def test_the_suite_has_cases_of_both_kinds() -> None:
 
 
 @pytest.mark.parametrize(("driver", "case"), PARAMS)
-def test_case(driver: str, case: object, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_case(
+    driver: str, case: object, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     if driver == "typescript":
         request.getfixturevalue("typescript_built")
     run_case(case, DRIVERS[driver], redis_url, tmp_path)  # type: ignore[arg-type]

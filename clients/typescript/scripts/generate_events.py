@@ -61,8 +61,8 @@ def render() -> str:
     out.append(f"export const UNMATCHED_PATH = {json.dumps(schema.UNMATCHED_PATH)};\n")
     out.append("/** Limits the aggregator enforces (shared/events/codec.py). */")
     out.append("export const LIMITS = {")
-    for name in ("MAX_ENTRY_BYTES", "MAX_EVENTS_PER_BATCH", "MAX_SRC_LEN", "MAX_STR_LEN"):
-        out.append(f"  {name}: {getattr(codec, name)},")
+    limits = ("MAX_ENTRY_BYTES", "MAX_EVENTS_PER_BATCH", "MAX_SRC_LEN", "MAX_STR_LEN")
+    out.extend(f"  {name}: {getattr(codec, name)}," for name in limits)
     out.append("} as const;\n")
     out.append("/** Keys every event map carries besides its own fields. */")
     out.append(f"export const ENVELOPE_KEYS = {json.dumps(list(schema.ENVELOPE_KEYS))} as const;\n")
@@ -127,7 +127,9 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is not what would be written")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the file is not what would be written"
+    )
     args = parser.parse_args(argv)
     text = render()
     if args.check:
