@@ -1,7 +1,7 @@
 // The one place where batches are encoded (docs/events.md, "Stream entries"): a msgpack map
 // {"v", "src", "events"}; strings as str, integers as the smallest msgpack int, and the fields the
-// catalogue calls numbers (`ts`, `duration_s`, `start_time_s`) always as float64, as the Python
-// publisher writes them. Values are encoded by @msgpack/msgpack; only the map and array headers
+// catalogue calls numbers (`ts`, `duration_s`, `start_time_s`) always as float64, as in the worked
+// example of docs/events.md. Values are encoded by @msgpack/msgpack; only the map and array headers
 // that frame them are written here, so each value can get its own number encoding.
 import { Encoder } from "@msgpack/msgpack";
 import { EVENT_TYPES, SCHEMA_VERSION } from "./events.generated.js";
