@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -28,11 +29,24 @@ def test_node_test_suite_passes() -> None:
     tests = sorted(str(p) for p in (TS_DIR / "dist" / "test").glob("*.test.js"))
     assert tests, "no compiled tests in clients/typescript/dist/test"
     env = {**os.environ, "BOILERHOUSE_PYTHON": sys.executable, "BOILERHOUSE_CONFORMANCE_IN_PYTEST": "1"}
-    result = subprocess.run(
-        [node, "--test", *tests], cwd=TS_DIR, capture_output=True, text=True, timeout=600, env=env
+    # Its own session, so that a hung run is stopped whole (the runner and its per-file processes).
+    proc = subprocess.Popen(
+        [node, "--test", "--test-timeout=120000", *tests],
+        cwd=TS_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-20000:]
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        raise AssertionError(f"node --test still running after 240 s:\n{output[-20000:]}") from None
+    assert proc.returncode == 0, output[-20000:]
     passed = re.search(r"^# pass (\d+)$", output, re.MULTILINE)
     assert passed and int(passed.group(1)) >= 10, output[-5000:]
     assert re.search(r"^# fail 0$", output, re.MULTILINE), output[-5000:]

@@ -35,6 +35,17 @@ function header(count: number, fix: number, b16: number, b32: number): Uint8Arra
   return Uint8Array.of(b32, count >>> 24, (count >>> 16) & 0xff, (count >>> 8) & 0xff, count & 0xff);
 }
 
+/** Encoded keys and type names (a few dozen distinct strings), so each is encoded once. */
+const names = new Map<string, Uint8Array>();
+function name(s: string): Uint8Array {
+  let bytes = names.get(s);
+  if (bytes === undefined) {
+    bytes = plain.encode(s);
+    if (names.size < 1000) names.set(s, bytes);
+  }
+  return bytes;
+}
+
 const mapHeader = (n: number): Uint8Array => header(n, 0x80, 0xde, 0xdf);
 const arrayHeader = (n: number): Uint8Array => header(n, 0x90, 0xdc, 0xdd);
 
@@ -48,11 +59,11 @@ function encodeEvent(ev: WireEvent, parts: Uint8Array[]): void {
     }
   }
   parts.push(mapHeader(3 + entries.length));
-  parts.push(plain.encode("type"), plain.encode(ev.type));
-  parts.push(plain.encode("seq"), plain.encode(ev.seq));
-  parts.push(plain.encode("ts"), float64.encode(ev.ts));
+  parts.push(name("type"), name(ev.type));
+  parts.push(name("seq"), plain.encode(ev.seq));
+  parts.push(name("ts"), float64.encode(ev.ts));
   for (const [key, value] of entries) {
-    parts.push(plain.encode(key), (floats.has(key) && typeof value === "number" ? float64 : plain).encode(value));
+    parts.push(name(key), (floats.has(key) && typeof value === "number" ? float64 : plain).encode(value));
   }
 }
 
@@ -60,11 +71,11 @@ function encodeEvent(ev: WireEvent, parts: Uint8Array[]): void {
 export function encodeBatch(src: string, events: readonly WireEvent[], version: number = SCHEMA_VERSION): Buffer {
   const parts: Uint8Array[] = [
     mapHeader(3),
-    plain.encode("v"),
+    name("v"),
     plain.encode(version),
-    plain.encode("src"),
+    name("src"),
     plain.encode(src),
-    plain.encode("events"),
+    name("events"),
     arrayHeader(events.length),
   ];
   for (const ev of events) encodeEvent(ev, parts);

@@ -58,15 +58,13 @@ export class RedisServer {
     writeFileSync(join(this.dir, "redis.pid"), String(this.proc.pid));
     const deadline = Date.now() + 10_000;
     for (;;) {
-      const client = createClient({ url: this.url, socket: { reconnectStrategy: false } });
-      client.on("error", () => {});
+      if (this.proc.exitCode !== null) throw new Error(`redis-server on ${this.port} exited (port taken?)`);
       try {
-        await client.connect();
-        await client.ping();
-        client.destroy();
+        // The server that answers must be ours: another process may have taken the free port meanwhile.
+        const info = String(await command(this.url, ["INFO", "server"]));
+        if (!info.includes(`process_id:${this.proc.pid}\r\n`)) throw new Error(`port ${this.port}: not our redis-server`);
         return;
       } catch (err) {
-        client.destroy();
         if (Date.now() > deadline) throw new Error(`redis-server on ${this.port} did not start: ${String(err)}`);
         await sleep(50);
       }
@@ -108,26 +106,33 @@ export interface Entry {
   batch: { v: number; src: string; events: Record<string, unknown>[] };
 }
 
-/** Every entry of `stream`, decoded (the batch of field `b`). */
-export async function readStream(url: string, stream: string): Promise<Entry[]> {
-  const client = createClient({ url, socket: { reconnectStrategy: false } });
+/** One command on a fresh connection, with timeouts (a test must fail, not hang, on a stuck server). */
+export async function command(url: string, args: string[]): Promise<unknown> {
+  const client = createClient({ url, socket: { connectTimeout: 3000, reconnectStrategy: false } });
   client.on("error", () => {});
-  await client.connect();
+  let timer: NodeJS.Timeout | undefined;
+  const connected = Promise.race([
+    client.connect(),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`connecting to ${url} timed out`)), 5000);
+    }),
+  ]);
   try {
-    const reply = (await client.sendCommand(["XRANGE", stream, "-", "+"], {
-      typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer },
-    })) as [Buffer, Buffer[]][];
-    return reply.map(([id, flat]) => {
-      const fields = new Map<string, Buffer>();
-      for (let i = 0; i < flat.length; i += 2) fields.set(flat[i]!.toString(), flat[i + 1]!);
-      return { id: id.toString(), fields, batch: decode(fields.get("b")!) as Entry["batch"] };
-    });
+    await connected;
+    return await client.sendCommand(args, { timeout: 10_000, typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer } });
   } finally {
+    clearTimeout(timer);
     client.destroy();
   }
 }
 
-/** All events of `stream`, in stream order. */
-export async function readEvents(url: string, stream: string): Promise<Record<string, unknown>[]> {
-  return (await readStream(url, stream)).flatMap((e) => e.batch.events);
+/** Every entry of `stream`, decoded (the batch of field `b`). */
+export async function readStream(url: string, stream: string): Promise<Entry[]> {
+  const reply = (await command(url, ["XRANGE", stream, "-", "+"])) as [Buffer, Buffer[]][];
+  return reply.map(([id, flat]) => {
+    const fields = new Map<string, Buffer>();
+    for (let i = 0; i < flat.length; i += 2) fields.set(flat[i]!.toString(), flat[i + 1]!);
+    return { id: id.toString(), fields, batch: decode(fields.get("b")!) as Entry["batch"] };
+  });
 }
+
