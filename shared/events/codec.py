@@ -14,6 +14,7 @@ from .schema import (
     EVENT_TYPES,
     ID_PATTERN,
     PATH_PATTERN,
+    PER_EVENT_SEQ_VERSION,
     SCHEMA_VERSION,
     UNMATCHED_PATH,
     EventType,
@@ -66,7 +67,7 @@ def encode_batch(src: str, events: Iterable[dict[str, Any]], first_seq: int | No
     if not isinstance(events, list):
         events = list(events)
     if first_seq is None:
-        return _encode({"v": 1, "src": src, "events": events})
+        return _encode({"v": PER_EVENT_SEQ_VERSION, "src": src, "events": events})
     return _encode({"v": 2, "src": src, "seq": first_seq, "events": events})
 
 

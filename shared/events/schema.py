@@ -13,6 +13,9 @@ from dataclasses import dataclass
 #: 2: the batch header carries the first event's ``seq`` and events carry none (version 1 batches,
 #: one ``seq`` per event, are still read).
 SCHEMA_VERSION = 2
+#: The version whose events each carry their own ``seq``: what producers written for version 1 (the
+#: TypeScript client) write, and what every aggregator reads.
+PER_EVENT_SEQ_VERSION = 1
 
 #: Keys every event map carries besides its own fields.
 ENVELOPE_KEYS = ("type", "seq", "ts")

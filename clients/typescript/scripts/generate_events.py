@@ -53,7 +53,8 @@ def render() -> str:
     """The whole generated TypeScript module."""
     out = [HEADER]
     out.append("/** Schema version a producer writes as `v` (docs/events.md, *Versioning*). */")
-    out.append(f"export const SCHEMA_VERSION = {schema.SCHEMA_VERSION};\n")
+    # This client writes version 1 batches (a seq per event); version 2 moved seq to the batch header.
+    out.append(f"export const SCHEMA_VERSION = {schema.PER_EVENT_SEQ_VERSION};\n")
     out.append("/** Label values (`pool_id`, `workload_id`, `service`) must match this. */")
     out.append(f"export const ID_PATTERN = {_js_regex(schema.ID_PATTERN.pattern)};")
     out.append("/** HTTP `path` values are route templates matching this, or UNMATCHED_PATH. */")
