@@ -175,8 +175,9 @@ class _Order:
 class Capture:
     """What one scrape copied from the state under the consumer's lock.
 
-    ``series[name]`` is ``(keys, values)`` in the state's dict order: counters' numbers, histograms'
-    copied lists, snapshot gauges' combined value over live sources (None: no live source).
+    ``series[name]`` is ``(keys, values)`` in the state's dict order: counters' numbers; histograms'
+    numbers flat (``Family.width`` per series: buckets, +Inf, sum); snapshot gauges' combined value
+    over live sources (None: no live source).
     """
 
     version: int
@@ -362,7 +363,10 @@ def _histogram_chunks(fam: Family, order: list[int], texts: list[Any], flat: lis
     """Bucket lines (cumulative counts), then ``_count`` and ``_sum``, per series.
 
     The lines of a series are assembled from pieces into one list per chunk, joined once: no string per
-    line. Exemplars (OpenMetrics only) would be a third piece of the bucket lines that have one.
+    line. Where exemplars go (OpenMetrics only, not written yet): the capture would carry them for the
+    series that have any, and such a series would take its own branch here, writing each bucket line's
+    number without its newline, then `` # {trace_id="..."} value timestamp`` and the newline; series
+    without exemplars keep this path, and the text format never shows them.
     """
     join, pieces = "".join, chain.from_iterable
     small = _SMALL_LINES.__getitem__
