@@ -143,7 +143,7 @@ class Results:
 
 def history_row(facts: dict[str, str], load_before: str, r: Results) -> str:
     text, _ = r.scrape_ratio
-    e2e = r.e2e.median_total("dict") / r.e2e.baseline_median
+    e2e = r.e2e.ratio("dict")
     return (
         f"| {facts['date'].removesuffix(' UTC')} | {load_before.split(maxsplit=1)[0]} | {text:.3f}x "
         f"| {r.http.identity_median:.2f} s | {ms(r.default_fresh.median_of(0.99))} "
@@ -170,8 +170,8 @@ def render(
     fresh = r.default_fresh
     steady_peak = max(http.identity_peak, http.gzip_peak) / http.steady_rss
     before_peak = max(http.first_peak, http.identity_peak, http.gzip_peak) / http.rss_before_first
-    e2e_dict = e2e.median_total("dict") / e2e.baseline_median
-    e2e_declared = e2e.median_total("declared") / e2e.baseline_median
+    e2e_dict = e2e.ratio("dict")
+    e2e_declared = e2e.ratio("declared")
     idle_now = statistics.median(r.idle.now)
     idle_old = statistics.median(r.idle.old_cadence)
     declared = hp.ratio(hp.declared_steady)
@@ -329,9 +329,12 @@ def render(
         "",
         f"{hp.n:,} calls per repetition, same label values (`pool_id`, `status`). Times are CPU time of the",
         "calling thread per call (`time.thread_time`), including building the call's arguments (for the",
-        "dict form, the fields dict). Median (best) of the repetitions.",
+        "dict form, the fields dict). Median (best) of the repetitions. Each `emit()` repetition is paired",
+        "with a `Counter.labels().inc()` loop timed right before it, and its ratio is the median of the",
+        "pairs' ratios (the machine's load drifts over the minutes a benchmark takes); the first four",
+        "rows are against the median of the baseline row.",
         "",
-        "| operation | per call | ratio to `Counter.labels().inc()` (medians) |",
+        "| operation | per call | ratio to `Counter.labels().inc()` |",
         "| --- | ---: | ---: |",
         f"| empty loop iteration | {_per(hp.loop)} | {hp.ratio(hp.loop):.2f}x |",
         f"| `Counter.labels(a, b).inc()` | {_per(hp.counter_inc)} | 1.00x |",
@@ -360,8 +363,8 @@ def render(
         "their first emit until Redis has every event; Redis by its own accounting; the aggregator's",
         "whole process, from before the first event until everything is folded, checkpointed and",
         "acknowledged). Against the same claims applied in-process with prometheus_client",
-        "(`Histogram.labels().observe()` + `Counter.labels().inc()` per claim). Medians of "
-        f"{len(e2e.baseline)} runs.",
+        "(`Histogram.labels().observe()` + `Counter.labels().inc()` per claim), timed right before each",
+        f"run; the ratio is the median of the {len(e2e.baseline)} runs' ratios, the times are medians.",
         "",
         "| | producers | Redis | aggregator | total per event | ratio to in-process |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -369,7 +372,7 @@ def render(
         *(
             f"| ours, {form} emit | {ns(sp.producers)} | {ns(sp.redis)} | {ns(sp.aggregator)} | "
             f"{ns(e2e.median_total(form))} (best {ns(e2e.best_total(form))}) "
-            f"| **{e2e.median_total(form) / e2e.baseline_median:.2f}x** |"
+            f"| **{e2e.ratio(form):.2f}x** |"
             for form in e2e.runs
             for sp in [e2e.median_split(form)]
         ),

@@ -91,6 +91,11 @@ class EndToEnd:
     def baseline_median(self) -> float:
         return statistics.median(self.baseline)
 
+    def ratio(self, form: str) -> float:
+        """Median over the repetitions of the run's total against the in-process baseline timed
+        right before it (the machine's load changes over a benchmark's minutes)."""
+        return statistics.median(s.total / b for s, b in zip(self.runs[form], self.baseline, strict=True))
+
 
 def one_run(
     client: redis.Redis, url: str, agg: AggregatorProcess, group: str, n: int, form: str, tmp: Path
@@ -118,7 +123,7 @@ def one_run(
 def run(
     redis_url: str, n: int = 400_000, reps: int = 5, forms: tuple[str, ...] = ("dict", "declared")
 ) -> EndToEnd:
-    result = EndToEnd(n, in_process(n, reps))
+    result = EndToEnd(n, [])
     client = redis.Redis.from_url(redis_url, protocol=2)
     client.flushall()
     group = "e2e"
@@ -128,6 +133,7 @@ def run(
             AggregatorProcess(redis_url, Path(tmp), {"BOILERHOUSE_CONSUMER_GROUP": group}) as agg,
         ):
             for _ in range(reps):  # alternate the forms: the machine's load hits both alike
+                result.baseline += in_process(n // 4, 1)
                 for form in forms:
                     result.runs.setdefault(form, []).append(
                         one_run(client, redis_url, agg, group, n, form, Path(tmp))

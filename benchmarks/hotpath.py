@@ -29,9 +29,12 @@ POOL, STATUS = "pool-a", "success"
 
 @dataclass
 class Runs:
-    """Seconds per call, one value per repetition."""
+    """Seconds per call, one value per repetition; ``paired``: ``Counter.labels().inc()`` per call
+    timed right before each repetition (the machine's load changes over a benchmark's minutes, so
+    each ratio is taken against its neighbour)."""
 
     runs: list[float]
+    paired: list[float] | None = None
 
     @property
     def best(self) -> float:
@@ -40,6 +43,9 @@ class Runs:
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
+
+    def ratios(self) -> list[float] | None:
+        return None if self.paired is None else [r / b for r, b in zip(self.runs, self.paired, strict=True)]
 
 
 @dataclass
@@ -61,9 +67,11 @@ class HotPathResult:
     burst_emit: Runs
     burst_producer_cpu: Runs
 
-    def ratio(self, r: Runs, median: bool = True) -> float:
-        """``r`` against ``Counter.labels().inc()``: medians (or bests) of the same run."""
-        return (r.median / self.counter_inc.median) if median else (r.best / self.counter_inc.best)
+    def ratio(self, r: Runs) -> float:
+        """``r`` against ``Counter.labels().inc()``: the median of the ratios to the baseline timed next
+        to each repetition, or medians over the run for rows measured without one."""
+        ratios = r.ratios()
+        return statistics.median(ratios) if ratios else r.median / self.counter_inc.median
 
     @property
     def emit_ratio(self) -> float:
@@ -83,6 +91,20 @@ def _time_loop(
         fn(n)
         runs.append((clock() - t0) / n)
     return Runs(runs)
+
+
+_REGISTRY = CollectorRegistry()
+_COUNTER = Counter("bench_paired_total", "Paired baseline", ["pool_id", "status"], registry=_REGISTRY)
+
+
+def counter_inc(n: int) -> float:
+    """Seconds per ``Counter.labels(a, b).inc()``, thread CPU, over ``n`` calls: each repetition's
+    neighbour baseline."""
+    labels = _COUNTER.labels
+    t0 = time.thread_time()
+    for _ in range(n):
+        labels(POOL, STATUS).inc()
+    return (time.thread_time() - t0) / n
 
 
 def measure_baselines(n: int, reps: int) -> dict[str, Runs]:
@@ -164,13 +186,14 @@ def measure_emit(
         redis_url, "bench", buffer_size=n + 10_000, heartbeat_interval_s=3600, stream_maxlen=10 * n
     )
     admin = redis.Redis.from_url(redis_url, protocol=2)
-    thread_runs, wall_runs, total_runs = [], [], []
+    thread_runs, wall_runs, total_runs, paired = [], [], [], []
     entries = []
     step = chunk or n
     loop = _loop(pub, declared)
     try:
         for i in range(reps + 1):  # the first repetition warms up and is not counted
             admin.delete(pub.stream)
+            base = counter_inc(n)
             sent_entries = pub.sent_entries
             thread_cpu = wall = 0.0
             p0 = time.process_time()
@@ -190,6 +213,7 @@ def measure_emit(
             thread_runs.append(thread_cpu / done)
             wall_runs.append(wall / done)
             total_runs.append((p1 - p0) / done)
+            paired.append(base)
             entries.append((pub.sent_entries - sent_entries) / done)
         dropped = pub.dropped
     finally:
@@ -197,9 +221,9 @@ def measure_emit(
         admin.delete(pub.stream)
         admin.close()
     return {
-        "thread_cpu": Runs(thread_runs),
-        "wall": Runs(wall_runs),
-        "producer_cpu": Runs(total_runs),
+        "thread_cpu": Runs(thread_runs, paired),
+        "wall": Runs(wall_runs, paired),
+        "producer_cpu": Runs(total_runs, paired),
         "entries_per_event": sum(entries) / len(entries),
         "dropped": dropped,
     }
@@ -223,11 +247,12 @@ def measure_emit_uncontended(
         flush_interval_s=3600,
     )
     admin = redis.Redis.from_url(redis_url, protocol=2)
-    runs = []
+    runs, paired = [], []
     loop = _loop(pub, declared)
     try:
         for i in range(reps + 1):
             admin.delete(pub.stream)
+            base = counter_inc(n)
             spent = 0.0
             for _ in range(n // chunk):
                 t0 = time.thread_time()
@@ -237,13 +262,14 @@ def measure_emit_uncontended(
                     raise RuntimeError("benchmark publisher did not flush within 60 s")
             if i:
                 runs.append(spent / (n // chunk * chunk))
+                paired.append(base)
         if pub.dropped:
             raise RuntimeError("the benchmark publisher dropped events")
     finally:
         pub.close(10)
         admin.delete(pub.stream)
         admin.close()
-    return Runs(runs)
+    return Runs(runs, paired)
 
 
 def run(redis_url: str, n: int = 200_000, reps: int = 5) -> HotPathResult:

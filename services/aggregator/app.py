@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import hmac
-import itertools
 import logging
 import threading
 import time
@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from starlette.applications import Starlette
-from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -26,7 +25,7 @@ from shared.events.bus import Client, connect
 from .consumer import Consumer
 from .exposition import StateCollector
 from .render import Renderer
-from .scrape import Exposer, Reader, negotiate, prefer_mmap_for_large_blocks
+from .scrape import Exposer, Reader, negotiate
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ def standard_collectors(registry: CollectorRegistry) -> CollectorRegistry:
 
 def make_exposer(consumer: Consumer, settings: AggregatorSettings) -> Exposer:
     """The /metrics renderer: fold state written directly, then the standard collectors."""
-    prefer_mmap_for_large_blocks()  # scrapes' big transient blocks go back to the system when freed
     return Exposer(
         Renderer(settings.metrics_prefix, settings.source_ttl_s),
         consumer.capture,
@@ -63,6 +61,23 @@ def make_exposer(consumer: Consumer, settings: AggregatorSettings) -> Exposer:
     )
 
 
+async def _rendered_ahead(first: bytes, reader: Reader) -> AsyncIterator[bytes]:
+    """The chunks, each next one rendered in a worker thread while this one is being sent (socket
+    writes let go of the GIL: sending and rendering overlap)."""
+    loop = asyncio.get_running_loop()  # the app runs on asyncio (uvicorn)
+    chunk: bytes | None = first
+    following: asyncio.Future[bytes | None] | None = None
+    try:
+        while chunk is not None:
+            following = loop.run_in_executor(None, next, reader, None)
+            yield chunk
+            chunk = await following
+            following = None
+    finally:
+        if following is not None:  # the client went away: the render in flight is dropped (the
+            following.cancel()  # reader, closed by the response, takes nothing more from it)
+
+
 class _MetricsResponse(StreamingResponse):
     """The exposition, streamed as it is rendered; ``done`` runs once it was sent, failed or the client
     went away (it closes the reader and gives the scrape slot back)."""
@@ -70,7 +85,7 @@ class _MetricsResponse(StreamingResponse):
     def __init__(
         self, first: bytes, reader: Reader, done: Callable[[], None], headers: dict[str, str]
     ) -> None:
-        super().__init__(iterate_in_threadpool(itertools.chain((first,), reader)), headers=headers)
+        super().__init__(_rendered_ahead(first, reader), headers=headers)
         self._done = done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

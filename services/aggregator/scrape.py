@@ -16,8 +16,6 @@ holds O(chunk) of output at a time, not O(output).
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import threading
 import time
 import zlib
@@ -25,7 +23,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -34,10 +31,6 @@ from prometheus_client.openmetrics.exposition import UNDERSCORES
 from .fold import State
 from .metrics import PartitionReading, Readings
 from .render import Capture, Renderer
-
-T = TypeVar("T")
-
-logger = logging.getLogger(__name__)
 
 #: Output a rendering keeps for scrapes that join it late.
 RETAIN_BYTES = 16 << 20
@@ -202,38 +195,18 @@ def _gzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             if pending is not None:
                 out = pending.result()
-                if out:
+                if out:  # zlib keeps small inputs until it has a block's worth
                     yield out
             pending = pool.submit(z.compress, chunk)
         if pending is not None:
-            yield pending.result()
+            out = pending.result()
             pending = None
+            if out:
+                yield out
         yield z.flush()
     finally:
         if pending is not None:  # abandoned mid-way: let the compression in flight finish first
             pending.result()
-
-
-def prefer_mmap_for_large_blocks(threshold: int = 128 << 10) -> bool:
-    """Make glibc's malloc give blocks of ``threshold`` bytes and more their own mmap (returned to the
-    system when freed), for the whole process. True if it did.
-
-    By default glibc raises this threshold to the largest block freed so far: after a scrape freed
-    its copies of the state (megabytes), later chunks of text come from the heap, whose top a
-    long-lived object keeps from shrinking, and the RSS ratchets up scrape after scrape (measured:
-    +40 MB over two scrapes of 100 000 series; with a fixed threshold, nothing beyond the caches).
-    """
-    try:
-        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own symbols: libc's
-    except OSError:
-        mallopt = None
-    if mallopt is None:  # not glibc: nothing to tune
-        return False
-    m_mmap_threshold = -3  # glibc's <malloc.h>
-    ok = bool(mallopt(m_mmap_threshold, threshold))
-    if not ok:
-        logger.debug("mallopt(M_MMAP_THRESHOLD) refused")
-    return ok
 
 
 class _Shared:
@@ -268,7 +241,7 @@ class _Shared:
             return Reader(self, rid)
 
     def chunk(self, rid: int) -> bytes | None:
-        """The reader's next chunk (None at the end)."""
+        """The reader's next chunk (None at the end, or once the reader left)."""
         data = self._take(rid)
         if data is not None:
             return data
@@ -277,6 +250,8 @@ class _Shared:
             if data is not None:
                 return data
             with self._lock:
+                if rid not in self._positions:
+                    return None
                 if self._failed is not None:
                     raise self._failed
                 if self._finished:
@@ -298,8 +273,8 @@ class _Shared:
 
     def _take(self, rid: int) -> bytes | None:
         with self._lock:
-            pos = self._positions[rid]
-            if pos == self._base + len(self._chunks):
+            pos = self._positions.get(rid)
+            if pos is None or pos == self._base + len(self._chunks):  # left, or nothing new yet
                 return None
             data = self._chunks[pos - self._base]
             self._positions[rid] = pos + 1
