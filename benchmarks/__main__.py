@@ -476,11 +476,13 @@ on two cores it costs little wall time.
 Memory: the scrape copies only flat lists of the state's numbers under the consumer's lock (one
 list of keys and one of values per family: no object per series, so the garbage collector is not
 triggered into walking the whole state under the lock), renders chunks of ~512 series and streams
-them, so it holds O(chunk) of text; concurrent scrapes of the same state share one rendering,
-keeping at most 16 MiB of it for late joiners. The label strings kept between scrapes are the steady
-cost (~17 MB at 100 000 series). glibc's malloc raised its mmap threshold after each scrape freed its
-multi-megabyte copies, after which chunks came from the heap and the RSS ratcheted up scrape after
-scrape; the aggregator now fixes the threshold (128 KiB) so those blocks go back to the system.
+them (the next chunk renders while the current one is sent), so it holds O(chunk) of text;
+concurrent scrapes of the same state share one rendering, keeping at most 16 MiB of it for late
+joiners. The label strings kept between scrapes are the steady cost (~17 MB at 100 000 series); on
+top of that glibc's malloc keeps some of the freed chunk memory, so the RSS between scrapes is
+higher than before the first one and varies (bounded) from scrape to scrape. Fixing glibc's mmap
+threshold (so that big blocks go back to the system) removed that variation but made a 100 000
+series scrape ~50 % slower (page faults on every fresh block); not kept.
 
 The consumer used to copy and merge the whole state under its lock for every scrape; it now holds
 the lock for the flat copies only. The checkpoint still packs the whole state under that lock
