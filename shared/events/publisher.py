@@ -45,13 +45,22 @@ _Pending = tuple[int, bytes]
 
 
 class Declared:
-    """An event type and the fields a positional emitter (:meth:`Publisher.declare`) sends, in order."""
+    """An event type and the fields a positional emitter (:meth:`Publisher.declare`) sends, in order.
 
-    __slots__ = ("fields", "type")
+    ``event(ts, values)`` is the event map the flusher encodes (fields, then ``type`` and ``ts``, as
+    the dict form ends up): a generated dict display, several times cheaper than ``dict(zip(...))``.
+    """
+
+    __slots__ = ("event", "fields", "type")
 
     def __init__(self, type_: str, fields: tuple[str, ...]) -> None:
         self.type = type_
         self.fields = fields
+        items = "".join(f"{f!r}: v[{i}], " for i, f in enumerate(fields))
+        source = f"def event(ts, v):\n    return {{{items}'type': {type_!r}, 'ts': ts}}\n"
+        env: dict[str, Any] = {}
+        exec(compile(source, f"<event map of {type_}>", "exec"), env)  # noqa: S102  (names checked by declare())
+        self.event: Callable[[float, tuple[Any, ...]], dict[str, Any]] = env["event"]
 
 
 #: A buffered event: (type, time, fields), or (Declared, time, values in the declared order).
@@ -454,15 +463,13 @@ class Publisher:
             for _ in range(n):
                 head, ts, body = pop()
                 if type(body) is dict:
-                    ev = body
+                    body["type"] = head
+                    body["ts"] = ts
+                    append(body)
                 elif body is None:
-                    ev = {}
+                    append({"type": head, "ts": ts})
                 else:  # a declared event: its values in the declared order
-                    ev = dict(zip(head.fields, body, strict=True))  # type: ignore[union-attr]  # head is Declared here
-                    head = head.type  # type: ignore[union-attr]
-                ev["type"] = head
-                ev["ts"] = ts
-                append(ev)
+                    append(head.event(ts, body))  # type: ignore[union-attr, arg-type]  # a Declared and its values here
             first = self._seq + 1
             self._seq += n
             if self._schema_version == 1:
