@@ -467,12 +467,16 @@ re-sort; a restored state starts again), and per scrape only formats numbers (a 
 small integer counts; `repr` for floats below 1e6, Go's exponent form through the library beyond)
 and joins pieces. The output is byte for byte the library's (tests compare both formats on
 hypothesis-generated states, partitions and series added between scrapes), so `promtool` and the
-library's parsers read it as before. What is left is CPython's floor for assembling ~12 lines per
-histogram series from cached pieces (~3 µs per series on an idle core); a column-at-a-time variant
-(map/zip passes over chunks of series) was measured 1.4-4x slower and not kept. At 100 000 series
-that floor, the HTTP streaming and, on this loaded machine, waiting for a core put a scrape above
-one second; gzip runs in a worker thread while the next chunk renders (zlib releases the GIL), so
-on two cores it costs little wall time.
+library's parsers read it as before: 25-50x less CPU than prometheus_client at 10 000 series. What
+is left is CPython's floor for assembling ~12 lines per histogram series from cached pieces plus
+its `_count` counter line: ~8-12 µs per series on this machine under its usual load, so a scrape of
+100 000 histogram series takes over a second of one core, and a GET of it from an aggregator
+process 1.3-1.6 s (the 1 s target is missed). A column-at-a-time variant (map/zip passes over
+chunks of series) was measured 1.4-4x slower and not kept. gzip runs in a worker thread while the
+next chunk renders (zlib releases the GIL); on this loaded machine it still adds ~0.5 s at 100 000
+series (148 MB of text). Going further means not re-rendering unchanged series: keeping each
+series' rendered lines costs as much memory as the exposition (~1.4 KB per histogram series),
+which the memory target rules out.
 
 Memory: the scrape copies only flat lists of the state's numbers under the consumer's lock (one
 list of keys and one of values per family: no object per series, so the garbage collector is not
