@@ -31,7 +31,13 @@ logger = logging.getLogger(__name__)
 def make_registry(consumer: Consumer, settings: AggregatorSettings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        StateCollector(consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.readings)
+        StateCollector(
+            consumer.snapshot,
+            settings.metrics_prefix,
+            settings.source_ttl_s,
+            consumer.readings,
+            clock=consumer.clock.now,
+        )
     )
     # The aggregator's own process metrics, from the library's standard collectors.
     ProcessCollector(registry=registry)
@@ -94,7 +100,7 @@ def create_app(
     consumer = Consumer(client, settings, rebuild=rebuild)
     registry = make_registry(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
-    started = time.time()
+    started = time.monotonic()
 
     async def metrics(request: Request) -> Response:
         if not _authorized(request, settings):
@@ -127,7 +133,7 @@ def create_app(
         return Response(body, headers={"Content-Type": content_type})
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - started, 3)})
+        return JSONResponse({"status": "ok", "uptime_s": round(time.monotonic() - started, 3)})
 
     async def readyz(request: Request) -> Response:
         if consumer.error is not None:

@@ -11,6 +11,8 @@ from shared.events.bus import DEFAULT_URL, RedisSettings, check_url
 from shared.events.streams import DEFAULT_GROUP, DEFAULT_PREFIX
 from shared.settings import SettingsError, env_bool, env_number, env_secret
 
+from .fold import Limits
+
 __all__ = ["AggregatorSettings", "SettingsError"]
 
 #: Upper bound of the partition count (each partition is a stream, a consumer-group cursor and a state).
@@ -43,6 +45,10 @@ class AggregatorSettings:
     checkpoint_events: int = 200_000
     retention_s: float = 7 * 24 * 3600.0
     series_cap: int = 10_000
+    #: Sources remembered at most (dedupe positions, liveness, snapshot values); see fold.Limits.
+    max_sources: int = 100_000
+    #: A producer timestamp further than this from its entry's time (Redis' clock) counts as clock skew.
+    max_clock_skew_s: float = 300.0
     read_count: int = 200
     block_ms: int = 500
     max_concurrent_scrapes: int = 4
@@ -66,6 +72,12 @@ class AggregatorSettings:
             )
         if bool(self.metrics_username) != bool(self.metrics_password):
             raise SettingsError("BOILERHOUSE_METRICS_USERNAME and BOILERHOUSE_METRICS_PASSWORD go together")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            series_cap=self.series_cap, max_sources=self.max_sources, clock_skew_s=self.max_clock_skew_s
+        )
 
     @property
     def redis(self) -> RedisSettings:
@@ -110,6 +122,10 @@ class AggregatorSettings:
             ),
             retention_s=env_number(env, "BOILERHOUSE_RETENTION_S", d.retention_s, float, 1, MAX_SECONDS),
             series_cap=env_number(env, "BOILERHOUSE_SERIES_CAP", d.series_cap, int, 1, 10_000_000),
+            max_sources=env_number(env, "BOILERHOUSE_MAX_SOURCES", d.max_sources, int, 1, 10_000_000),
+            max_clock_skew_s=env_number(
+                env, "BOILERHOUSE_MAX_CLOCK_SKEW_S", d.max_clock_skew_s, float, 1, MAX_SECONDS
+            ),
             max_concurrent_scrapes=env_number(
                 env, "BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES", d.max_concurrent_scrapes, int, 1, 1024
             ),

@@ -75,6 +75,9 @@ def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
         raise EventDecodeError("undecodable", f"{type(exc).__name__}: {exc}", entry_id) from exc
     if not isinstance(doc, dict):
         raise EventDecodeError("bad_envelope", f"batch is a {type(doc).__name__}, not a map", entry_id)
+    for key in doc:
+        if type(key) is not str:
+            raise EventDecodeError("bad_envelope", f"envelope key {key!r:.40} is not a string", entry_id)
     version = doc.get("v")
     if type(version) is not int or version < 1:
         raise EventDecodeError("bad_envelope", f"schema version {version!r} is not a positive int", entry_id)

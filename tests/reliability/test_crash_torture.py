@@ -16,15 +16,14 @@ import time
 from pathlib import Path
 
 import httpx
-import msgpack
 import pytest
 import redis
 
-from shared.events.streams import checkpoint_key
 from tests.reliability.support import (
     PREFIX,
     Aggregator,
     by_label,
+    checkpoint_meta,
     comparable,
     diff,
     producer,
@@ -41,8 +40,8 @@ KILLS = 24
 
 
 def _checkpoint_saved_at(client: redis.Redis, group: str) -> float:
-    raw = client.get(checkpoint_key(0, group))
-    return 0.0 if raw is None else float(msgpack.unpackb(raw, raw=False, strict_map_key=False)["saved_at"])
+    meta = checkpoint_meta(client, group)
+    return 0.0 if meta is None else float(meta["saved_at"])
 
 
 def _ready(agg: Aggregator) -> bool:

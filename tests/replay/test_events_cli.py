@@ -169,10 +169,10 @@ sync.finished            2   0.017
 sync.state               2   0.017
 total                   29   0.242
 
-PRODUCERS: 1 live (an event within 30s of 2025-11-27T00:02:00.000Z, not stopped)
-SOURCE                           SERVICE      VERSION  EVENTS  LAST EVENT                STATE
-api:host-a:101:aaaa0001          api          1.4.2        23  2025-11-27T00:01:39.990Z  live
-sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         6  2025-11-27T00:01:29.990Z  stopped
+PRODUCERS: 1 live (an entry within 30s of 2025-11-27T00:02:00.000Z, not stopped)
+SOURCE                           SERVICE      VERSION  EVENTS  LAST SEEN                 STATE
+api:host-a:101:aaaa0001          api          1.4.2        23  2025-11-27T00:01:40.000Z  live
+sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         6  2025-11-27T00:01:30.000Z  stopped
 
 CONSUMER GROUPS
 PARTITION  GROUP       CONSUMERS  LAG  PENDING  LAST DELIVERED
@@ -197,12 +197,12 @@ def test_stats_window_rates_and_silent_producers(history: int, run: Run) -> None
     )
     assert "total                   10   0.500" in lines
     assert (
-        "sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         2  2025-11-27T00:00:00.990Z  live"
+        "sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         2  2025-11-27T00:00:01.000Z  live"
         in lines
     )
     code, out, _ = run("events", "stats", "--to", "2025-11-27T00:01:50Z", "--from", "2025-11-27T00:00:50Z")
     assert (
-        "PRODUCERS: 1 live (an event within 30s of 2025-11-27T00:01:50.000Z, not stopped)" in out.splitlines()
+        "PRODUCERS: 1 live (an entry within 30s of 2025-11-27T00:01:50.000Z, not stopped)" in out.splitlines()
     )
 
 
@@ -378,9 +378,9 @@ def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redi
         "container.acquired           1       -",
         "total                        3       -",
         "",
-        "PRODUCERS: 0 live (an event within 30s of 2025-11-27T00:00:00.000Z, not stopped)",
-        "SOURCE        SERVICE  VERSION  EVENTS  LAST EVENT  STATE",
-        "odd:host:1:0  odd      -             3  -           silent",
+        "PRODUCERS: 0 live (an entry within 30s of 2025-11-27T00:00:00.000Z, not stopped)",
+        "SOURCE        SERVICE  VERSION  EVENTS  LAST SEEN  STATE",
+        "odd:host:1:0  odd      -             3  -          silent",
         "",
         "CONSUMER GROUPS",
     ]
