@@ -466,7 +466,9 @@ def apply_batch(state: State, batch: Batch, entry_s: float) -> list[Rejected]:
     info = state.sources.get(src)
     last = info.last_seq if info is not None else 0
     limits = state.limits
-    max_jump = limits.seq_jump_base + limits.seq_jump_rate * max(0.0, entry_s - info.last_seen) if info else 0
+    # The largest gap this source could have made since its previous entry (a first entry: the base).
+    elapsed = max(0.0, entry_s - info.last_seen) if info is not None else 0.0
+    max_jump = limits.seq_jump_base + limits.seq_jump_rate * elapsed
     rejected: list[Rejected] = []
     per_type: dict[str, int] = {}
     lo_ts, hi_ts = entry_s, entry_s

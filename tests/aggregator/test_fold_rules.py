@@ -97,6 +97,12 @@ def test_a_sequence_jump_no_source_could_make_is_rejected_and_moves_nothing() ->
     assert state.counters["events_lost_total"][("seq_gap",)] == 1_000_000 - 4
 
 
+def test_a_new_sources_gaps_within_one_batch_are_loss_not_jumps() -> None:
+    state = State()
+    assert apply_batch(state, Batch("new:h:1:00", 1, [health(1, T0), health(5, T0)]), T0) == []
+    assert state.counters["events_lost_total"][("seq_gap",)] == 3
+
+
 def test_an_invalid_event_cannot_move_a_source_past_what_it_could_send() -> None:
     state = State()
     src = "api:h:1:00"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry, generate_latest
 
 from services.aggregator.consumer import Consumer
 from services.aggregator.exposition import StateCollector
@@ -82,6 +83,12 @@ def test_checkpoint_bytes_grow_with_what_changed_not_with_what_exists(
     assert _render(restored) == _render(fresh)
     samples = parse(_render(consumer))
     assert total(samples, PREFIX + "container_health_check_failures_total") == 20
+    # The self-metrics report what was written: 11 checkpoints, their bytes.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(consumer.snapshot, partitions=consumer.readings))
+    own = parse(generate_latest(registry).decode())
+    assert total(own, PREFIX + "aggregator_checkpoints_total") == 11
+    assert total(own, PREFIX + "aggregator_checkpoint_bytes_total") == part.checkpoint_bytes
 
 
 def _rss_kib(pid: int) -> int:
