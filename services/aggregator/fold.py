@@ -171,7 +171,8 @@ class State:
         horizon = now - ttl
         out: dict[str, int] = {}
         for info in self.sources.values():
-            if not info.stopped and info.last_seen < horizon:
+            # last_seen 0: seen only through rejected events, never live, so it cannot vanish.
+            if not info.stopped and 0 < info.last_seen < horizon:
                 out[info.service] = out.get(info.service, 0) + 1
         return out
 
