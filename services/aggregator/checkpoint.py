@@ -244,12 +244,32 @@ def _check(doc: Mapping[str, Any], where: str, versions: tuple[int, ...]) -> int
         raise CheckpointError(
             f"{where} has format version {version!r}, this aggregator reads 1..{CHECKPOINT_VERSION}"
         )
-    if doc.get("mapping") != mapping_fingerprint():
+    changed = mapping_conflicts(doc.get("mapping"))
+    if changed:
         raise CheckpointError(
-            f"{where} was written by another metric mapping (buckets or metrics changed): "
-            "run `boilerhouse aggregator --rebuild`"
+            f"{where} was written by another metric mapping ({', '.join(changed[:5])} changed kind or "
+            "buckets): run `boilerhouse aggregator --rebuild`"
         )
     return int(version)
+
+
+def mapping_conflicts(saved: Any) -> list[str]:
+    """Metrics whose kind or buckets differ between ``saved`` (a checkpoint's mapping) and this one.
+
+    A metric added since starts empty and one removed is dropped: neither needs a rebuild. Only a
+    metric whose saved state means something else now (another kind, other buckets) does.
+    """
+    if not isinstance(saved, list):
+        return ["the whole mapping"]
+    current = {row[0]: row for row in mapping_fingerprint()}
+    conflicts = []
+    for row in saved:
+        if not isinstance(row, list) or not row:
+            return ["the whole mapping"]
+        now = current.get(row[0])
+        if now is not None and now != row:
+            conflicts.append(str(row[0]))
+    return conflicts
 
 
 def _meta(state: State, trim: TrimWindow, saved_at: float | None) -> bytes:
