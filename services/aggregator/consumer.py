@@ -61,7 +61,12 @@ class PartitionConsumer:
 
     def restore(self, state: State, restored: checkpoint.Restored | None) -> None:
         trim = restored.trim if restored is not None else None
-        self.ingest = PartitionIngest(self.partition, state, forget_after_s=self.settings.source_forget_s)
+        self.ingest = PartitionIngest(
+            self.partition,
+            state,
+            forget_after_s=self.settings.source_forget_s,
+            routes=self.settings.route_table,
+        )
         if trim is not None:
             self.ingest.trim = trim
         self.reset_pending()

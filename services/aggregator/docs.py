@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.events.codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, MAX_SRC_LEN, MAX_STR_LEN
-from shared.events.schema import EVENT_TYPES, ID_PATTERN, SCHEMA_VERSION, UNMATCHED_PATH, Field
+from shared.events.schema import (
+    EVENT_TYPES,
+    ID_PATTERN,
+    MAX_PATH_LEN,
+    PATH_PATTERN,
+    SCHEMA_VERSION,
+    UNMATCHED_PATH,
+    Field,
+)
 
 from .metrics import COMBINE_TEXT, METRICS, Const, Drive, Kind, MetricDef
 from .settings import AggregatorSettings
@@ -150,7 +158,7 @@ def _field_values(f: Field) -> str:
     if f.kind in ("int", "float") and f.minimum is not None:
         parts.append(f"≥ {f.minimum:g}")
     if f.name == "path":
-        parts.append(f"route template or `{UNMATCHED_PATH}`")
+        parts.append(f"a [route template](#route-templates) or `{UNMATCHED_PATH}`")
     if f.kind == "str" and f.choices is None and f.name != "path":
         parts.append(f"≤ {MAX_STR_LEN} characters")
     return "; ".join(parts)
@@ -188,6 +196,9 @@ def events_markdown() -> str:
         out.append("")
     out += [
         "Identifier pattern: `" + ID_PATTERN.pattern + "`.",
+        "",
+        "Route-template pattern (the `path` of `http.request`, at most "
+        f"{MAX_PATH_LEN} characters): `" + PATH_PATTERN.pattern + "`.",
         "",
         "Limits (shared/events/codec.py):",
         "",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.events.codec import FAST_VALIDATORS, Batch, explain_invalid
-from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME
+from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME, UNMATCHED_PATH
 from shared.events.streams import StreamId, format_id, parse_id
 
 from .metrics import METRICS, METRICS_BY_NAME, OVERFLOW, Combine, Const, Drive, Kind, MetricDef
@@ -52,7 +52,17 @@ class State:
     ``last_seq[src]`` for dedupe; ``positions[partition]`` is the last stream id applied.
     """
 
-    __slots__ = ("counters", "gauges", "hists", "last_seq", "newest_ts", "positions", "series_cap", "sources")
+    __slots__ = (
+        "counters",
+        "gauges",
+        "hists",
+        "last_seq",
+        "newest_ts",
+        "positions",
+        "routes",
+        "series_cap",
+        "sources",
+    )
 
     def __init__(self, series_cap: int = DEFAULT_SERIES_CAP) -> None:
         self.counters: dict[str, dict[LabelKey, float]] = {}
@@ -72,6 +82,10 @@ class State:
         self.positions: dict[int, str] = {}
         self.newest_ts = 0.0
         self.series_cap = series_cap
+        #: The route table: the templates an ``http.request``'s ``path`` may keep as its label; any other
+        #: becomes ``<unmatched>`` (see :func:`route_label`). None: every valid template is kept. Set by
+        #: the ingest step from the aggregator's settings; like ``series_cap``, not checkpointed.
+        self.routes: frozenset[str] | None = None
 
     def live_sources(self, now: float, ttl: float) -> set[str]:
         horizon = now - ttl
@@ -100,6 +114,7 @@ class State:
     def copy(self) -> State:
         """A copy that the consumer can keep mutating while the copy is rendered."""
         new = State(self.series_cap)
+        new.routes = self.routes
         new.counters = {n: dict(d) for n, d in self.counters.items()}
         new.hists = {n: {k: list(v) for k, v in d.items()} for n, d in self.hists.items()}
         new.gauges = {n: {k: dict(v) for k, v in d.items()} for n, d in self.gauges.items()}
@@ -240,6 +255,26 @@ def _source_stopped(state: State, src: str, ev: Event) -> None:
 LIFECYCLE: Mapping[str, Handler] = {"source.started": _source_started, "source.stopped": _source_stopped}
 
 
+# ---- the route table (the ``path`` label) -------------------------------------------------------------
+
+#: The event field that becomes a label only through the route table: (event type, field).
+ROUTE_FIELD = ("http.request", "path")
+
+
+def route_label(state: State, path: str) -> str:
+    """The ``path`` label of a valid ``http.request``: its template if the route table has it (or there
+    is no table), else ``<unmatched>``, counted in ``aggregator_unknown_routes_total``.
+
+    The validator already refused anything that is not a route template (docs/events.md); this keeps
+    templates the API does not have (a tenant id sent as a literal segment) out of the labels.
+    """
+    routes = state.routes
+    if routes is None or path in routes or path == UNMATCHED_PATH:
+        return path
+    inc(state, "aggregator_unknown_routes_total", (), 1)
+    return UNMATCHED_PATH
+
+
 # ---- handler generation -----------------------------------------------------------------------------
 
 
@@ -253,7 +288,10 @@ def _label_exprs(m: MetricDef, d: Drive) -> list[str]:
         f = fields.get(origin)
         if f is None:
             raise AssertionError(f"{m.name}: label {label} reads {d.event}.{origin}, which the schema lacks")
-        exprs.append(f"_int_text(ev[{origin!r}])" if f.kind == "int" else f"ev[{origin!r}]")
+        if (d.event, origin) == ROUTE_FIELD:
+            exprs.append("route")  # computed once per event by the handler's first line
+        else:
+            exprs.append(f"_int_text(ev[{origin!r}])" if f.kind == "int" else f"ev[{origin!r}]")
     return exprs
 
 
@@ -309,8 +347,11 @@ def generate_handler(event_type: str) -> tuple[Handler, str]:
         "_remove_gauge": remove_gauge,
         "_bisect": bisect_left,
         "_int_text": _int_text,
+        "_route_label": route_label,
     }
     lines = ["def handle(state, src, ev):"]
+    if event_type == ROUTE_FIELD[0]:
+        lines.append(f"  route = _route_label(state, ev[{ROUTE_FIELD[1]!r}])")
     if event_type in LIFECYCLE:
         env["_lifecycle"] = LIFECYCLE[event_type]
         lines.append("  _lifecycle(state, src, ev)")

@@ -66,12 +66,15 @@ class PartitionIngest:
         state: the fold state, restored or new.
         trim: the trim window (gaps of sources whose history was trimmed unread count as ``trimmed``).
         forget_after_s: sources silent for longer (event time) are forgotten (``BOILERHOUSE_SOURCE_FORGET_S``).
+        routes: the route table (``BOILERHOUSE_HTTP_ROUTES``): ``http.request`` templates outside it are
+            labelled ``<unmatched>``; None keeps every valid template. Given to ``state`` for the fold.
     """
 
     partition: int
     state: State
     trim: TrimWindow = field(default_factory=TrimWindow)
     forget_after_s: float = 86_400.0
+    routes: frozenset[str] | None = None
     #: The last stream id folded (or covered).
     position: StreamId = (0, 0)
     #: Events seen in folded entries (valid or not), and sources forgotten.
@@ -82,6 +85,7 @@ class PartitionIngest:
     _next_forget: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.state.routes = self.routes
         saved = self.state.positions.get(self.partition)
         if saved:
             self.position = parse_id(saved)

@@ -53,7 +53,11 @@ def rebuild_partition(
     if progress is not None and info is not None:
         progress.total = float(info.length)
     ingest = PartitionIngest(
-        partition, State(settings.series_cap), reader.trim_window(partition), settings.source_forget_s
+        partition,
+        State(settings.series_cap),
+        reader.trim_window(partition),
+        settings.source_forget_s,
+        settings.route_table,
     )
     entries = 0
     if last != (0, 0):

@@ -43,7 +43,11 @@ class Replayer:
         #: Per partition; a stream that lost entries before the fold opens its trim window up front.
         self.parts = {
             p: PartitionIngest(
-                p, State(self.settings.series_cap), reader.trim_window(p), self.settings.source_forget_s
+                p,
+                State(self.settings.series_cap),
+                reader.trim_window(p),
+                self.settings.source_forget_s,
+                self.settings.route_table,
             )
             for p in reader.partitions
         }

@@ -91,7 +91,12 @@ def collect_stats(
     hi = end.end_id() if end else END
     live_at = end.seconds if end else now  # "live" is judged at the end of the window
     parts = {
-        p: PartitionIngest(p, State(settings.series_cap), forget_after_s=settings.source_forget_s)
+        p: PartitionIngest(
+            p,
+            State(settings.series_cap),
+            forget_after_s=settings.source_forget_s,
+            routes=settings.route_table,
+        )
         for p in reader.partitions
     }
     by_type: Counter[str] = Counter()

@@ -269,15 +269,27 @@ def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
     return dispatch
 
 
+#: The API's route table: each route template and its handlers by method. The ``path`` label of the
+#: ``http.request`` events the API publishes is one of :func:`route_templates` or ``<unmatched>``, and
+#: the aggregator's default route table (``BOILERHOUSE_HTTP_ROUTES=api``) is derived from it.
+ROUTES: dict[str, dict[str, Endpoint]] = {
+    f"{PREFIX}/pools": {"GET": list_pools, "POST": create_pool},
+    f"{PREFIX}/pools/{{pool_id}}": {"GET": get_pool, "DELETE": delete_pool},
+    f"{PREFIX}/tenants/{{tenant_id}}/claim": {"POST": claim},
+    f"{PREFIX}/tenants/{{tenant_id}}/release": {"POST": release},
+    f"{PREFIX}/tenants/{{tenant_id}}/sync": {"POST": sync},
+    f"{PREFIX}/tenants/{{tenant_id}}": {"GET": get_tenant},
+    f"{PREFIX}/containers": {"GET": list_containers},
+    f"{PREFIX}/workloads": {"GET": list_workloads},
+}
+#: The API server's health endpoint (served by app.py, outside the /api/v1 table).
+HEALTH_PATH = "/healthz"
+
+
+def route_templates() -> frozenset[str]:
+    """Every route template the API labels its requests with (besides ``<unmatched>``)."""
+    return frozenset((HEALTH_PATH, *ROUTES))
+
+
 def api_routes() -> list[Route]:
-    table: dict[str, dict[str, Endpoint]] = {
-        f"{PREFIX}/pools": {"GET": list_pools, "POST": create_pool},
-        f"{PREFIX}/pools/{{pool_id}}": {"GET": get_pool, "DELETE": delete_pool},
-        f"{PREFIX}/tenants/{{tenant_id}}/claim": {"POST": claim},
-        f"{PREFIX}/tenants/{{tenant_id}}/release": {"POST": release},
-        f"{PREFIX}/tenants/{{tenant_id}}/sync": {"POST": sync},
-        f"{PREFIX}/tenants/{{tenant_id}}": {"GET": get_tenant},
-        f"{PREFIX}/containers": {"GET": list_containers},
-        f"{PREFIX}/workloads": {"GET": list_workloads},
-    }
-    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in table.items()]
+    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in ROUTES.items()]

@@ -38,7 +38,7 @@ def test_tail_prints_the_newest_events_as_an_aligned_table(history: int, run: Ru
         "pool_id=web status=success duration_s=0.2 affinity=hit\n"
         f"2025-11-27T00:01:39.990Z  pool.state          api:host-a:101:aaaa0001          {POOL_WEB.format(a=0, b=3)}\n"
         "2025-11-27T00:01:39.990Z  http.request        api:host-a:101:aaaa0001          "
-        "method=POST path=/api/v1/tenants/{id}/claim status=200 duration_s=0.21\n"
+        "method=POST path=/api/v1/tenants/{tenant_id}/claim status=200 duration_s=0.21\n"
     )
 
 
