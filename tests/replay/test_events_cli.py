@@ -316,7 +316,7 @@ def test_bad_arguments_as_a_process_exit_2_without_traceback(redis_url: str, tmp
 def test_unreachable_bus_is_a_message_not_a_traceback(run: Run) -> None:
     code, _out, err = run("events", "stats", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 1
-    assert err.startswith("boilerhouse: error: event bus redis://127.0.0.1:1/0: ")
+    assert err.startswith("boilerhouse: error: connection refused by redis://127.0.0.1:1/0: ")
 
 
 def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redis) -> None:
