@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from services.api.route_table import TEMPLATES as API_TEMPLATES
 from shared.events.bus import DEFAULT_URL, RedisSettings, check_url
 from shared.events.schema import MAX_PATH_LEN, PATH_PATTERN
 from shared.events.streams import DEFAULT_GROUP, DEFAULT_PREFIX
@@ -28,7 +29,7 @@ ANY_ROUTE = "any"
 def parse_http_routes(spec: str) -> frozenset[str] | None:
     """The route table a ``BOILERHOUSE_HTTP_ROUTES`` value names (None: every valid template is kept).
 
-    ``api`` (the default) is the Boilerhouse API's route table (services/api/routes.py); ``any`` keeps
+    ``api`` (the default) is the Boilerhouse API's route table (services/api/route_table.py); ``any`` keeps
     every template the contract allows; otherwise a comma-separated list of route templates, which may
     include ``api``.
     """
@@ -40,10 +41,7 @@ def parse_http_routes(spec: str) -> frozenset[str] | None:
     table: set[str] = set()
     for item in items:
         if item == API_ROUTES:
-            # Imported here: the API's modules are loaded only by aggregators that use its table.
-            from services.api.routes import route_templates  # noqa: PLC0415
-
-            table |= route_templates()
+            table |= API_TEMPLATES
         elif len(item) <= MAX_PATH_LEN and PATH_PATTERN.match(item):
             table.add(item)
         else:

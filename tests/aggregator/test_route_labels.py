@@ -19,7 +19,8 @@ from services.aggregator.reader import END, StreamReader
 from services.aggregator.replay import Replayer
 from services.aggregator.settings import AggregatorSettings, SettingsError, parse_http_routes
 from services.api.app import create_app as create_api
-from services.api.routes import route_templates
+from services.api.route_table import TEMPLATES as API_TABLE
+from services.api.routes import ROUTES
 from services.api.settings import ApiSettings
 from shared.events.codec import ENTRY_FIELD, FAST_VALIDATORS, encode_batch, explain_invalid, validate_event
 from shared.events.schema import MAX_PATH_LEN, UNMATCHED_PATH
@@ -28,7 +29,6 @@ from tests.aggregator.harness import aggregator, publisher, wait_for
 from tests.support.expo import Samples, parse
 
 P = "boilerhouse_"
-API_TABLE = route_templates()
 SRC = "api:host:1:0001"
 
 
@@ -135,7 +135,7 @@ def test_templates_are_accepted_by_both_validators(path: str) -> None:
 
 @pytest.mark.anyio
 async def test_the_default_route_table_is_what_the_api_serves(redis_url: str) -> None:
-    """Derived from services/api/routes.py, never copied: every route the API app has, and only those."""
+    """One table (services/api/route_table.py): every route the API app serves, and only those."""
     pub = publisher(redis_url, "api")
     try:
         app = create_api(ApiSettings(redis_url=redis_url), publisher=pub)
@@ -143,6 +143,7 @@ async def test_the_default_route_table_is_what_the_api_serves(redis_url: str) ->
     finally:
         pub.close()
     assert served == set(API_TABLE)
+    assert set(ROUTES) == API_TABLE - {"/healthz"}
     assert AggregatorSettings().route_table == API_TABLE
     assert AggregatorSettings.from_env({}).route_table == API_TABLE
     assert all(is_route_template(t) for t in API_TABLE)
