@@ -139,7 +139,19 @@ def create_app(
         if consumer.error is not None:
             return JSONResponse({"status": "error", "detail": str(consumer.error)}, status_code=503)
         if not consumer.ready.is_set():
-            return JSONResponse({"status": "starting", "detail": "consumer not set up yet"}, status_code=503)
+            problem = consumer.bus_problem
+            if problem is None:
+                return JSONResponse(
+                    {"status": "starting", "detail": "consumer not set up yet"}, status_code=503
+                )
+            return JSONResponse(
+                {
+                    "status": "starting",
+                    "reason": problem.reason,
+                    "detail": f"consumer not set up yet: {problem.detail}",
+                },
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "partitions": sorted(consumer.parts)})
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]

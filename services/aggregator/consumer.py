@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import redis
 
-from shared.events.bus import Client
+from shared.events.bus import BusProblem, Client, diagnose
 from shared.events.replies import PendingSummary, RawEntry, StreamInfo, find_group, read_reply
 from shared.events.streams import checkpoint_key, dead_letter_key, format_id, parse_id, stream_key
 
@@ -128,6 +128,8 @@ class Consumer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        #: Why the last attempt to use the bus failed, until one succeeds (wrong password, refused ...).
+        self.bus_problem: BusProblem | None = None
         self.applied_entries = 0
         self.checkpoints = 0
         self._bytes_per_entry = 1024.0
@@ -195,6 +197,9 @@ class Consumer:
                 self.poll_once()
                 self.maintain()
                 backoff = 0.1
+                if self.bus_problem is not None:
+                    logger.info("event bus usable again (after: %s)", self.bus_problem)
+                    self.bus_problem = None
             except checkpoint.CheckpointError as exc:
                 self.error = exc
                 logger.error("%s", exc)
@@ -206,17 +211,29 @@ class Consumer:
                     logger.warning("consumer group missing (%s); checkpointing and setting up again", exc)
                     self._resetup()
                 else:
-                    logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                    self._bus_failed(exc, backoff)
                     self._stop.wait(backoff)
                     backoff = min(5.0, backoff * 2)
             except (redis.RedisError, OSError) as exc:
-                logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                self._bus_failed(exc, backoff)
                 self._redrain = True
                 self._stop.wait(backoff)
                 backoff = min(5.0, backoff * 2)
             except Exception:
                 logger.exception("consumer loop failed; retrying")
                 self._stop.wait(1.0)
+
+    def _bus_failed(self, exc: BaseException, retry_in_s: float) -> None:
+        """Remember why the bus failed (``/readyz`` shows it) and log it once per distinct problem."""
+        problem = diagnose(exc, self.settings.redis)
+        repeated = self.bus_problem is not None and self.bus_problem.reason == problem.reason
+        self.bus_problem = problem
+        if repeated:
+            logger.debug("event bus error: %s; retrying in %.1fs", problem, retry_in_s)
+        elif self.ready.is_set():
+            logger.warning("event bus error: %s; retrying", problem)
+        else:
+            logger.error("cannot set up the consumer: %s; retrying until it can", problem)
 
     def _resetup(self) -> None:
         try:

@@ -21,6 +21,8 @@ from shared.events.schema import (
     EVENT_TYPES,
     EVENT_TYPES_BY_NAME,
     ID_PATTERN,
+    MAX_PATH_LEN,
+    PATH_PATTERN,
     SCHEMA_VERSION,
     UNMATCHED_PATH,
     Field,
@@ -197,7 +199,7 @@ def _field_values(f: Field) -> str:
     if f.kind in ("int", "float") and f.minimum is not None:
         parts.append(f"≥ {f.minimum:g}")
     if f.name == "path":
-        parts.append(f"route template or `{UNMATCHED_PATH}`")
+        parts.append(f"a [route template](#route-templates) or `{UNMATCHED_PATH}`")
     if f.kind == "str" and f.choices is None and f.name != "path":
         parts.append(f"≤ {MAX_STR_LEN} characters")
     return "; ".join(parts)
@@ -235,6 +237,9 @@ def events_markdown() -> str:
         out.append("")
     out += [
         "Identifier pattern: `" + ID_PATTERN.pattern + "`.",
+        "",
+        "Route-template pattern (the `path` of `http.request`, at most "
+        f"{MAX_PATH_LEN} characters): `" + PATH_PATTERN.pattern + "`.",
         "",
         "Limits (shared/events/codec.py):",
         "",

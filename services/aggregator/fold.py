@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.events.codec import FAST_VALIDATORS, Batch, explain_invalid
-from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME
+from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME, UNMATCHED_PATH
 from shared.events.streams import StreamId, format_id, parse_id
 
 from .metrics import METRICS, METRICS_BY_NAME, OVERFLOW, Combine, Const, Drive, Kind, MetricDef
@@ -54,6 +54,7 @@ class Limits:
 
     Parameters:
         series_cap: label sets per metric; beyond it, the metric's overflow series.
+        routes: the route table (``BOILERHOUSE_HTTP_ROUTES``); None keeps every valid route template.
         max_sources: sources kept; beyond it, the longest silent are forgotten (checked on the forget grid).
         clock_skew_s: an event whose ``ts`` is further than this from its entry's time is counted as skewed.
         seq_jump_base: a sequence jump larger than this plus ``seq_jump_rate`` per second since the
@@ -61,6 +62,9 @@ class Limits:
     """
 
     series_cap: int = DEFAULT_SERIES_CAP
+    #: The route table: the templates an ``http.request``'s ``path`` may keep as its label; any other
+    #: becomes ``<unmatched>`` (see :func:`route_label`). None: every valid template is kept.
+    routes: frozenset[str] | None = None
     max_sources: int = 100_000
     clock_skew_s: float = 300.0
     seq_jump_base: int = 1_000_000
@@ -113,6 +117,10 @@ class State:
     @property
     def series_cap(self) -> int:
         return self.limits.series_cap
+
+    @property
+    def routes(self) -> frozenset[str] | None:
+        return self.limits.routes
 
     def live_sources(self, now: float, ttl: float) -> set[str]:
         horizon = now - ttl
@@ -321,6 +329,26 @@ def _source_stopped(state: State, src: str, ev: Event) -> None:
 LIFECYCLE: Mapping[str, Handler] = {"source.started": _source_started, "source.stopped": _source_stopped}
 
 
+# ---- the route table (the ``path`` label) -------------------------------------------------------------
+
+#: The event field that becomes a label only through the route table: (event type, field).
+ROUTE_FIELD = ("http.request", "path")
+
+
+def route_label(state: State, path: str) -> str:
+    """The ``path`` label of a valid ``http.request``: its template if the route table has it (or there
+    is no table), else ``<unmatched>``, counted in ``aggregator_unknown_routes_total``.
+
+    The validator already refused anything that is not a route template (docs/events.md); this keeps
+    templates the API does not have (a tenant id sent as a literal segment) out of the labels.
+    """
+    routes = state.routes
+    if routes is None or path in routes or path == UNMATCHED_PATH:
+        return path
+    inc(state, "aggregator_unknown_routes_total", (), 1)
+    return UNMATCHED_PATH
+
+
 # ---- handler generation -----------------------------------------------------------------------------
 
 
@@ -334,7 +362,10 @@ def _label_exprs(m: MetricDef, d: Drive) -> list[str]:
         f = fields.get(origin)
         if f is None:
             raise AssertionError(f"{m.name}: label {label} reads {d.event}.{origin}, which the schema lacks")
-        exprs.append(f"_int_text(ev[{origin!r}])" if f.kind == "int" else f"ev[{origin!r}]")
+        if (d.event, origin) == ROUTE_FIELD:
+            exprs.append("route")  # computed once per event by the handler's first line
+        else:
+            exprs.append(f"_int_text(ev[{origin!r}])" if f.kind == "int" else f"ev[{origin!r}]")
     return exprs
 
 
@@ -394,8 +425,11 @@ def generate_handler(event_type: str) -> tuple[Handler, str]:
         "_remove_gauge": remove_gauge,
         "_bisect": bisect_left,
         "_int_text": _int_text,
+        "_route_label": route_label,
     }
     lines = ["def handle(state, src, ev):", "  dirty = state.dirty"]
+    if event_type == ROUTE_FIELD[0]:
+        lines.append(f"  route = _route_label(state, ev[{ROUTE_FIELD[1]!r}])")
     if event_type in LIFECYCLE:
         env["_lifecycle"] = LIFECYCLE[event_type]
         lines.append("  _lifecycle(state, src, ev)")

@@ -498,6 +498,12 @@ METRICS: tuple[MetricDef, ...] = (
         ("metric",),
     ),
     _self(
+        "aggregator_unknown_routes_total",
+        Kind.COUNTER,
+        "HTTP request events whose route template is not in the route table (BOILERHOUSE_HTTP_ROUTES); "
+        "they are counted under the <unmatched> path",
+    ),
+    _self(
         "aggregator_live_sources",
         Kind.GAUGE,
         "Producer processes currently contributing to gauges",

@@ -12,6 +12,7 @@ import msgspec
 from .schema import (
     EVENT_TYPES,
     ID_PATTERN,
+    MAX_PATH_LEN,
     PATH_PATTERN,
     SCHEMA_VERSION,
     UNMATCHED_PATH,
@@ -142,9 +143,9 @@ def _compile(et: EventType) -> Validator:
         def check_path(v: Any) -> str | None:
             if type(v) is not str:
                 return "path must be a string"
-            if v == UNMATCHED_PATH or (len(v) <= 128 and path_ok(v)):
+            if v == UNMATCHED_PATH or (len(v) <= MAX_PATH_LEN and path_ok(v)):
                 return None
-            return f"path={v[:40]!r} is not a route template"
+            return f"path={v[:40]!r} is not a route template (docs/events.md, Route templates)"
 
         checks = [(n, o, check_path if n == "path" else c) for n, o, c in checks]
 
@@ -188,7 +189,7 @@ def _id_ok(v: str) -> bool:
 
 
 def _path_ok(v: str) -> bool:
-    if v != UNMATCHED_PATH and (len(v) > 128 or PATH_PATTERN.match(v) is None):
+    if v != UNMATCHED_PATH and (len(v) > MAX_PATH_LEN or PATH_PATTERN.match(v) is None):
         return False
     if len(_known_paths) < KNOWN_VALUES_CAP:
         _known_paths.add(v)

@@ -38,7 +38,7 @@ def test_tail_prints_the_newest_events_as_an_aligned_table(history: int, run: Ru
         "pool_id=web status=success duration_s=0.2 affinity=hit\n"
         f"2025-11-27T00:01:39.990Z  pool.state          api:host-a:101:aaaa0001          {POOL_WEB.format(a=0, b=3)}\n"
         "2025-11-27T00:01:39.990Z  http.request        api:host-a:101:aaaa0001          "
-        "method=POST path=/api/v1/tenants/{id}/claim status=200 duration_s=0.21\n"
+        "method=POST path=/api/v1/tenants/{tenant_id}/claim status=200 duration_s=0.21\n"
     )
 
 
@@ -316,7 +316,7 @@ def test_bad_arguments_as_a_process_exit_2_without_traceback(redis_url: str, tmp
 def test_unreachable_bus_is_a_message_not_a_traceback(run: Run) -> None:
     code, _out, err = run("events", "stats", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 1
-    assert err.startswith("boilerhouse: error: event bus redis://127.0.0.1:1/0: ")
+    assert err.startswith("boilerhouse: error: connection refused by redis://127.0.0.1:1/0: ")
 
 
 def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redis) -> None:
