@@ -61,7 +61,7 @@ def run(n: int = 200_000, reps: int = 5) -> Breakdown:
         t3 = clock()
         st = State()
         for b in batches:
-            apply_batch(st, b)
+            apply_batch(st, b, 1.7e9)
         t4 = clock()
         for key, dt in (
             ("decode", decode_s),

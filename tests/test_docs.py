@@ -225,8 +225,11 @@ def test_every_documented_dead_letter_reason(redis_url: str, redis_client: redis
         "bad_event": {"b": _entry(src, [{"type": "affinity.evicted", "seq": 0, "ts": 1.0, "pool_id": "p"}])},
         "unknown_type": {"b": _entry(src, [_ev("pool.exploded", 1)])},
         "invalid_field": {"b": _entry(src, [_ev("affinity.evicted", 2, pool_id="not a valid id!")])},
+        # A live source's seq under someone else's pen: 2**62 right after 1.
+        "seq_jump": {"b": _entry("jump:host:1:00", [_ev("affinity.evicted", 2**62, pool_id="q")])},
     }
     assert set(entries) == documented, "docs/events.md and this test disagree about the reasons"
+    redis_client.xadd(stream, {"b": _entry("jump:host:1:00", [_ev("affinity.evicted", 1, pool_id="q")])})
     for fields in entries.values():
         redis_client.xadd(stream, fields)
     # The valid event of an entry is applied even when another event in it is rejected.
@@ -248,6 +251,7 @@ def test_every_documented_dead_letter_reason(redis_url: str, redis_client: redis
         want = 2 if reason == "invalid_field" else 1
         assert value(s, f"{P}aggregator_dead_letters_total", reason=reason) == want, reason
     assert value(s, f"{P}affinity_evictions_total", pool_id="p") == 1
+    assert value(s, f"{P}affinity_evictions_total", pool_id="q") == 1  # the jump counted nothing
     dead = redis_client.xrange("boilerhouse:deadletter:{0}")
     assert sorted(f[b"reason"].decode() for _, f in dead) == sorted([*entries, "invalid_field"])
     assert all(f[b"entry_id"] and b"detail" in f for _, f in dead)

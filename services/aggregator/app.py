@@ -35,7 +35,13 @@ def make_registry(consumer: Consumer, settings: AggregatorSettings) -> Collector
     """Everything /metrics shows, through prometheus_client (the renderer's fallback and reference)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        StateCollector(consumer.snapshot, settings.metrics_prefix, settings.source_ttl_s, consumer.readings)
+        StateCollector(
+            consumer.snapshot,
+            settings.metrics_prefix,
+            settings.source_ttl_s,
+            consumer.readings,
+            clock=consumer.clock.now,
+        )
     )
     standard_collectors(registry)
     return registry
@@ -149,7 +155,7 @@ def create_app(
     consumer = Consumer(client, settings, rebuild=rebuild)
     exposer = make_exposer(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
-    started = time.time()
+    started = time.monotonic()
 
     async def metrics(request: Request) -> Response:
         if not _authorized(request, settings):
@@ -198,13 +204,25 @@ def create_app(
         return _MetricsResponse(first, reader, done, headers)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - started, 3)})
+        return JSONResponse({"status": "ok", "uptime_s": round(time.monotonic() - started, 3)})
 
     async def readyz(request: Request) -> Response:
         if consumer.error is not None:
             return JSONResponse({"status": "error", "detail": str(consumer.error)}, status_code=503)
         if not consumer.ready.is_set():
-            return JSONResponse({"status": "starting", "detail": "consumer not set up yet"}, status_code=503)
+            problem = consumer.bus_problem
+            if problem is None:
+                return JSONResponse(
+                    {"status": "starting", "detail": "consumer not set up yet"}, status_code=503
+                )
+            return JSONResponse(
+                {
+                    "status": "starting",
+                    "reason": problem.reason,
+                    "detail": f"consumer not set up yet: {problem.detail}",
+                },
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "partitions": sorted(consumer.parts)})
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]

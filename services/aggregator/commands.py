@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from shared.events.bus import Client, connect, safe_url
+from shared.events.bus import Client, connect, diagnose
 
 from .settings import AggregatorSettings, SettingsError
 from .times import ArgumentError, TimePoint, parse_time
@@ -72,7 +72,7 @@ def guarded(body: Body) -> Callable[[argparse.Namespace], int]:
         except (UsageError, ArgumentError) as exc:
             return fail(str(exc), EXIT_USAGE)
         except redis.RedisError as exc:
-            return fail(f"event bus {safe_url(settings.redis_url)}: {exc}", EXIT_BUS)
+            return fail(str(diagnose(exc, settings.redis)), EXIT_BUS)
         except BrokenPipeError:  # `| head`
             return 0
         finally:

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import redis
 
-from shared.events.bus import Client
+from shared.events.bus import BusProblem, Client, diagnose
 from shared.events.replies import PendingSummary, RawEntry, StreamInfo, find_group, read_reply
 from shared.events.streams import checkpoint_key, dead_letter_key, format_id, parse_id, stream_key
 
@@ -30,18 +30,21 @@ from . import checkpoint
 from .fold import State
 from .ingest import DeadLetter, Outcome, PartitionIngest
 from .metrics import PartitionReading
-from .retention import removed_unread, trim_by_age
+from .retention import RedisClock, removed_unread, trim_by_age
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEAD_LETTER_MAXLEN = 100_000
+#: Dead letters kept per partition (approximate trim), each at most ~4.6 KiB: see docs/reliability.md.
+DEAD_LETTER_MAXLEN = 10_000
 #: Upper bound on raw bytes asked for in one XREADGROUP (entries hold up to 1 MiB each).
 READ_BYTES_BUDGET = 8 << 20
 #: How often the streams are trimmed by age (approximate MINID trims are cheap but not free).
 TRIM_INTERVAL_S = 60.0
+#: How often Redis' clock is read again.
+MAINTENANCE_INTERVAL_S = 2.0
 
 
 class PartitionConsumer:
@@ -53,8 +56,9 @@ class PartitionConsumer:
         self.stream = stream_key(partition, settings.key_prefix)
         self.dead_letters = dead_letter_key(partition, settings.key_prefix)
         self.checkpoint = checkpoint_key(partition, settings.group, settings.key_prefix)
-        self.restore(State(settings.series_cap), None)
-        self.last_checkpoint = time.time()
+        self.restore(State(limits=settings.limits), None)
+        #: When the last checkpoint was written, by the monotonic clock (cadence and age survive clock steps).
+        self.last_checkpoint = time.monotonic()
         #: The group's last delivered id as of our last read (where to wait for new entries).
         self.last_delivered: tuple[int, int] = (0, 0)
         #: The stream's last entry id when it was last inspected (end of a trim window's backlog).
@@ -62,11 +66,17 @@ class PartitionConsumer:
         #: Entries seen deleted while they were pending, or detected trimmed unread (log summaries).
         self.trims_detected = 0
 
-    def restore(self, state: State, restored: checkpoint.Restored | None) -> None:
+    def restore(
+        self, state: State, restored: checkpoint.Restored | None, *, complete_next: bool = False
+    ) -> None:
+        """Start from ``state`` (restored, or new). ``complete_next``: the next checkpoint replaces the
+        key as a whole (it holds a legacy checkpoint, or one this state does not continue)."""
         trim = restored.trim if restored is not None else None
         self.ingest = PartitionIngest(self.partition, state, forget_after_s=self.settings.source_forget_s)
         if trim is not None:
             self.ingest.trim = trim
+        # A new state's first checkpoint is complete too (it is small, and writes the mapping).
+        self.complete_next = complete_next or restored is None or restored.legacy
         self.reset_pending()
 
     @property
@@ -81,9 +91,12 @@ class PartitionConsumer:
         self.to_ack: list[bytes] = []
         self.dead: list[DeadLetter] = []
         self.events_since_checkpoint = 0
-        #: After a checkpoint transaction failed: its blob and how many dead letters it wrote (the first
-        #: ones of ``dead``), to find out whether Redis executed it although the reply was lost.
+        #: After a checkpoint transaction failed: its meta field and how many dead letters it wrote (the
+        #: first ones of ``dead``), to find out whether Redis executed it although the reply was lost.
         self.unconfirmed: tuple[bytes, int] | None = None
+        #: Checkpoints written and their bytes, since this process started (self-metrics).
+        self.checkpoints = 0
+        self.checkpoint_bytes = 0
 
     def trim_detected(self, why: str) -> None:
         """Entries we had not read were removed; called with the consumer's lock held."""
@@ -118,6 +131,8 @@ class Consumer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        #: Why the last attempt to use the bus failed, until one succeeds (wrong password, refused ...).
+        self.bus_problem: BusProblem | None = None
         self.applied_entries = 0
         self.checkpoints = 0
         #: Changes (under the lock) whenever the fold state may have changed: scrapes of the same
@@ -125,6 +140,9 @@ class Consumer:
         self.version = 0
         self._bytes_per_entry = 1024.0
         self._redrain = False
+        #: Redis' clock on this process's monotonic clock: what liveness, staleness and retention use.
+        self.clock = RedisClock()
+        self._next_maintenance = 0.0
         self._next_trim = time.monotonic() + min(TRIM_INTERVAL_S, settings.retention_s / 4)
 
     # ---- state access ---------------------------------------------------------------------------
@@ -141,7 +159,7 @@ class Consumer:
 
     def readings(self) -> Mapping[int, PartitionReading]:
         """Lag and pending per partition (XINFO GROUPS) and checkpoint age, for the scrape."""
-        now = time.time()
+        now = time.monotonic()
         out: dict[int, PartitionReading] = {}
         for p, pc in self.parts.items():
             lag = pending = None
@@ -151,7 +169,9 @@ class Consumer:
                 group = None
             if group is not None:
                 lag, pending = group.lag, group.pending
-            out[p] = PartitionReading(lag, pending, now - pc.last_checkpoint)
+            out[p] = PartitionReading(
+                lag, pending, now - pc.last_checkpoint, pc.checkpoints, pc.checkpoint_bytes
+            )
         return out
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -189,6 +209,9 @@ class Consumer:
                 self.poll_once()
                 self.maintain()
                 backoff = 0.1
+                if self.bus_problem is not None:
+                    logger.info("event bus usable again (after: %s)", self.bus_problem)
+                    self.bus_problem = None
             except checkpoint.CheckpointError as exc:
                 self.error = exc
                 logger.error("%s", exc)
@@ -200,11 +223,11 @@ class Consumer:
                     logger.warning("consumer group missing (%s); checkpointing and setting up again", exc)
                     self._resetup()
                 else:
-                    logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                    self._bus_failed(exc, backoff)
                     self._stop.wait(backoff)
                     backoff = min(5.0, backoff * 2)
             except (redis.RedisError, OSError) as exc:
-                logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                self._bus_failed(exc, backoff)
                 self._redrain = True
                 self._stop.wait(backoff)
                 backoff = min(5.0, backoff * 2)
@@ -212,10 +235,24 @@ class Consumer:
                 logger.exception("consumer loop failed; retrying")
                 self._stop.wait(1.0)
 
+    def _bus_failed(self, exc: BaseException, retry_in_s: float) -> None:
+        """Remember why the bus failed (``/readyz`` shows it) and log it once per distinct problem."""
+        problem = diagnose(exc, self.settings.redis)
+        repeated = self.bus_problem is not None and self.bus_problem.reason == problem.reason
+        self.bus_problem = problem
+        if repeated:
+            logger.debug("event bus error: %s; retrying in %.1fs", problem, retry_in_s)
+        elif self.ready.is_set():
+            logger.warning("event bus error: %s; retrying", problem)
+        else:
+            logger.error("cannot set up the consumer: %s; retrying until it can", problem)
+
     def _resetup(self) -> None:
         try:
             for pc in self.parts.values():
-                self._checkpoint(pc)  # even with nothing to acknowledge: Redis may have lost the last one
+                # Even with nothing to acknowledge, and complete: Redis may have lost the last one.
+                pc.complete_next = True
+                self._checkpoint(pc)
         except redis.RedisError as exc:
             logger.warning("checkpoint before set-up failed: %s", exc)
             self._stop.wait(0.5)
@@ -230,23 +267,25 @@ class Consumer:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-            raw = None if self.rebuild else self.client.get(pc.checkpoint)
-            if isinstance(raw, bytes):
-                restored = checkpoint.load(raw, self.settings.series_cap, f"checkpoint {pc.checkpoint}")
+            restored = (
+                None if self.rebuild else checkpoint.fetch(self.client, pc.checkpoint, self.settings.limits)
+            )
+            if restored is not None:
                 with self.lock:
                     pc.restore(restored.state, restored)
                     self.version += 1
-                pc.last_checkpoint = restored.saved_at
+                pc.last_checkpoint = time.monotonic() - max(0.0, time.time() - restored.saved_at)
                 logger.info(
                     "partition %d restored from checkpoint at %s (%d sources)",
                     pc.partition,
                     format_id(pc.position),
-                    len(restored.state.last_seq),
+                    len(restored.state.sources),
                 )
             elif self.rebuild:
                 # Re-read everything retained: move the group back to the start of the stream. Pending
                 # entries are delivered again by ">", so they are not drained separately.
                 self.client.xgroup_setid(pc.stream, self.settings.group, id="0")
+                pc.complete_next = True  # the old checkpoint's fields are not this fold's
                 logger.info("partition %d: rebuilding from the start of the stream", pc.partition)
         self.detect_trimmed()  # also learns where the stream ends (a trim window's backlog)
         if not self.rebuild:
@@ -372,7 +411,7 @@ class Consumer:
     # ---- checkpoints --------------------------------------------------------------------------------
 
     def checkpoint_all(self, force: bool = False) -> None:
-        now = time.time()
+        now = time.monotonic()
         for pc in self.parts.values():
             due = (
                 pc.events_since_checkpoint >= self.settings.checkpoint_events
@@ -384,10 +423,15 @@ class Consumer:
                 pc.last_checkpoint = now
 
     def _checkpoint(self, pc: PartitionConsumer) -> None:
-        """State + position, new dead letters and the acknowledgements of the entries covered: one
-        MULTI/EXEC on keys that share the partition's hash tag."""
+        """What changed in the state (with the position), new dead letters and the acknowledgements of
+        the entries covered: one MULTI/EXEC on keys that share the partition's hash tag."""
         with self.lock:
-            blob = checkpoint.pack(pc.state, pc.ingest.trim)
+            dirty, dirty_sources = pc.state.take_dirty()
+            complete = pc.complete_next
+            if complete:
+                write = checkpoint.complete(pc.state, pc.ingest.trim)
+            else:
+                write = checkpoint.changes(pc.state, pc.ingest.trim, dirty, dirty_sources)
             ids, dead = pc.to_ack, pc.dead
             pc.to_ack, pc.dead = [], []
             pc.events_since_checkpoint = 0
@@ -395,14 +439,14 @@ class Consumer:
         written = 0
         try:
             if pc.unconfirmed is not None:
-                failed_blob, failed_dead = pc.unconfirmed
-                if self.client.get(pc.checkpoint) == failed_blob:
+                failed_meta, failed_dead = pc.unconfirmed
+                if self.client.hget(pc.checkpoint, checkpoint.META) == failed_meta:
                     # Redis executed the failed transaction; only its reply was lost. Its dead letters
                     # (the first ones retried) are in the stream already: do not add them twice.
                     written = failed_dead
                 pc.unconfirmed = None
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(pc.checkpoint, blob)
+            write.queue(pipe, pc.checkpoint)
             for letter in dead[written:]:
                 pipe.xadd(pc.dead_letters, letter.fields(), maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]  # bytes field names
             if ids:
@@ -410,28 +454,37 @@ class Consumer:
             sent = True
             pipe.execute()
         except BaseException:
-            with self.lock:  # try again next round (acknowledging twice is harmless)
+            with self.lock:  # try again next round (acknowledging twice is harmless, so is setting a field)
+                pc.state.give_back_dirty(dirty, dirty_sources)
                 pc.to_ack = ids + pc.to_ack
                 pc.dead = dead[written:] + pc.dead
                 if sent:
-                    pc.unconfirmed = (blob, len(dead) - written)
+                    pc.unconfirmed = (write.meta, len(dead) - written)
             raise
-        pc.last_checkpoint = time.time()
+        pc.complete_next = False
+        pc.last_checkpoint = time.monotonic()
+        pc.checkpoints += 1
+        pc.checkpoint_bytes += write.size
         self.checkpoints += 1
 
     # ---- maintenance: trimming by age, detecting entries removed unread --------------------------
 
     def maintain(self, force: bool = False) -> None:
-        """Trim the streams by age when due (run by the consumer loop between polls)."""
+        """Housekeeping between polls: follow Redis' clock, trim when due."""
         now = time.monotonic()
+        if force or now >= self._next_maintenance:
+            self._next_maintenance = now + MAINTENANCE_INTERVAL_S
+            self.clock.sync(self.client)
         if force or now >= self._next_trim:
             self._next_trim = now + min(TRIM_INTERVAL_S, self.settings.retention_s / 4)
             self.trim()
 
     def trim(self, approximate: bool = True) -> None:
-        """Trim each stream by age (the replay window)."""
+        """Trim each stream by age (the replay window), by Redis' clock."""
         for pc in self.parts.values():
-            removed = trim_by_age(self.client, pc.stream, self.settings.retention_s, approximate)
+            removed = trim_by_age(
+                self.client, pc.stream, self.settings.retention_s, self.clock.now(), approximate
+            )
             if removed:
                 logger.info(
                     "partition %d: trimmed %d entries older than %.0fs",

@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.events.codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, MAX_SRC_LEN, MAX_STR_LEN
-from shared.events.schema import EVENT_TYPES, ID_PATTERN, SCHEMA_VERSION, UNMATCHED_PATH, Field
+from shared.events.schema import (
+    EVENT_TYPES,
+    EVENT_TYPES_BY_NAME,
+    ID_PATTERN,
+    MAX_PATH_LEN,
+    PATH_PATTERN,
+    SCHEMA_VERSION,
+    UNMATCHED_PATH,
+    Field,
+)
 
 from .metrics import COMBINE_TEXT, METRICS, Const, Drive, Kind, MetricDef
 from .settings import AggregatorSettings
@@ -45,6 +54,44 @@ def _driven_by(m: MetricDef) -> str:
     if not m.drives:
         return "(aggregator bookkeeping)"
     return ", ".join(f"`{e}`" for e in m.events)
+
+
+def label_values(m: MetricDef, label: str) -> str:
+    """The values ``label`` of ``m`` takes, as a producer in another language needs to know them."""
+    if label in m.values:
+        return ", ".join(f"`{v}`" for v in m.values[label])
+    if label == "metric":
+        return "the name (without prefix) of a metric with state of its own"
+    if label == "type":
+        return "an event type of the catalogue"
+    if label == "partition":
+        return "a partition number, `0` to `BOILERHOUSE_PARTITIONS - 1`"
+    if label == "service":
+        return (
+            "the `service` of the source's `source.started` (an identifier), or the part of `src` before `:`"
+        )
+    found: list[str] = []
+    for d in m.drives:
+        if d.custom:
+            found.append(f"see the rule of `{d.event}` below")
+            continue
+        origins = d.labels if d.labels is not None else m.labels
+        origin = dict(zip(m.labels, origins, strict=True))[label]
+        if isinstance(origin, Const):
+            found.append(f"`{origin.value}` (`{d.event}`)")
+            continue
+        field = next(f for f in EVENT_TYPES_BY_NAME[d.event].fields if f.name == origin)
+        if field.choices is not None:
+            found.append(", ".join(f"`{c}`" for c in sorted(field.choices)))
+        elif field.kind == "id":
+            found.append("an identifier (the identifier pattern of events.md)")
+        elif field.kind == "int":
+            found.append(f"the event's `{origin}` as decimal text")
+        elif origin == "path":
+            found.append(f"a route template or `{UNMATCHED_PATH}` (events.md)")
+        else:
+            found.append(f"the event's `{origin}` as sent")
+    return "; ".join(dict.fromkeys(found))
 
 
 def _drive_text(m: MetricDef, d: Drive) -> str:
@@ -110,6 +157,8 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         out.append(f"- type: {m.kind}")
         out.append(f"- series: {_series_names(m, prefix)}")
         out.append(f"- labels: {', '.join(f'`{label}`' for label in m.labels) or 'none'}")
+        for label in m.labels:
+            out.append(f"  - `{label}`: {label_values(m, label)}")
         if m.buckets is not None:
             out.append(
                 f"- buckets (seconds, upper bounds): {', '.join(_fmt_bucket(b) for b in m.buckets)}, +Inf"
@@ -150,7 +199,7 @@ def _field_values(f: Field) -> str:
     if f.kind in ("int", "float") and f.minimum is not None:
         parts.append(f"≥ {f.minimum:g}")
     if f.name == "path":
-        parts.append(f"route template or `{UNMATCHED_PATH}`")
+        parts.append(f"a [route template](#route-templates) or `{UNMATCHED_PATH}`")
     if f.kind == "str" and f.choices is None and f.name != "path":
         parts.append(f"≤ {MAX_STR_LEN} characters")
     return "; ".join(parts)
@@ -188,6 +237,9 @@ def events_markdown() -> str:
         out.append("")
     out += [
         "Identifier pattern: `" + ID_PATTERN.pattern + "`.",
+        "",
+        "Route-template pattern (the `path` of `http.request`, at most "
+        f"{MAX_PATH_LEN} characters): `" + PATH_PATTERN.pattern + "`.",
         "",
         "Limits (shared/events/codec.py):",
         "",

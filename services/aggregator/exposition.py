@@ -62,7 +62,8 @@ class StateCollector(Collector):
         state = self._state()
         now = self._clock()
         live = state.live_sources(now, self._ttl)
-        readings = Readings(now, len(live), state.newest_ts, self._partitions())
+        vanished = state.vanished_by_service(now, self._ttl)
+        readings = Readings(now, len(live), state.newest_entry_s, vanished, self._partitions())
         for m in METRICS:
             yield self._family(m, state, live, readings)
 

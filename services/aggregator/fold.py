@@ -1,4 +1,4 @@
-"""Folding events into plain-data metric state: ``apply_batch(state, batch)`` is deterministic.
+"""Folding events into plain-data metric state: ``apply_batch(state, batch, entry_s)`` is deterministic.
 
 State is numbers in dicts keyed by label tuples, so replay, checkpoints and tests need nothing but the
 events. Counter and histogram series only ever grow; snapshot gauges keep one value per source.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.events.codec import FAST_VALIDATORS, Batch, explain_invalid
-from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME
+from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME, UNMATCHED_PATH
 from shared.events.streams import StreamId, format_id, parse_id
 
 from .metrics import METRICS, METRICS_BY_NAME, OVERFLOW, Combine, Const, Drive, Kind, MetricDef
@@ -35,13 +35,40 @@ HistSeries = list[float]
 class Source:
     """What the fold knows of one source (a producer process life).
 
-    ``last_seen`` is the newest event timestamp of the source; ``stopped`` is set by ``source.stopped``.
+    ``last_seen`` is when Redis accepted the source's newest entry with an applied event (the entry id,
+    in unix seconds): liveness and forgetting run on that one clock, never on a producer's ``ts``.
+    ``last_seq`` is the highest sequence number applied (dedupe). ``stopped`` is set by
+    ``source.stopped``.
     """
 
     service: str
     version: str
     last_seen: float
+    last_seq: int = 0
     stopped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds of the fold state (documented in docs/reliability.md).
+
+    Parameters:
+        series_cap: label sets per metric; beyond it, the metric's overflow series.
+        routes: the route table (``BOILERHOUSE_HTTP_ROUTES``); None keeps every valid route template.
+        max_sources: sources kept; beyond it, the longest silent are forgotten (checked on the forget grid).
+        clock_skew_s: an event whose ``ts`` is further than this from its entry's time is counted as skewed.
+        seq_jump_base: a sequence jump larger than this plus ``seq_jump_rate`` per second since the
+            source's previous entry is not something the source could have sent: the event is rejected.
+    """
+
+    series_cap: int = DEFAULT_SERIES_CAP
+    #: The route table: the templates an ``http.request``'s ``path`` may keep as its label; any other
+    #: becomes ``<unmatched>`` (see :func:`route_label`). None: every valid template is kept.
+    routes: frozenset[str] | None = None
+    max_sources: int = 100_000
+    clock_skew_s: float = 300.0
+    seq_jump_base: int = 1_000_000
+    seq_jump_rate: int = 1_000_000
 
 
 class State:
@@ -49,66 +76,126 @@ class State:
 
     ``counters[name][labels] -> value``; ``hists[name][labels] -> HistSeries``;
     ``gauges[name][labels][src] -> value`` (snapshot gauges); ``sources[src] -> Source``;
-    ``last_seq[src]`` for dedupe; ``positions[partition]`` is the last stream id applied.
+    ``positions[partition]`` is the last stream id applied; ``newest_entry_s`` the time of the newest
+    entry folded. ``dirty[name]`` holds the series changed since :meth:`take_dirty` (labels, or
+    ``(labels, src)`` for gauges) and ``dirty_sources`` the sources, so a checkpoint writes only those.
     """
 
-    __slots__ = ("counters", "gauges", "hists", "last_seq", "newest_ts", "positions", "series_cap", "sources")
+    __slots__ = (
+        "counters",
+        "dirty",
+        "dirty_sources",
+        "gauges",
+        "hists",
+        "limits",
+        "newest_entry_s",
+        "positions",
+        "sources",
+    )
 
-    def __init__(self, series_cap: int = DEFAULT_SERIES_CAP) -> None:
+    def __init__(self, series_cap: int = DEFAULT_SERIES_CAP, limits: Limits | None = None) -> None:
+        self.limits = limits if limits is not None else Limits(series_cap=series_cap)
         self.counters: dict[str, dict[LabelKey, float]] = {}
         self.hists: dict[str, dict[LabelKey, HistSeries]] = {}
         self.gauges: dict[str, dict[LabelKey, dict[str, float]]] = {}
+        self.dirty: dict[str, set[Any]] = {}
         for m in METRICS:
             if not m.stateful:
                 continue
+            self.dirty[m.name] = set()
             if m.snapshot:
                 self.gauges[m.name] = {}
             elif m.kind is Kind.HISTOGRAM:
                 self.hists[m.name] = {}
             else:
                 self.counters[m.name] = {}
+        self.dirty_sources: set[str] = set()
         self.sources: dict[str, Source] = {}
-        self.last_seq: dict[str, int] = {}
         self.positions: dict[int, str] = {}
-        self.newest_ts = 0.0
-        self.series_cap = series_cap
+        self.newest_entry_s = 0.0
+
+    @property
+    def series_cap(self) -> int:
+        return self.limits.series_cap
+
+    @property
+    def routes(self) -> frozenset[str] | None:
+        return self.limits.routes
 
     def live_sources(self, now: float, ttl: float) -> set[str]:
         horizon = now - ttl
         return {s for s, info in self.sources.items() if not info.stopped and info.last_seen >= horizon}
 
+    def take_dirty(self) -> tuple[dict[str, set[Any]], set[str]]:
+        """The series and sources changed since the last call; the state starts collecting anew."""
+        dirty = {name: keys for name, keys in self.dirty.items() if keys}
+        for name in dirty:
+            self.dirty[name] = set()
+        sources, self.dirty_sources = self.dirty_sources, set()
+        return dirty, sources
+
+    def give_back_dirty(self, dirty: dict[str, set[Any]], sources: set[str]) -> None:
+        """Undo :meth:`take_dirty` (the checkpoint that was to write them failed)."""
+        for name, keys in dirty.items():
+            self.dirty[name] |= keys
+        self.dirty_sources |= sources
+
     def drop_gauges_of(self, srcs: set[str]) -> None:
         """Remove the snapshot values of ``srcs`` from every gauge (stopped or forgotten sources)."""
-        for per_labels in self.gauges.values():
-            for per_src in per_labels.values():
+        for name, per_labels in self.gauges.items():
+            dirty = self.dirty[name]
+            for key, per_src in per_labels.items():
                 for src in srcs & per_src.keys():
                     del per_src[src]
+                    dirty.add((key, src))
 
     def forget_sources(self, cutoff: float) -> set[str]:
         """Drop the bookkeeping of sources silent since before ``cutoff``; returns them.
 
         Counters are never touched: only liveness, dedupe positions and snapshot values go.
         """
-        gone = {s for s, info in self.sources.items() if info.last_seen < cutoff}
+        return self._forget({s for s, info in self.sources.items() if info.last_seen < cutoff})
+
+    def evict_sources(self) -> set[str]:
+        """Past ``limits.max_sources``, forget the longest-silent sources (counted); returns them."""
+        excess = len(self.sources) - self.limits.max_sources
+        if excess <= 0:
+            return set()
+        oldest = sorted(self.sources, key=lambda s: self.sources[s].last_seen)[:excess]
+        inc(self, "aggregator_sources_evicted_total", (), len(oldest))
+        return self._forget(set(oldest))
+
+    def _forget(self, gone: set[str]) -> set[str]:
         if gone:
             for src in gone:
                 del self.sources[src]
-                self.last_seq.pop(src, None)
+            self.dirty_sources |= gone
             self.drop_gauges_of(gone)
         return gone
 
+    def vanished_by_service(self, now: float, ttl: float) -> dict[str, int]:
+        """Sources silent for longer than ``ttl`` that never sent ``source.stopped`` (killed or stuck
+        producers), by service, until they are forgotten."""
+        horizon = now - ttl
+        out: dict[str, int] = {}
+        for info in self.sources.values():
+            # last_seen 0: seen only through rejected events, never live, so it cannot vanish.
+            if not info.stopped and 0 < info.last_seen < horizon:
+                out[info.service] = out.get(info.service, 0) + 1
+        return out
+
     def copy(self) -> State:
         """A copy that the consumer can keep mutating while the copy is rendered."""
-        new = State(self.series_cap)
+        new = State(limits=self.limits)
         new.counters = {n: dict(d) for n, d in self.counters.items()}
         new.hists = {n: {k: list(v) for k, v in d.items()} for n, d in self.hists.items()}
         new.gauges = {n: {k: dict(v) for k, v in d.items()} for n, d in self.gauges.items()}
         new.sources = {
-            s: Source(i.service, i.version, i.last_seen, i.stopped) for s, i in self.sources.items()
+            s: Source(i.service, i.version, i.last_seen, i.last_seq, i.stopped)
+            for s, i in self.sources.items()
         }
-        new.last_seq = dict(self.last_seq)
         new.positions = dict(self.positions)
-        new.newest_ts = self.newest_ts
+        new.newest_entry_s = self.newest_entry_s
         return new
 
     @staticmethod
@@ -116,7 +203,7 @@ class State:
         """Combine the states of several partitions (each source writes to exactly one partition)."""
         if len(states) == 1:
             return states[0]
-        out = State(states[0].series_cap if states else DEFAULT_SERIES_CAP)
+        out = State(limits=states[0].limits if states else None)
         for st in states:
             for n, d in st.counters.items():
                 target = out.counters[n]
@@ -132,9 +219,8 @@ class State:
                 for k, per_src in dg.items():
                     target_g.setdefault(k, {}).update(per_src)
             out.sources.update(st.sources)
-            out.last_seq.update(st.last_seq)
             out.positions.update(st.positions)
-            out.newest_ts = max(out.newest_ts, st.newest_ts)
+            out.newest_entry_s = max(out.newest_entry_s, st.newest_entry_s)
         return out
 
 
@@ -143,23 +229,22 @@ class State:
 
 def inc(state: State, name: str, key: LabelKey, amount: float) -> None:
     series = state.counters[name]
-    try:
-        series[key] += amount  # the common case: an existing series (one lookup, one store)
-        return
-    except KeyError:
-        pass
-    if len(series) < state.series_cap or name == "aggregator_series_overflow_total":
+    if key in series:
+        series[key] += amount
+    elif len(series) < state.series_cap or name == "aggregator_series_overflow_total":
         series[key] = amount
     else:
-        overflow = (OVERFLOW,) * len(key)
-        series[overflow] = series.get(overflow, 0) + amount
+        key = (OVERFLOW,) * len(key)
+        series[key] = series.get(key, 0) + amount
         inc(state, "aggregator_series_overflow_total", (name,), 1)
+    state.dirty[name].add(key)
 
 
 def _series(
     state: State, table: dict[LabelKey, Any], name: str, key: LabelKey, new: Callable[[], Any]
-) -> Any:
-    """The series for ``key``, created on first use; past the cap, the metric's overflow series."""
+) -> tuple[LabelKey, Any]:
+    """The series for ``key`` (and the key it is kept under), created on first use; past the cap, the
+    metric's overflow series."""
     value = table.get(key)
     if value is None:
         if len(table) >= state.series_cap:
@@ -168,7 +253,7 @@ def _series(
             value = table.get(key)
         if value is None:
             value = table[key] = new()
-    return value
+    return key, value
 
 
 def observe(state: State, name: str, key: LabelKey, value: float, buckets: tuple[float, ...]) -> None:
@@ -176,23 +261,26 @@ def observe(state: State, name: str, key: LabelKey, value: float, buckets: tuple
     h = table.get(key)
     if h is None:
         width = len(buckets) + 2
-        h = _series(state, table, name, key, lambda: [0] * width)
+        key, h = _series(state, table, name, key, lambda: [0] * width)
     h[bisect_left(buckets, value)] += 1
     h[-1] += value
+    state.dirty[name].add(key)
 
 
 def set_gauge(state: State, name: str, key: LabelKey, src: str, value: float) -> None:
     table = state.gauges[name]
     per_src = table.get(key)
     if per_src is None:
-        per_src = _series(state, table, name, key, dict)
+        key, per_src = _series(state, table, name, key, dict)
     per_src[src] = value
+    state.dirty[name].add((key, src))
 
 
 def remove_gauge(state: State, name: str, key: LabelKey, src: str) -> None:
     per_src = state.gauges[name].get(key)
-    if per_src is not None:
-        per_src.pop(src, None)
+    if per_src is not None and src in per_src:
+        del per_src[src]
+        state.dirty[name].add((key, src))
 
 
 # ---- custom rules (drives marked custom in metrics.py) ------------------------------------------------
@@ -225,19 +313,40 @@ CUSTOM: Mapping[tuple[str, str], Handler] = {
 def _source_started(state: State, src: str, ev: Event) -> None:
     info = state.sources.get(src)
     if info is None:
-        state.sources[src] = Source(ev["service"], ev["version"], ev["ts"])
+        state.sources[src] = Source(ev["service"], ev["version"], 0.0)  # apply_batch sets last_seen
     else:
         info.service, info.version = ev["service"], ev["version"]
 
 
 def _source_stopped(state: State, src: str, ev: Event) -> None:
     info = state.sources.get(src)
-    if info is not None:
-        info.stopped = True
+    if info is None:  # its first entry: it stopped without a source.started we saw
+        info = state.sources[src] = Source(src.split(":", 1)[0], "", 0.0)
+    info.stopped = True
     state.drop_gauges_of({src})  # a stopped source contributes nothing any more
 
 
 LIFECYCLE: Mapping[str, Handler] = {"source.started": _source_started, "source.stopped": _source_stopped}
+
+
+# ---- the route table (the ``path`` label) -------------------------------------------------------------
+
+#: The event field that becomes a label only through the route table: (event type, field).
+ROUTE_FIELD = ("http.request", "path")
+
+
+def route_label(state: State, path: str) -> str:
+    """The ``path`` label of a valid ``http.request``: its template if the route table has it (or there
+    is no table), else ``<unmatched>``, counted in ``aggregator_unknown_routes_total``.
+
+    The validator already refused anything that is not a route template (docs/events.md); this keeps
+    templates the API does not have (a tenant id sent as a literal segment) out of the labels.
+    """
+    routes = state.routes
+    if routes is None or path in routes or path == UNMATCHED_PATH:
+        return path
+    inc(state, "aggregator_unknown_routes_total", (), 1)
+    return UNMATCHED_PATH
 
 
 # ---- handler generation -----------------------------------------------------------------------------
@@ -253,7 +362,10 @@ def _label_exprs(m: MetricDef, d: Drive) -> list[str]:
         f = fields.get(origin)
         if f is None:
             raise AssertionError(f"{m.name}: label {label} reads {d.event}.{origin}, which the schema lacks")
-        exprs.append(f"_int_text(ev[{origin!r}])" if f.kind == "int" else f"ev[{origin!r}]")
+        if (d.event, origin) == ROUTE_FIELD:
+            exprs.append("route")  # computed once per event by the handler's first line
+        else:
+            exprs.append(f"_int_text(ev[{origin!r}])" if f.kind == "int" else f"ev[{origin!r}]")
     return exprs
 
 
@@ -270,6 +382,8 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
         fn = "_remove_gauge" if d.removes else "_set_gauge"
         lines.append(f"  {fn}(state, {m.name!r}, key, src{'' if d.removes else ', ' + value})")
     elif m.kind is Kind.HISTOGRAM:
+        # The common case inlined: an existing series (the slow path creates it, or folds it into the
+        # overflow series, and marks it changed).
         env[f"_b{n}"] = m.buckets
         lines += [
             f"  h = state.hists[{m.name!r}].get(key)",
@@ -279,11 +393,13 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
             "  else:",
             f"    h[_bisect(_b{n}, v)] += 1",
             "    h[-1] += v",
+            f"    dirty[{m.name!r}].add(key)",
         ]
     else:
         lines += [
             "  try:",
             f"    state.counters[{m.name!r}][key] += {value}",
+            f"    dirty[{m.name!r}].add(key)",
             "  except KeyError:",
             f"    _inc(state, {m.name!r}, key, {value})",
         ]
@@ -309,8 +425,11 @@ def generate_handler(event_type: str) -> tuple[Handler, str]:
         "_remove_gauge": remove_gauge,
         "_bisect": bisect_left,
         "_int_text": _int_text,
+        "_route_label": route_label,
     }
-    lines = ["def handle(state, src, ev):"]
+    lines = ["def handle(state, src, ev):", "  dirty = state.dirty"]
+    if event_type == ROUTE_FIELD[0]:
+        lines.append(f"  route = _route_label(state, ev[{ROUTE_FIELD[1]!r}])")
     if event_type in LIFECYCLE:
         env["_lifecycle"] = LIFECYCLE[event_type]
         lines.append("  _lifecycle(state, src, ev)")
@@ -323,8 +442,8 @@ def generate_handler(event_type: str) -> tuple[Handler, str]:
                 lines.append(f"  # {m.name}")
                 lines += _drive_lines(m, d, env, n)
                 n += 1
-    if len(lines) == 1:
-        lines.append("  pass  # a sign of life only: every applied event refreshes its source")
+    if len(lines) == 2:
+        lines[1] = "  pass  # a sign of life only: every applied event refreshes its source"
     source = "\n".join(lines) + "\n"
     exec(compile(source, f"<handler of {event_type}>", "exec"), env)  # noqa: S102  (generated from metrics.py only)
     handler: Handler = env["handle"]
@@ -368,17 +487,26 @@ HANDLER_SOURCE: Mapping[str, str] = {name: src for name, (_, src) in _GENERATED.
 Rejected = tuple[str, str, Any]
 
 
-def apply_batch(state: State, batch: Batch) -> list[Rejected]:
-    """Fold one decoded entry into ``state``; return the events that were invalid (to dead-letter).
+def apply_batch(state: State, batch: Batch, entry_s: float) -> list[Rejected]:
+    """Fold one decoded entry, accepted by Redis at ``entry_s`` (its id, unix seconds), into ``state``;
+    return the events that were invalid (to dead-letter).
 
-    Events at or below the source's last applied ``seq`` are duplicates and skipped; a jump in
-    ``seq`` is counted in ``events_lost_total{reason="seq_gap"}``.
+    Events at or below the source's last applied ``seq`` are duplicates and skipped; a jump in ``seq``
+    is counted in ``events_lost_total{reason="seq_gap"}``, unless it is larger than the source could
+    have sent since its previous entry (:class:`Limits`): such an event is rejected as ``seq_jump`` and
+    the source's position does not move. An event whose ``ts`` is far from ``entry_s`` is applied and
+    counted as clock skew; ``ts`` drives nothing else.
     """
     src = batch.src
-    last = state.last_seq.get(src, 0)
+    info = state.sources.get(src)
+    last = info.last_seq if info is not None else 0
+    limits = state.limits
+    # The largest gap this source could have made since its previous entry (a first entry: the base).
+    elapsed = max(0.0, entry_s - info.last_seen) if info is not None else 0.0
+    max_jump = limits.seq_jump_base + limits.seq_jump_rate * elapsed
     rejected: list[Rejected] = []
     per_type: dict[str, int] = {}
-    newest = 0.0
+    lo_ts, hi_ts = entry_s, entry_s
     duplicates = 0
     gap = 0
     fast_validators, handlers = FAST_VALIDATORS, HANDLERS
@@ -396,7 +524,8 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
             if problem is not None:
                 rejected.append((problem[0], problem[1], ev))
                 seq = ev.get("seq") if type(ev) is dict else None
-                if type(seq) is int and seq > last:  # an invalid event still took its place in the sequence
+                # An invalid event still took its place in the sequence (unless the jump is implausible).
+                if type(seq) is int and seq > last and not (last and seq - last > max_jump):
                     gap += seq - last - 1
                     last = seq
                 continue
@@ -406,35 +535,67 @@ def apply_batch(state: State, batch: Batch) -> list[Rejected]:
             duplicates += 1
             continue
         if seq != last + 1:
+            if last and seq - last > max_jump:
+                rejected.append(
+                    (
+                        "seq_jump",
+                        f"seq {seq} is {seq - last} past {last}, more than the source could send",
+                        ev,
+                    )
+                )
+                continue
             gap += seq - last - 1
         last = seq
         handlers[type_](state, src, ev)
         per_type[type_] = per_type.get(type_, 0) + 1
         ts = ev["ts"]
-        newest = max(newest, ts)
+        if ts < lo_ts:
+            lo_ts = ts
+        elif ts > hi_ts:
+            hi_ts = ts
     if per_type:
         applied = state.counters["aggregator_events_applied_total"]
+        dirty = state.dirty["aggregator_events_applied_total"]
         for type_, n in per_type.items():
             key = (type_,)
             applied[key] = applied.get(key, 0) + n
+            dirty.add(key)
+        if hi_ts - entry_s > limits.clock_skew_s or entry_s - lo_ts > limits.clock_skew_s:
+            _count_skew(state, batch, entry_s)
     if gap:
         inc(state, "events_lost_total", ("seq_gap",), gap)
     if duplicates:
         inc(state, "aggregator_duplicates_total", (), duplicates)
-    state.last_seq[src] = last
-    if newest:
-        info = state.sources.get(src)
-        if info is None:  # first seen mid-life (its source.started was trimmed or is elsewhere)
-            state.sources[src] = Source(src.split(":", 1)[0], "", newest)
-        elif newest > info.last_seen:
-            info.last_seen = newest
-        state.newest_ts = max(state.newest_ts, newest)
+    info = state.sources.get(src)  # source.started or source.stopped may have created it
+    if info is None:
+        if not per_type and not rejected:
+            return rejected  # duplicates only: nothing new about a source we do not know
+        # Seen only through rejected events: known (their seqs count), but never live.
+        info = state.sources[src] = Source(src.split(":", 1)[0], "", entry_s if per_type else 0.0)
+    info.last_seq = last
+    if per_type:
+        info.last_seen = entry_s
+    state.dirty_sources.add(src)
+    state.newest_entry_s = max(state.newest_entry_s, entry_s)
     return rejected
 
 
-def apply_all(state: State, batches: Iterable[Batch]) -> State:
+def _count_skew(state: State, batch: Batch, entry_s: float) -> None:
+    """Count the events of ``batch`` whose ``ts`` is further than the limit from the entry's time."""
+    skew = state.limits.clock_skew_s
+    for ev in batch.events:
+        ts = ev.get("ts") if type(ev) is dict else None
+        if isinstance(ts, int | float):
+            if ts - entry_s > skew:
+                inc(state, "aggregator_clock_skew_events_total", ("ahead",), 1)
+            elif entry_s - ts > skew:
+                inc(state, "aggregator_clock_skew_events_total", ("behind",), 1)
+
+
+def apply_all(state: State, batches: Iterable[Batch], entry_s: float) -> State:
+    """Fold ``batches`` as if Redis accepted them all at ``entry_s`` (tests and tools)."""
     for batch in batches:
-        apply_batch(state, batch)
+        apply_batch(state, batch, entry_s)
     return state
 
 
@@ -485,7 +646,7 @@ class TrimWindow:
         if src not in self.seen:
             self.seen.add(src)
             self.suspects.discard(src)
-            _count_trimmed_gap(state, batch)
+            _count_trimmed_gap(state, batch, position[0] / 1000)
         if not self.suspects and position >= self.until:
             self.open = False
             self.seen = set()
@@ -516,16 +677,20 @@ class TrimWindow:
         return w
 
 
-def _count_trimmed_gap(state: State, batch: Batch) -> None:
+def _count_trimmed_gap(state: State, batch: Batch, entry_s: float) -> None:
     """Count the gap before ``batch`` (in its source's ``seq``) as lost to trimming, and advance the
     source's ``last_seq`` so that :func:`apply_batch` does not count it again as a ``seq_gap``."""
-    last = state.last_seq.get(batch.src, 0)
+    info = state.sources.get(batch.src)
+    last = info.last_seq if info is not None else 0
     for ev in batch.events:
         seq = ev.get("seq") if type(ev) is dict else None
         if type(seq) is int and seq > last:
             if seq > last + 1:
                 record_lost(state, "trimmed", seq - last - 1)
-                state.last_seq[batch.src] = seq - 1
+                if info is None:
+                    info = state.sources[batch.src] = Source(batch.src.split(":", 1)[0], "", entry_s)
+                info.last_seq = seq - 1
+                state.dirty_sources.add(batch.src)
             return
 
 

@@ -20,11 +20,13 @@ from shared.events.streams import StreamId, format_id, parse_id
 
 from .fold import State, TrimWindow, apply_batch, record_dead_letter
 
-#: Sources silent (by event time) for longer than the forget horizon are forgotten at most this often,
-#: on a fixed grid of event time so that every fold of the same entries forgets at the same points.
+#: Sources silent for longer than the forget horizon (by entry time: when Redis accepted their entries)
+#: are forgotten at most this often, on a fixed grid of entry time, so that every fold of the same
+#: entries forgets at the same points.
 FORGET_GRID_S = 5.0
-#: Bytes of an entry's payload kept in its dead letter.
-DEAD_LETTER_PAYLOAD_BYTES = 65_536
+#: Bytes of an entry's payload kept in its dead letter (with the dead-letter stream's length cap, this
+#: bounds its memory: see docs/reliability.md).
+DEAD_LETTER_PAYLOAD_BYTES = 4_096
 
 _encode_rejected = msgspec.msgpack.Encoder(enc_hook=repr).encode
 
@@ -65,7 +67,7 @@ class PartitionIngest:
         partition: the partition number (``state.positions`` is kept under it).
         state: the fold state, restored or new.
         trim: the trim window (gaps of sources whose history was trimmed unread count as ``trimmed``).
-        forget_after_s: sources silent for longer (event time) are forgotten (``BOILERHOUSE_SOURCE_FORGET_S``).
+        forget_after_s: sources silent for longer (entry time) are forgotten (``BOILERHOUSE_SOURCE_FORGET_S``).
     """
 
     partition: int
@@ -85,8 +87,8 @@ class PartitionIngest:
         saved = self.state.positions.get(self.partition)
         if saved:
             self.position = parse_id(saved)
-        if self.state.newest_ts:  # restored: the grid goes on where the saved fold left it
-            self._next_forget = self._grid_after(self.state.newest_ts)
+        if self.state.newest_entry_s:  # restored: the grid goes on where the saved fold left it
+            self._next_forget = self._grid_after(self.state.newest_entry_s)
 
     def entry(
         self,
@@ -124,7 +126,7 @@ class PartitionIngest:
                 dead.append(DeadLetter(entry_id, exc.reason, exc.detail, raw))
             return Outcome.UNUSABLE
         self.trim.attribute(state, batch, sid)
-        for reason, detail, ev in apply_batch(state, batch):
+        for reason, detail, ev in apply_batch(state, batch, sid[0] / 1000):
             record_dead_letter(state, reason)
             if dead is not None:
                 dead.append(
@@ -137,14 +139,16 @@ class PartitionIngest:
     def open_trim_window(self, until: StreamId) -> None:
         """Entries this partition had not read were removed: the next gap of every source known now,
         or first seen before the fold reaches ``until``, counts as ``trimmed``."""
-        self.trim.start(self.state.last_seq, max(until, self.position))
+        self.trim.start(self.state.sources, max(until, self.position))
 
     def _maybe_forget(self) -> None:
-        newest = self.state.newest_ts
+        """On a grid of entry time (Redis' clock, never a producer's): forget sources silent for longer
+        than the horizon, and the longest silent past the sources cap."""
+        newest = self.state.newest_entry_s
         if newest < self._next_forget:
             return
         self._next_forget = self._grid_after(newest)
-        gone = self.state.forget_sources(newest - self.forget_after_s)
+        gone = self.state.forget_sources(newest - self.forget_after_s) | self.state.evict_sources()
         if gone:
             self.trim.forget(gone)
             self.forgotten += len(gone)

@@ -104,15 +104,22 @@ class PartitionReading:
     lag: int | None = None
     pending: int | None = None
     checkpoint_age_s: float | None = None
+    #: Checkpoints this process wrote for the partition, and their bytes (what changed, see checkpoint.py).
+    checkpoints: int = 0
+    checkpoint_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Readings:
     """Inputs of the ``SCRAPE`` metrics, taken at one scrape."""
 
+    #: The aggregator's clock, anchored to Redis' (the clock of the entry ids), in unix seconds.
     now: float
     live_sources: int
-    newest_ts: float
+    #: When Redis accepted the newest entry folded (unix seconds; 0 before any).
+    newest_entry_s: float
+    #: Sources silent past the TTL without source.stopped, by service.
+    vanished: Mapping[str, int] = field(default_factory=dict)
     partitions: Mapping[int, PartitionReading] = field(default_factory=dict)
 
 
@@ -142,6 +149,9 @@ class MetricDef:
     read: Callable[[Readings], Series] | None = None
     #: A counting rule the drives cannot express (documented with the metric).
     note: str = ""
+    #: The values a label of the aggregator's bookkeeping takes (documented; event-driven labels take
+    #: theirs from the event schema).
+    values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -208,6 +218,7 @@ def _self(
     help_: str,
     labels: tuple[str, ...] = (),
     read: Callable[[Readings], Series] | None = None,
+    values: Mapping[str, tuple[str, ...]] | None = None,
 ) -> MetricDef:
     return MetricDef(
         name,
@@ -217,7 +228,24 @@ def _self(
         labels,
         read=read,
         combine=Combine.SCRAPE if read is not None else Combine.ADD,
+        values=values or {},
     )
+
+
+#: Why an entry or event was dead-lettered (docs/events.md explains each).
+DEAD_LETTER_REASONS = (
+    "missing_field",
+    "too_large",
+    "undecodable",
+    "bad_envelope",
+    "future_version",
+    "bad_event",
+    "unknown_type",
+    "invalid_field",
+    "seq_jump",
+)
+#: Why events were never seen: a sequence gap, or entries trimmed before they were read.
+LOSS_REASONS = ("seq_gap", "trimmed")
 
 
 def _per_partition(reading: Callable[[PartitionReading], float | None]) -> Callable[[Readings], Series]:
@@ -433,6 +461,7 @@ METRICS: tuple[MetricDef, ...] = (
         Kind.COUNTER,
         "Events the aggregator never saw: sequence gaps, entries trimmed before they were read",
         ("reason",),
+        values={"reason": LOSS_REASONS},
     ),
     _self(
         "aggregator_events_applied_total", Kind.COUNTER, "Events folded into metric state, by type", ("type",)
@@ -447,6 +476,20 @@ METRICS: tuple[MetricDef, ...] = (
         Kind.COUNTER,
         "Entries or events that failed to decode or validate; each was copied to the dead-letter stream",
         ("reason",),
+        values={"reason": DEAD_LETTER_REASONS},
+    ),
+    _self(
+        "aggregator_clock_skew_events_total",
+        Kind.COUNTER,
+        "Events whose producer timestamp is further than BOILERHOUSE_MAX_CLOCK_SKEW_S from when Redis "
+        "accepted them (applied; the timestamp drives nothing)",
+        ("direction",),
+        values={"direction": ("ahead", "behind")},
+    ),
+    _self(
+        "aggregator_sources_evicted_total",
+        Kind.COUNTER,
+        "Sources forgotten early because more than BOILERHOUSE_MAX_SOURCES were known",
     ),
     _self(
         "aggregator_series_overflow_total",
@@ -455,16 +498,30 @@ METRICS: tuple[MetricDef, ...] = (
         ("metric",),
     ),
     _self(
+        "aggregator_unknown_routes_total",
+        Kind.COUNTER,
+        "HTTP request events whose route template is not in the route table (BOILERHOUSE_HTTP_ROUTES); "
+        "they are counted under the <unmatched> path",
+    ),
+    _self(
         "aggregator_live_sources",
         Kind.GAUGE,
         "Producer processes currently contributing to gauges",
         read=lambda r: {(): float(r.live_sources)},
     ),
     _self(
+        "aggregator_vanished_sources",
+        Kind.GAUGE,
+        "Sources silent for longer than the TTL that never sent source.stopped (a killed or stuck "
+        "producer: what it had not yet written is lost, uncounted), until they are forgotten",
+        ("service",),
+        read=lambda r: {(service,): float(n) for service, n in r.vanished.items()},
+    ),
+    _self(
         "aggregator_newest_event_age_seconds",
         Kind.GAUGE,
-        "Age of the newest event applied (wall clock minus its producer timestamp)",
-        read=lambda r: {(): max(0.0, r.now - r.newest_ts)} if r.newest_ts else {},
+        "Seconds since Redis accepted the newest entry folded (by the aggregator's clock anchored to Redis')",
+        read=lambda r: {(): max(0.0, r.now - r.newest_entry_s)} if r.newest_entry_s else {},
     ),
     _self(
         "aggregator_consumer_lag_entries",
@@ -485,6 +542,20 @@ METRICS: tuple[MetricDef, ...] = (
         Kind.GAUGE,
         "Seconds since the state was last checkpointed",
         read=_checkpoint_age,
+    ),
+    _self(
+        "aggregator_checkpoints_total",
+        Kind.COUNTER,
+        "Checkpoints written by this aggregator process, by partition",
+        ("partition",),
+        read=_per_partition(lambda p: p.checkpoints),
+    ),
+    _self(
+        "aggregator_checkpoint_bytes_total",
+        Kind.COUNTER,
+        "Bytes of checkpoint written by this aggregator process (only what changed since the previous one)",
+        ("partition",),
+        read=_per_partition(lambda p: p.checkpoint_bytes),
     ),
 )
 

@@ -53,7 +53,7 @@ def rebuild_partition(
     if progress is not None and info is not None:
         progress.total = float(info.length)
     ingest = PartitionIngest(
-        partition, State(settings.series_cap), reader.trim_window(partition), settings.source_forget_s
+        partition, State(limits=settings.limits), reader.trim_window(partition), settings.source_forget_s
     )
     entries = 0
     if last != (0, 0):
@@ -67,14 +67,14 @@ def rebuild_partition(
     if position is not None:
         ingest.state.positions[partition] = position
     # Every gap the fold could attribute to trimming was attributed: the live consumer starts afresh.
-    blob = checkpoint.pack(ingest.state, TrimWindow())
+    write = checkpoint.complete(ingest.state, TrimWindow())
     try:
         client.xgroup_create(key, settings.group, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
     pipe = client.pipeline(transaction=True)
-    pipe.set(checkpoint_key(partition, settings.group, settings.key_prefix), blob)
+    write.queue(pipe, checkpoint_key(partition, settings.group, settings.key_prefix))
     # Everything up to `last` counts as read, so the group's lag starts right.
     entries_read = info.entries_added if info is not None else None
     pipe.xgroup_setid(key, settings.group, position or "0", entries_read=entries_read)

@@ -43,7 +43,7 @@ class Replayer:
         #: Per partition; a stream that lost entries before the fold opens its trim window up front.
         self.parts = {
             p: PartitionIngest(
-                p, State(self.settings.series_cap), reader.trim_window(p), self.settings.source_forget_s
+                p, State(limits=self.settings.limits), reader.trim_window(p), self.settings.source_forget_s
             )
             for p in reader.partitions
         }

@@ -8,6 +8,7 @@ events counted as lost (``events_lost_total{reason="trimmed"}``), never silently
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.events.bus import Client
@@ -60,7 +61,34 @@ def removed_unread(info: StreamInfo, group: GroupInfo, handled_deleted: StreamId
     return found
 
 
-def trim_by_age(client: Client, stream: str, retention_s: float, approximate: bool = True) -> int:
-    """Remove entries older than ``retention_s`` (by stream id, i.e. Redis' clock); returns how many."""
-    min_ms = int((time.time() - retention_s) * 1000)
+def trim_by_age(client: Client, stream: str, retention_s: float, now: float, approximate: bool = True) -> int:
+    """Remove entries older than ``retention_s`` before ``now`` (Redis' clock, as the entry ids are);
+    returns how many."""
+    min_ms = int((now - retention_s) * 1000)
     return int(client.xtrim(stream, minid=f"{min_ms}-0", approximate=approximate))
+
+
+class RedisClock:
+    """Redis' clock, read with ``TIME`` and carried forward on this process's monotonic clock.
+
+    Entry ids are stamped by Redis' clock, so liveness, staleness and retention compare against it, not
+    against this host's wall clock: an NTP step or a drifting clock here changes nothing, and a
+    producer's clock never enters. Until the first :meth:`sync`, the wall clock stands in.
+    """
+
+    def __init__(
+        self, monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
+        self._monotonic = monotonic
+        self._wall = wall
+        self._anchor: tuple[float, float] | None = None
+
+    def sync(self, client: Client) -> None:
+        sec, usec = client.time()
+        self._anchor = (sec + usec / 1e6, self._monotonic())
+
+    def now(self) -> float:
+        if self._anchor is None:
+            return self._wall()
+        redis_s, at = self._anchor
+        return redis_s + (self._monotonic() - at)

@@ -7,9 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from services.api.route_table import TEMPLATES as API_TEMPLATES
 from shared.events.bus import DEFAULT_URL, RedisSettings, check_url
+from shared.events.schema import MAX_PATH_LEN, PATH_PATTERN
 from shared.events.streams import DEFAULT_GROUP, DEFAULT_PREFIX
 from shared.settings import SettingsError, env_bool, env_number, env_secret
+
+from .fold import Limits
 
 __all__ = ["AggregatorSettings", "SettingsError"]
 
@@ -17,6 +21,37 @@ __all__ = ["AggregatorSettings", "SettingsError"]
 MAX_PARTITIONS = 4096
 #: Upper bound of durations in seconds (about 300 years: "forever", but a finite number).
 MAX_SECONDS = 1e10
+
+
+#: ``BOILERHOUSE_HTTP_ROUTES`` words: the Boilerhouse API's route table, or no table at all.
+API_ROUTES = "api"
+ANY_ROUTE = "any"
+
+
+def parse_http_routes(spec: str) -> frozenset[str] | None:
+    """The route table a ``BOILERHOUSE_HTTP_ROUTES`` value names (None: every valid template is kept).
+
+    ``api`` (the default) is the Boilerhouse API's route table (services/api/route_table.py); ``any`` keeps
+    every template the contract allows; otherwise a comma-separated list of route templates, which may
+    include ``api``.
+    """
+    items = [item.strip() for item in spec.split(",") if item.strip()] or [API_ROUTES]
+    if ANY_ROUTE in items:
+        if len(items) > 1:
+            raise SettingsError(f"BOILERHOUSE_HTTP_ROUTES: {ANY_ROUTE!r} cannot be combined with templates")
+        return None
+    table: set[str] = set()
+    for item in items:
+        if item == API_ROUTES:
+            table |= API_TEMPLATES
+        elif len(item) <= MAX_PATH_LEN and PATH_PATTERN.match(item):
+            table.add(item)
+        else:
+            raise SettingsError(
+                f"BOILERHOUSE_HTTP_ROUTES: {item[:80]!r} is not a route template "
+                "(docs/events.md, Route templates), 'api' or 'any'"
+            )
+    return frozenset(table)
 
 
 @dataclass(frozen=True)
@@ -43,6 +78,12 @@ class AggregatorSettings:
     checkpoint_events: int = 200_000
     retention_s: float = 7 * 24 * 3600.0
     series_cap: int = 10_000
+    #: Sources remembered at most (dedupe positions, liveness, snapshot values); see fold.Limits.
+    max_sources: int = 100_000
+    #: A producer timestamp further than this from its entry's time (Redis' clock) counts as clock skew.
+    max_clock_skew_s: float = 300.0
+    #: ``BOILERHOUSE_HTTP_ROUTES``: which route templates may be ``path`` labels (:func:`parse_http_routes`).
+    http_routes: str = API_ROUTES
     read_count: int = 200
     block_ms: int = 500
     max_concurrent_scrapes: int = 4
@@ -66,6 +107,21 @@ class AggregatorSettings:
             )
         if bool(self.metrics_username) != bool(self.metrics_password):
             raise SettingsError("BOILERHOUSE_METRICS_USERNAME and BOILERHOUSE_METRICS_PASSWORD go together")
+        parse_http_routes(self.http_routes)
+
+    @property
+    def route_table(self) -> frozenset[str] | None:
+        """The route table of ``http_routes`` (None: any valid template is kept as the ``path`` label)."""
+        return parse_http_routes(self.http_routes)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            series_cap=self.series_cap,
+            routes=self.route_table,
+            max_sources=self.max_sources,
+            clock_skew_s=self.max_clock_skew_s,
+        )
 
     @property
     def redis(self) -> RedisSettings:
@@ -110,6 +166,11 @@ class AggregatorSettings:
             ),
             retention_s=env_number(env, "BOILERHOUSE_RETENTION_S", d.retention_s, float, 1, MAX_SECONDS),
             series_cap=env_number(env, "BOILERHOUSE_SERIES_CAP", d.series_cap, int, 1, 10_000_000),
+            max_sources=env_number(env, "BOILERHOUSE_MAX_SOURCES", d.max_sources, int, 1, 10_000_000),
+            max_clock_skew_s=env_number(
+                env, "BOILERHOUSE_MAX_CLOCK_SKEW_S", d.max_clock_skew_s, float, 1, MAX_SECONDS
+            ),
+            http_routes=env.get("BOILERHOUSE_HTTP_ROUTES") or d.http_routes,
             max_concurrent_scrapes=env_number(
                 env, "BOILERHOUSE_METRICS_MAX_CONCURRENT_SCRAPES", d.max_concurrent_scrapes, int, 1, 1024
             ),

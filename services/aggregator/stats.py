@@ -33,7 +33,7 @@ class Producer:
     service: str
     version: str
     events: int
-    last_event_s: float | None
+    last_seen_s: float | None
     state: str  # live | stopped | silent
 
 
@@ -91,7 +91,7 @@ def collect_stats(
     hi = end.end_id() if end else END
     live_at = end.seconds if end else now  # "live" is judged at the end of the window
     parts = {
-        p: PartitionIngest(p, State(settings.series_cap), forget_after_s=settings.source_forget_s)
+        p: PartitionIngest(p, State(limits=settings.limits), forget_after_s=settings.source_forget_s)
         for p in reader.partitions
     }
     by_type: Counter[str] = Counter()
@@ -244,7 +244,7 @@ def render_stats(stats: StreamStats) -> list[str]:
     out += _table(["TYPE", "EVENTS", "RATE/S"], rows, {1, 2})
     out.append("")
     out.append(
-        f"PRODUCERS: {stats.live} live (an event within {stats.ttl_s:g}s of {format_ts(stats.live_at_s)}, not stopped)"
+        f"PRODUCERS: {stats.live} live (an entry within {stats.ttl_s:g}s of {format_ts(stats.live_at_s)}, not stopped)"
     )
     prows = [
         [
@@ -252,12 +252,12 @@ def render_stats(stats: StreamStats) -> list[str]:
             p.service,
             p.version or "-",
             str(p.events),
-            format_ts(p.last_event_s) if p.last_event_s else "-",
+            format_ts(p.last_seen_s) if p.last_seen_s else "-",
             p.state,
         ]
         for p in stats.producers
     ]
-    out += _table(["SOURCE", "SERVICE", "VERSION", "EVENTS", "LAST EVENT", "STATE"], prows, {3})
+    out += _table(["SOURCE", "SERVICE", "VERSION", "EVENTS", "LAST SEEN", "STATE"], prows, {3})
     out.append("")
     out.append("CONSUMER GROUPS")
     grows = [

@@ -25,6 +25,7 @@ from .demo import DemoDriver
 from .errors import ApiError, exception_handlers
 from .middleware import EventsMiddleware
 from .platform import Boilerhouse, PoolSpec
+from .route_table import HEALTH
 from .routes import api_routes, pool_spec
 from .runtimes import RUNTIMES, ContainerRuntime, UnknownRuntime, make_runtime
 from .settings import ApiSettings
@@ -153,7 +154,7 @@ def create_app(
             await pub.aclose()
 
     app = Starlette(
-        routes=[Route("/healthz", healthz), *api_routes()],
+        routes=[Route(HEALTH, healthz), *api_routes()],
         middleware=[Middleware(EventsMiddleware, emit=pub.emit)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

@@ -13,13 +13,14 @@ from starlette.routing import Route
 
 from shared.events.schema import DIRECTIONS, ID_PATTERN
 
+from . import route_table as table
 from .errors import ApiError, BadRequest
 from .limits import POOL_FIELDS, Range
 from .platform import Boilerhouse, PoolSpec
 from .settings import ApiSettings
 from .sync import TENANT_PATTERN  # tenant ids are never labels, but they are one remote path segment
 
-PREFIX = "/api/v1"
+PREFIX = table.PREFIX
 MAX_BODY_BYTES = 64 * 1024
 #: Request bodies are flat objects; deeper nesting is refused before anything looks at it.
 MAX_JSON_DEPTH = 32
@@ -269,15 +270,18 @@ def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
     return dispatch
 
 
+#: The API's endpoints by route template (services/api/route_table.py) and method.
+ROUTES: dict[str, dict[str, Endpoint]] = {
+    table.POOLS: {"GET": list_pools, "POST": create_pool},
+    table.POOL: {"GET": get_pool, "DELETE": delete_pool},
+    table.CLAIM: {"POST": claim},
+    table.RELEASE: {"POST": release},
+    table.SYNC: {"POST": sync},
+    table.TENANT: {"GET": get_tenant},
+    table.CONTAINERS: {"GET": list_containers},
+    table.WORKLOADS: {"GET": list_workloads},
+}
+
+
 def api_routes() -> list[Route]:
-    table: dict[str, dict[str, Endpoint]] = {
-        f"{PREFIX}/pools": {"GET": list_pools, "POST": create_pool},
-        f"{PREFIX}/pools/{{pool_id}}": {"GET": get_pool, "DELETE": delete_pool},
-        f"{PREFIX}/tenants/{{tenant_id}}/claim": {"POST": claim},
-        f"{PREFIX}/tenants/{{tenant_id}}/release": {"POST": release},
-        f"{PREFIX}/tenants/{{tenant_id}}/sync": {"POST": sync},
-        f"{PREFIX}/tenants/{{tenant_id}}": {"GET": get_tenant},
-        f"{PREFIX}/containers": {"GET": list_containers},
-        f"{PREFIX}/workloads": {"GET": list_workloads},
-    }
-    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in table.items()]
+    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in ROUTES.items()]

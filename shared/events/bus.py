@@ -151,3 +151,59 @@ def connect(settings: RedisSettings, role: Role, *, extra_timeout_s: float = 0.0
         health_check_interval=profile.health_check_interval_s,
         **kwargs,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BusProblem:
+    """Why the event bus cannot be used, said for an operator: ``reason`` is a stable token (for /readyz
+    and alerts), ``detail`` a sentence naming the setting to check. Never holds a secret."""
+
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def diagnose(exc: BaseException, settings: RedisSettings) -> BusProblem:
+    """What a Redis error says about the configuration (wrong password, no such host, refused ...)."""
+    where = safe_url(settings.url)
+    user = f"user {settings.username!r}" if settings.username else "the default user"
+    said = str(exc)[:200]
+    credentials = "BOILERHOUSE_REDIS_USERNAME / BOILERHOUSE_REDIS_PASSWORD(_FILE)"
+    if isinstance(exc, redis.AuthenticationError):
+        if "required" in said.lower():
+            return BusProblem(
+                "authentication_required",
+                f"authentication required: Redis at {where} wants credentials and none were given "
+                f"(set {credentials})",
+            )
+        return BusProblem(
+            "authentication_failed",
+            f"authentication failed: Redis at {where} refused {user} or its password "
+            f"(check {credentials}; Redis said: {said})",
+        )
+    if isinstance(exc, redis.ResponseError) and "without any password configured" in said:
+        return BusProblem(
+            "authentication_failed",
+            f"authentication failed: Redis at {where} has no password set, but one was given "
+            "(unset BOILERHOUSE_REDIS_PASSWORD, or configure Redis' users)",
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return BusProblem(
+            "permission_denied",
+            f"permission denied: the Redis ACL of {user} at {where} does not allow what this service needs "
+            f"(see the ACL users in docs/operations.md; Redis said: {said})",
+        )
+    if isinstance(exc, redis.TimeoutError | TimeoutError):
+        return BusProblem("timeout", f"timed out talking to Redis at {where} ({said})")
+    if isinstance(exc, redis.ConnectionError | OSError):
+        if "refused" in said.lower():
+            return BusProblem(
+                "connection_refused",
+                f"connection refused by {where}: is Redis running there? (BOILERHOUSE_REDIS_URL)",
+            )
+        if any(s in said for s in ("Name or service not known", "nodename nor servname", "resolution")):
+            return BusProblem("unknown_host", f"cannot resolve the host of {where} (BOILERHOUSE_REDIS_URL)")
+        return BusProblem("unreachable", f"cannot reach Redis at {where}: {said}")
+    return BusProblem("bus_error", f"event bus error at {where}: {type(exc).__name__}: {said}")

@@ -13,6 +13,7 @@ import msgspec
 from .schema import (
     EVENT_TYPES,
     ID_PATTERN,
+    MAX_PATH_LEN,
     PATH_PATTERN,
     PER_EVENT_SEQ_VERSION,
     SCHEMA_VERSION,
@@ -83,6 +84,9 @@ def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
         raise EventDecodeError("undecodable", f"{type(exc).__name__}: {exc}", entry_id) from exc
     if not isinstance(doc, dict):
         raise EventDecodeError("bad_envelope", f"batch is a {type(doc).__name__}, not a map", entry_id)
+    for key in doc:
+        if type(key) is not str:
+            raise EventDecodeError("bad_envelope", f"envelope key {key!r:.40} is not a string", entry_id)
     version = doc.get("v")
     if type(version) is not int or version < 1:
         raise EventDecodeError("bad_envelope", f"schema version {version!r} is not a positive int", entry_id)
@@ -166,9 +170,9 @@ def _compile(et: EventType) -> Validator:
         def check_path(v: Any) -> str | None:
             if type(v) is not str:
                 return "path must be a string"
-            if v == UNMATCHED_PATH or (len(v) <= 128 and path_ok(v)):
+            if v == UNMATCHED_PATH or (len(v) <= MAX_PATH_LEN and path_ok(v)):
                 return None
-            return f"path={v[:40]!r} is not a route template"
+            return f"path={v[:40]!r} is not a route template (docs/events.md, Route templates)"
 
         checks = [(n, o, check_path if n == "path" else c) for n, o, c in checks]
 
@@ -212,7 +216,7 @@ def _id_ok(v: str) -> bool:
 
 
 def _path_ok(v: str) -> bool:
-    if v != UNMATCHED_PATH and (len(v) > 128 or PATH_PATTERN.match(v) is None):
+    if v != UNMATCHED_PATH and (len(v) > MAX_PATH_LEN or PATH_PATTERN.match(v) is None):
         return False
     if len(_known_paths) < KNOWN_VALUES_CAP:
         _known_paths.add(v)

@@ -139,6 +139,7 @@ class Publisher:
         self._heartbeat_interval = heartbeat_interval_s
         self._maxlen = stream_maxlen
         self._spool = Path(spool_dir) if spool_dir else None
+        self._spool_refused = False  # the spool's disk refused the last write (full): see _spool_batch
         if self._spool:
             self._spool.mkdir(parents=True, exist_ok=True)
             recover_spool(self._spool)
@@ -343,8 +344,15 @@ class Publisher:
             if unreported:
                 self._buf.append(("events.dropped", _time(), {"count": unreported}))
             self._drain_into_pending()
+            unsent = self._pending_events
             self._spool_pending()
-            logger.warning("event bus unreachable at shutdown: %d events spooled to %s", left, self._spool)
+            lost = self._pending_events  # what the spool's disk refused
+            logger.warning(
+                "event bus unreachable at shutdown: %d events spooled to %s%s",
+                unsent - lost,
+                self._spool,
+                f"; {lost} lost, the spool refused them" if lost else "",
+            )
         else:
             logger.warning(
                 "event bus unreachable at shutdown: %d events lost (%d dropped earlier, unreported)",
@@ -446,7 +454,9 @@ class Publisher:
     def _spool_pending(self) -> None:
         with self._move_lock:
             while self._pending:
-                self._spool_batch(self._pending.popleft())
+                if not self._spool_batch(self._pending[0]):
+                    return  # the spool is full: the rest waits in memory, within buffer_size
+                self._pending.popleft()
 
     def _drain_into_pending(self) -> None:
         with self._move_lock:
@@ -494,17 +504,42 @@ class Publisher:
 
     # ---- spool ----------------------------------------------------------------------------------
 
-    def _spool_batch(self, item: _Pending) -> None:
+    def _spool_batch(self, item: _Pending) -> bool:
+        """Write one batch to the spool (fsync, atomic rename); False if the disk refused it.
+
+        A refused batch (disk full, quota, I/O error) keeps its place at the head of the memory
+        buffer, where it counts against ``buffer_size``: events beyond that are dropped before they get
+        a sequence number, so the loss is reported in ``events.dropped``, never seen as a gap. The
+        partial file is removed; the first refusal of an episode is logged, and its end.
+        """
         n, payload = item
-        self._pending_events -= n
         assert self._spool is not None
         name = f"{time.time_ns():020d}-{os.getpid()}-{n}.batch"
         tmp = self._spool / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.rename(self._spool / name)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.rename(self._spool / name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if not self._spool_refused:
+                self._spool_refused = True
+                logger.warning(
+                    "cannot write to the spool %s (%s): batches stay in memory, up to %d events; "
+                    "events beyond that are dropped and reported as dropped",
+                    self._spool,
+                    exc.strerror or exc,
+                    self._cap,
+                )
+            return False
+        if self._spool_refused:
+            self._spool_refused = False
+            logger.info("the spool %s takes batches again", self._spool)
+        self._pending_events -= n
+        return True
 
     def _spooled_files(self) -> list[Path]:
         if not self._spool:
@@ -571,6 +606,7 @@ class Publisher:
                 target.unlink()
             self.sent_entries += len(claimed)
             self.sent_spooled_entries += len(claimed)
+            self._spool_refused = False  # space was freed: a new refusal is a new episode, logged again
 
     def _stream_of(self, payload: bytes) -> str:
         """The stream a spooled batch belongs to: its own source's partition (maybe an earlier life's)."""

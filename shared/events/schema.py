@@ -22,8 +22,16 @@ ENVELOPE_KEYS = ("type", "seq", "ts")
 
 #: Pool, workload and other identifiers that become label values must match this.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
-#: Route templates used as the ``path`` label of HTTP events.
-PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9_.{}:<>-]*){1,16}\Z")
+#: Route templates used as the ``path`` label of HTTP events (the grammar is in docs/events.md, *Route
+#: templates*): ``/`` or 1-16 segments, each a literal of 1-64 URL-unreserved characters other than
+#: ``.`` and ``..``, or a ``{name}`` / ``{name:converter}`` placeholder; an optional trailing ``/``;
+#: at most :data:`MAX_PATH_LEN` characters in all. A template is structure only: no query, no
+#: percent-encoding, no dot segments.
+_LITERAL = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9._~-]{1,64}"
+_PLACEHOLDER = r"\{[A-Za-z_][A-Za-z0-9_]{0,31}(?::[A-Za-z_][A-Za-z0-9_]{0,31})?\}"
+_SEGMENT = f"(?:{_LITERAL}|{_PLACEHOLDER})"
+PATH_PATTERN = re.compile(f"^/(?:{_SEGMENT}(?:/{_SEGMENT}){{0,15}}/?)?\\Z")
+MAX_PATH_LEN = 128
 #: The ``path`` label value shared by every request that matched no route.
 UNMATCHED_PATH = "<unmatched>"
 

@@ -842,7 +842,7 @@ async def test_emitted_events_fold_into_the_seed_sync_metrics(tmp_path: Path, ev
     evs = [started, *({"type": t, **f} for t, f in events)]
     batch = decode_batch(encode_batch(src, [{**e, "seq": i, "ts": now} for i, e in enumerate(evs, 1)]))
     state = State()
-    assert apply_batch(state, batch) == []
+    assert apply_batch(state, batch, now) == []
     registry = CollectorRegistry()
     registry.register(StateCollector(lambda: state, clock=lambda: now))
     samples = parse(generate_latest(registry).decode())

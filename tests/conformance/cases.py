@@ -35,6 +35,7 @@ HEALTH_METRICS = (
     "boilerhouse_events_lost_total",
     "boilerhouse_aggregator_duplicates_total",
     "boilerhouse_aggregator_series_overflow_total",
+    "boilerhouse_aggregator_unknown_routes_total",
 )
 
 SampleKey = tuple[str, frozenset[tuple[str, str]]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,12 @@ from tests.deploy.queries import REPO
 from tests.support.prometheus import AGGREGATOR_JOB, PROMETHEUS_YML, tool
 
 SERVICES = {"redis", "api", "aggregator", "prometheus", "grafana"}
+#: Secrets read with shared.settings.env_secret, which also takes ``NAME_FILE``.
+SECRET_VARIABLES = (
+    "BOILERHOUSE_METRICS_PASSWORD",
+    "BOILERHOUSE_METRICS_BEARER_TOKEN",
+    "BOILERHOUSE_REDIS_PASSWORD",
+)
 
 
 def compose_config() -> dict[str, Any]:
@@ -55,6 +62,31 @@ def test_redis_keeps_an_append_only_file(config: dict[str, Any]) -> None:
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(v["type"] == "volume" and v["target"] == "/data" for v in redis["volumes"])
+
+
+def test_redis_runs_with_the_acl_users_and_each_service_connects_as_its_own(config: dict[str, Any]) -> None:
+    """deploy/redis/users.acl is Redis' ACL file; api and aggregator log in with their own user and
+    password (a Compose secret holding the password the ACL file has the hash of)."""
+    redis = config["services"]["redis"]
+    command = redis["command"]
+    acl_path = command[command.index("--aclfile") + 1]
+    mount = next(v for v in redis["volumes"] if v["target"] == acl_path)
+    acl_file = REPO / "deploy" / "redis" / "users.acl"
+    assert Path(mount["source"]).resolve() == acl_file.resolve() and mount["read_only"] is True
+    hashes = {
+        line.split()[1]: line.split()[3][1:] for line in acl_file.read_text().splitlines() if "#" in line
+    }
+    for name, user in (("api", "boilerhouse-producer"), ("aggregator", "boilerhouse-aggregator")):
+        env = config["services"][name]["environment"]
+        assert env["BOILERHOUSE_REDIS_USERNAME"] == user
+        secret_name = Path(env["BOILERHOUSE_REDIS_PASSWORD_FILE"]).name
+        assert env["BOILERHOUSE_REDIS_PASSWORD_FILE"] == f"/run/secrets/{secret_name}"
+        assert secret_name in {s["source"] for s in config["services"][name]["secrets"]}
+        password = Path(config["secrets"][secret_name]["file"]).read_text().rstrip("\n")
+        assert hashlib.sha256(password.encode()).hexdigest() == hashes[user], name
+    # The producer's container holds no other user's password.
+    assert [s["source"] for s in config["services"]["api"]["secrets"]] == ["redis_producer_password"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]  # the default user may PING only
 
 
 def test_services_run_the_project_image_against_redis(config: dict[str, Any]) -> None:
@@ -144,9 +176,10 @@ def test_operations_guide_documents_every_setting() -> None:
         REPO / "services" / "aggregator" / "settings.py",
         REPO / "services" / "api" / "settings.py",
         REPO / "services" / "cli.py",
+        REPO / "shared" / "events" / "bus.py",
     ]
     variables = {v for path in sources for v in re.findall(r'"(BOILERHOUSE_[A-Z_]+)"', path.read_text())}
-    variables |= {f"{v}_FILE" for v in ("BOILERHOUSE_METRICS_PASSWORD", "BOILERHOUSE_METRICS_BEARER_TOKEN")}
+    variables |= {f"{v}_FILE" for v in SECRET_VARIABLES}
     assert len(variables) > 20
     missing = sorted(v for v in variables if f"`{v}`" not in docs)
     assert not missing, f"not in docs/operations.md: {missing}"
@@ -155,9 +188,9 @@ def test_operations_guide_documents_every_setting() -> None:
 def test_compose_environment_names_are_real_settings(config: dict[str, Any]) -> None:
     """A misspelt variable in compose.yaml would be silently ignored: every one must be read somewhere."""
     read = set()
-    for path in (REPO / "services").rglob("*.py"):
+    for path in [*(REPO / "services").rglob("*.py"), *(REPO / "shared").rglob("*.py")]:
         read |= set(re.findall(r'"(BOILERHOUSE_[A-Z_]+)"', path.read_text()))
-    read |= {f"{v}_FILE" for v in ("BOILERHOUSE_METRICS_PASSWORD", "BOILERHOUSE_METRICS_BEARER_TOKEN")}
+    read |= {f"{v}_FILE" for v in SECRET_VARIABLES}
     used = {
         name
         for s in config["services"].values()

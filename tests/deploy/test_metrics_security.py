@@ -241,8 +241,13 @@ def test_prometheus_scrapes_with_basic_auth(serve: Serve, tmp_path: Path) -> Non
         assert bad.query("boilerhouse_aggregator_checkpoint_age_seconds") == []
 
 
+#: The route table the load's made-up routes need (the default keeps only the API's routes).
+ANY_ROUTE = {"http_routes": "any"}
+
+
 def _fill_state(redis_url: str, server_url: str, series: int, headers: dict[str, str] | None = None) -> None:
-    """Give the aggregator ``series`` HTTP histogram series so that one scrape takes a while to render."""
+    """Give the aggregator ``series`` HTTP histogram series so that one scrape takes a while to render
+    (the aggregator must keep any route template: ``serve(**ANY_ROUTE)``)."""
     pub = Publisher(redis_url, "load", heartbeat_interval_s=3600, flush_interval_s=0.01)
     try:
         for i in range(series):
@@ -285,7 +290,7 @@ def _concurrent_scrapes(
 
 
 def test_concurrent_scrape_limit(serve: Serve, redis_url: str) -> None:
-    limited = serve(max_concurrent_scrapes=1)
+    limited = serve(max_concurrent_scrapes=1, **ANY_ROUTE)
     _fill_state(redis_url, limited.url, 3000)
     responses = _concurrent_scrapes(limited.url + "/metrics", 6)
     codes = sorted(r.status_code for r in responses)
@@ -300,7 +305,7 @@ def test_concurrent_scrape_limit(serve: Serve, redis_url: str) -> None:
     assert status(limited.url + "/healthz") == 200
 
     # With as many slots as concurrent scrapers, nobody is turned away (same events, own consumer group).
-    roomy = serve(max_concurrent_scrapes=4, group="roomy")
+    roomy = serve(max_concurrent_scrapes=4, group="roomy", **ANY_ROUTE)
     wait_http(roomy.url + "/readyz")
     _wait_same_series(roomy.url, 3000)
     assert sorted(r.status_code for r in _concurrent_scrapes(roomy.url + "/metrics", 4)) == [200] * 4
@@ -321,7 +326,7 @@ def _wait_same_series(url: str, series: int) -> None:
 
 def test_unauthenticated_scrapes_never_take_a_slot(serve: Serve, redis_url: str) -> None:
     """Credentials are checked before the concurrency limit: strangers get 401, never 429."""
-    server = serve(max_concurrent_scrapes=1, metrics_bearer_token=TOKEN)
+    server = serve(max_concurrent_scrapes=1, metrics_bearer_token=TOKEN, **ANY_ROUTE)
     _fill_state(redis_url, server.url, 3000, bearer(TOKEN))
     good, bad = bearer(TOKEN), bearer("guess")
     responses = _concurrent_scrapes(server.url + "/metrics", 8, [good, bad] * 4)

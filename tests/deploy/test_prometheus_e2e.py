@@ -135,7 +135,8 @@ def one_of_each(api: Client) -> None:
 
 
 def foreign_entries(client: redis.Redis) -> None:
-    """A producer in another language: a sequence gap and a drop report; and one undecodable entry."""
+    """A producer in another language: a sequence gap and a drop report; and one undecodable entry. And a
+    job whose clock is two days ahead, which then vanishes without stopping (killed)."""
     now = time.time()
     events = [
         {
@@ -153,6 +154,10 @@ def foreign_entries(client: redis.Redis) -> None:
     ]
     client.xadd(stream_key(0), {ENTRY_FIELD: encode_batch("batch:h:1:feedf00d", events)})
     client.xadd(stream_key(0), {ENTRY_FIELD: b"\xc1 not msgpack"})
+    ahead = now + 2 * 86_400
+    started = {**events[0], "ts": ahead, "service": "cron"}
+    job = [started, {"type": "source.heartbeat", "seq": 2, "ts": ahead}]
+    client.xadd(stream_key(0), {ENTRY_FIELD: encode_batch("cron:h:2:beefcafe", job)})
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +179,7 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         ],
         work,
         "aggregator",
-        {"BOILERHOUSE_CHECKPOINT_INTERVAL_S": "0.5"},
+        {"BOILERHOUSE_CHECKPOINT_INTERVAL_S": "0.5", "BOILERHOUSE_SOURCE_TTL_S": "5"},
     )
     api_proc = boilerhouse(
         [
@@ -279,6 +284,7 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
                 and total(s, P + "aggregator_live_sources") == 1
                 and total(s, P + "events_dropped_total") == DROPPED
                 and total(s, P + "aggregator_dead_letters_total") == 1
+                and total(s, P + "aggregator_vanished_sources") == 1
             ),
             "the measured traffic folded",
         )
@@ -455,6 +461,8 @@ def expectations(s: Stack, at: float) -> dict[str, X.Checker]:
             alerts["ProducerGoneSilent"]: X.exact(X.where(gone, lambda v: v > 0)),
             alerts["EventsStale"]: X.empty(),
             alerts["AggregatorCheckpointStale"]: X.empty(),
+            alerts["ProducerVanished"]: X.exact({X.key(service="cron"): 1.0}),
+            alerts["ProducerClockSkew"]: X.exact({X.key(direction="ahead"): 2.0}),
         }
     )
     return out

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 import redis
 
 from services.embedded import EmbeddedRedis, free_port
-from shared.events.streams import stream_key
+from shared.events.streams import checkpoint_key, stream_key
 from tests.support.expo import Samples, parse
 from tests.support.procs import Proc, boilerhouse, wait_http
 from tests.support.wait import wait_for
@@ -22,13 +23,15 @@ REPO = Path(__file__).resolve().parents[2]
 PREFIX = "boilerhouse_"
 STREAM = stream_key(0)
 
-#: Runtime self-metrics that depend on wall time or on the moment of the scrape, not on the events.
+#: Self-metrics that depend on the aggregator process or the moment of the scrape, not on the events.
 RUNTIME_METRICS = frozenset(
     PREFIX + n
     for n in (
         "aggregator_consumer_lag_entries",
         "aggregator_pending_entries",
         "aggregator_checkpoint_age_seconds",
+        "aggregator_checkpoints_total",
+        "aggregator_checkpoint_bytes_total",
         "aggregator_newest_event_age_seconds",
     )
 )
@@ -193,3 +196,16 @@ def private_redis(workdir: Path, aof: bool = True) -> EmbeddedRedis:
         pytest.fail("redis-server is not installed: run ./scripts/install-system-deps.sh")
     extra = ("--appendfsync", "always") if aof else ()
     return EmbeddedRedis(workdir=workdir, binary=binary, allow_fake=False, appendonly=aof, extra_args=extra)
+
+
+def checkpoint_meta(
+    client: redis.Redis, group: str = "aggregator", partition: int = 0
+) -> dict[str, Any] | None:
+    """The ``meta`` field of a partition's checkpoint hash (format, position, save time), or None."""
+    raw = client.hget(checkpoint_key(partition, group), "meta")
+    return None if raw is None else dict(msgpack.unpackb(raw, raw=False, strict_map_key=False))
+
+
+def checkpoint_sources(client: redis.Redis, group: str = "aggregator", partition: int = 0) -> set[str]:
+    """The sources a partition's checkpoint remembers (its ``s…`` fields)."""
+    return {k[1:].decode() for k in client.hkeys(checkpoint_key(partition, group)) if k[:1] == b"s"}

@@ -7,24 +7,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 import redis
 
 from shared.events.codec import ENTRY_FIELD, encode_batch
-from shared.events.streams import checkpoint_key
-from tests.reliability.support import PREFIX, STREAM, Aggregator, by_label, total, wait_caught_up
+from tests.reliability.support import (
+    PREFIX,
+    STREAM,
+    Aggregator,
+    by_label,
+    checkpoint_sources,
+    total,
+    wait_caught_up,
+)
 from tests.support.wait import wait_for, wait_until
 
 
 def _health(seq: int, ts: float, pool: str = "p") -> dict[str, Any]:
     return {"type": "container.health_check_failed", "seq": seq, "ts": ts, "pool_id": pool}
-
-
-def _checkpoint(client: redis.Redis) -> dict[str, Any]:
-    raw = client.get(checkpoint_key(0, "aggregator"))
-    assert raw is not None
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
 @pytest.mark.timeout(90)
@@ -70,31 +70,36 @@ def test_dead_sources_are_forgotten_after_the_horizon_and_deduped_before(
 ) -> None:
     t0 = time.time() - 1000
     agg = Aggregator(tmp_path, redis_url, env={"BOILERHOUSE_SOURCE_FORGET_S": "100"}).start()
+
+    def xadd(src: str, events: list[dict[str, Any]], at_s: float) -> None:
+        # Entry ids carry Redis' clock, and that clock (not the producers' ts) drives forgetting.
+        redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch(src, events)}, id=f"{int(at_s * 1000)}-0")
+
     try:
-        redis_client.xadd(
-            STREAM, {ENTRY_FIELD: encode_batch("gone:h:1:00", [_health(s, t0) for s in range(1, 11)])}
-        )
-        # Another source moves time on by less than the horizon: the old life's repeated batch (a
-        # spool file sent twice) is still recognised.
-        redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch("live:h:2:00", [_health(1, t0 + 50)])})
-        redis_client.xadd(
-            STREAM, {ENTRY_FIELD: encode_batch("gone:h:1:00", [_health(s, t0) for s in range(6, 11)])}
-        )
+        xadd("gone:h:1:00", [_health(s, t0) for s in range(1, 11)], t0)
+        # Another source's entry moves Redis time on by less than the horizon: the old life's repeated
+        # batch (a spool file sent twice) is still recognised.
+        xadd("live:h:2:00", [_health(1, t0 + 50)], t0 + 50)
+        xadd("gone:h:1:00", [_health(s, t0) for s in range(6, 11)], t0 + 51)
         wait_caught_up(redis_client, "aggregator")
         samples = agg.samples()
         assert total(samples, PREFIX + "aggregator_duplicates_total") == 5
         assert total(samples, PREFIX + "container_health_check_failures_total") == 11
-        # Past the horizon (by the producers' clock) the old source's bookkeeping goes, counters stay.
-        redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch("live:h:2:00", [_health(2, t0 + 200)])})
+        # Past the horizon (by entry time) the old source's bookkeeping goes, counters stay. Its events
+        # carry a timestamp far in the future: a producer's clock moves nothing.
+        xadd("live:h:2:00", [_health(2, t0 + 10**6)], t0 + 52)
+        wait_caught_up(redis_client, "aggregator")
+        assert "gone:h:1:00" in checkpoint_sources(redis_client), "forgotten by a producer's clock"
+        xadd("live:h:2:00", [_health(3, t0 + 200)], t0 + 200)
         wait_until(
-            lambda: "gone:h:1:00" not in _checkpoint(redis_client)["state"]["last_seq"],
+            lambda: "gone:h:1:00" not in checkpoint_sources(redis_client),
             "the old source forgotten in the checkpoint",
         )
-        doc = _checkpoint(redis_client)
+        kept = checkpoint_sources(redis_client)
         samples = agg.samples()
     finally:
         agg.stop()
-    assert set(doc["state"]["last_seq"]) == {"live:h:2:00"}
-    assert set(doc["state"]["sources"]) == {"live:h:2:00"}
-    assert total(samples, PREFIX + "container_health_check_failures_total") == 12
+    assert kept == {"live:h:2:00"}
+    assert total(samples, PREFIX + "container_health_check_failures_total") == 13
     assert by_label(samples, PREFIX + "events_lost_total", "reason") == {}
+    assert total(samples, PREFIX + "aggregator_clock_skew_events_total") == 1  # the ts 11 days ahead

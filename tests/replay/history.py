@@ -54,7 +54,7 @@ def http(seq: int, status: int, duration_s: float) -> dict[str, Any]:
         "type": "http.request",
         "seq": seq,
         "method": "POST",
-        "path": "/api/v1/tenants/{id}/claim",
+        "path": "/api/v1/tenants/{tenant_id}/claim",
         "status": status,
         "duration_s": duration_s,
     }

@@ -38,7 +38,7 @@ def test_tail_prints_the_newest_events_as_an_aligned_table(history: int, run: Ru
         "pool_id=web status=success duration_s=0.2 affinity=hit\n"
         f"2025-11-27T00:01:39.990Z  pool.state          api:host-a:101:aaaa0001          {POOL_WEB.format(a=0, b=3)}\n"
         "2025-11-27T00:01:39.990Z  http.request        api:host-a:101:aaaa0001          "
-        "method=POST path=/api/v1/tenants/{id}/claim status=200 duration_s=0.21\n"
+        "method=POST path=/api/v1/tenants/{tenant_id}/claim status=200 duration_s=0.21\n"
     )
 
 
@@ -169,10 +169,10 @@ sync.finished            2   0.017
 sync.state               2   0.017
 total                   29   0.242
 
-PRODUCERS: 1 live (an event within 30s of 2025-11-27T00:02:00.000Z, not stopped)
-SOURCE                           SERVICE      VERSION  EVENTS  LAST EVENT                STATE
-api:host-a:101:aaaa0001          api          1.4.2        23  2025-11-27T00:01:39.990Z  live
-sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         6  2025-11-27T00:01:29.990Z  stopped
+PRODUCERS: 1 live (an entry within 30s of 2025-11-27T00:02:00.000Z, not stopped)
+SOURCE                           SERVICE      VERSION  EVENTS  LAST SEEN                 STATE
+api:host-a:101:aaaa0001          api          1.4.2        23  2025-11-27T00:01:40.000Z  live
+sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         6  2025-11-27T00:01:30.000Z  stopped
 
 CONSUMER GROUPS
 PARTITION  GROUP       CONSUMERS  LAG  PENDING  LAST DELIVERED
@@ -197,12 +197,12 @@ def test_stats_window_rates_and_silent_producers(history: int, run: Run) -> None
     )
     assert "total                   10   0.500" in lines
     assert (
-        "sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         2  2025-11-27T00:00:00.990Z  live"
+        "sync-worker:host-b:202:bbbb0002  sync-worker  1.4.2         2  2025-11-27T00:00:01.000Z  live"
         in lines
     )
     code, out, _ = run("events", "stats", "--to", "2025-11-27T00:01:50Z", "--from", "2025-11-27T00:00:50Z")
     assert (
-        "PRODUCERS: 1 live (an event within 30s of 2025-11-27T00:01:50.000Z, not stopped)" in out.splitlines()
+        "PRODUCERS: 1 live (an entry within 30s of 2025-11-27T00:01:50.000Z, not stopped)" in out.splitlines()
     )
 
 
@@ -316,7 +316,7 @@ def test_bad_arguments_as_a_process_exit_2_without_traceback(redis_url: str, tmp
 def test_unreachable_bus_is_a_message_not_a_traceback(run: Run) -> None:
     code, _out, err = run("events", "stats", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 1
-    assert err.startswith("boilerhouse: error: event bus redis://127.0.0.1:1/0: ")
+    assert err.startswith("boilerhouse: error: connection refused by redis://127.0.0.1:1/0: ")
 
 
 def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redis) -> None:
@@ -378,9 +378,9 @@ def test_malformed_events_are_shown_not_fatal(run: Run, redis_client: redis.Redi
         "container.acquired           1       -",
         "total                        3       -",
         "",
-        "PRODUCERS: 0 live (an event within 30s of 2025-11-27T00:00:00.000Z, not stopped)",
-        "SOURCE        SERVICE  VERSION  EVENTS  LAST EVENT  STATE",
-        "odd:host:1:0  odd      -             3  -           silent",
+        "PRODUCERS: 0 live (an entry within 30s of 2025-11-27T00:00:00.000Z, not stopped)",
+        "SOURCE        SERVICE  VERSION  EVENTS  LAST SEEN  STATE",
+        "odd:host:1:0  odd      -             3  -          silent",
         "",
         "CONSUMER GROUPS",
     ]

@@ -63,9 +63,13 @@ def test_rebuild_writes_the_checkpoint_the_consumer_restores(
         "rebuild partition 0: [##############################] 100.0% 15/15 entries, "
     )
 
-    doc = msgpack.unpackb(redis_client.get(checkpoint_key(0, "aggregator")), raw=False, strict_map_key=False)
-    assert (doc["v"], doc["mapping"]) == (CHECKPOINT_VERSION, mapping_fingerprint())
-    assert doc["state"]["positions"] == {"0": "1764201700000-0"}
+    meta = msgpack.unpackb(redis_client.hget(checkpoint_key(0, "aggregator"), "meta"), raw=False)
+    mapping = msgpack.unpackb(redis_client.hget(checkpoint_key(0, "aggregator"), "mapping"), raw=False)
+    assert (meta["v"], mapping) == (CHECKPOINT_VERSION, mapping_fingerprint())
+    assert meta["positions"] == {"0": "1764201700000-0"}
+    assert meta["fields"] == redis_client.hlen(
+        checkpoint_key(0, "aggregator")
+    )  # complete: the stale one is gone
     group = _group(redis_client, "aggregator")
     assert (group["last-delivered-id"], group["lag"], group["pending"]) == (b"1764201700000-0", 0, 0)
 

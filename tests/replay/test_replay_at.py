@@ -74,7 +74,7 @@ def test_replay_at_the_exhaustion(history: int, run: Run) -> None:
             s,
             "boilerhouse_http_requests_total",
             method="POST",
-            path="/api/v1/tenants/{id}/claim",
+            path="/api/v1/tenants/{tenant_id}/claim",
             status="503",
         )
         == 2

@@ -7,7 +7,7 @@ export const SCHEMA_VERSION = 1;
 /** Label values (`pool_id`, `workload_id`, `service`) must match this. */
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
 /** HTTP `path` values are route templates matching this, or UNMATCHED_PATH. */
-export const PATH_PATTERN = /^(\/[A-Za-z0-9_.{}:<>-]*){1,16}$/;
+export const PATH_PATTERN = /^\/(?:(?:(?!\.\.?(?:\/|$))[A-Za-z0-9._~-]{1,64}|\{[A-Za-z_][A-Za-z0-9_]{0,31}(?::[A-Za-z_][A-Za-z0-9_]{0,31})?\})(?:\/(?:(?!\.\.?(?:\/|$))[A-Za-z0-9._~-]{1,64}|\{[A-Za-z_][A-Za-z0-9_]{0,31}(?::[A-Za-z_][A-Za-z0-9_]{0,31})?\})){0,15}\/?)?$/;
 export const UNMATCHED_PATH = "<unmatched>";
 
 /** Limits the aggregator enforces (shared/events/codec.py). */
