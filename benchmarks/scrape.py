@@ -26,8 +26,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from services.aggregator import checkpoint
 from services.aggregator.app import standard_collectors
-from services.aggregator.checkpoint import pack
 from services.aggregator.exposition import StateCollector
 from services.aggregator.fold import HANDLERS, State, TrimWindow
 from services.aggregator.render import Renderer
@@ -87,8 +87,10 @@ class SizeResult:
     bytes_gzip: int
     lock_capture: Timing  # what the consumer's lock is held for per scrape now
     lock_copy: Timing  # ... and before: State.copy() + State.merge
-    checkpoint_pack: Timing
-    checkpoint_bytes: int
+    checkpoint_complete: Timing  # the checkpoint the consumer writes first (under the same lock)
+    checkpoint_complete_bytes: int
+    checkpoint_changes: Timing  # a later one, after 1 % of the series changed
+    checkpoint_changes_bytes: int
 
 
 def _exposer(state: State, renderer: Renderer) -> Exposer:
@@ -135,10 +137,35 @@ def measure_size(series: int, reps: int, library: bool) -> SizeResult:
         bytes_gzip=len(ex.render(zipped)),
         lock_capture=timed(lambda: renderer.capture([state], 0, time.time()), reps),
         lock_copy=timed(lambda: State.merge([state.copy()]), reps),
-        checkpoint_pack=timed(lambda: pack(state, TrimWindow()), reps),
-        checkpoint_bytes=len(pack(state, TrimWindow())),
+        checkpoint_complete=timed(lambda: checkpoint.complete(state, TrimWindow()), reps),
+        checkpoint_complete_bytes=checkpoint.complete(state, TrimWindow()).size,
+        **_checkpoint_changes(state, series, reps),
     )
     return result
+
+
+def _checkpoint_changes(state: State, series: int, reps: int) -> dict[str, Any]:
+    """``checkpoint.changes`` after 1 % of the series changed since the previous checkpoint."""
+    handle = HANDLERS["http.request"]
+    methods = ("GET", "POST", "PUT", "DELETE")
+    t = Timing()
+    size = 0
+    for r in range(reps):
+        state.take_dirty()
+        for i in range(r, series, 100):
+            ev = {
+                "method": methods[i % 4],
+                "path": f"/api/v1/r{i // 4}/{{id}}",
+                "status": 200,
+                "duration_s": 0.1,
+            }
+            handle(state, "bench:h:1:00", ev)
+        dirty, sources = state.take_dirty()
+        t0 = time.thread_time()
+        write = checkpoint.changes(state, TrimWindow(), dirty, sources)
+        t.runs.append(time.thread_time() - t0)
+        size = write.size
+    return {"checkpoint_changes": t, "checkpoint_changes_bytes": size}
 
 
 # ---- snapshot gauges from many producer processes ------------------------------------------------------

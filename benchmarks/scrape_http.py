@@ -111,7 +111,11 @@ def run(redis_url: str, series: int = 100_000, reps: int = 5) -> HttpResult:
     client.flushall()
     preload(client, series)
     result = HttpResult(series)
-    env = {"BOILERHOUSE_SERIES_CAP": str(series * 2), "BOILERHOUSE_CONSUMER_GROUP": "bench-http"}
+    env = {
+        "BOILERHOUSE_SERIES_CAP": str(series * 2),
+        "BOILERHOUSE_CONSUMER_GROUP": "bench-http",
+        "BOILERHOUSE_HTTP_ROUTES": "any",  # every path a series of its own
+    }
     with tempfile.TemporaryDirectory() as tmp, AggregatorProcess(redis_url, Path(tmp), env) as agg:
         wait_folded(client, stream_key(0), "bench-http")
         pid = agg.pid

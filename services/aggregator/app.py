@@ -64,6 +64,7 @@ def make_exposer(consumer: Consumer, settings: AggregatorSettings) -> Exposer:
         consumer.readings,
         standard_collectors(CollectorRegistry(auto_describe=False)),
         make_registry(consumer, settings),
+        clock=consumer.clock.now,  # liveness and ages run on Redis' clock, as the fold's entry times
     )
 
 

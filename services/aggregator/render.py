@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 from bisect import insort
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, repeat
 from typing import Any
@@ -30,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 
 from .exposition import combine
 from .fold import LabelKey, State
-from .metrics import METRICS, Kind, MetricDef, Readings
+from .metrics import METRICS, Kind, MetricDef, PartitionReading, Readings
 
 #: Names every escaping scheme we render ourselves leaves unchanged (others go through the library).
 _PLAIN_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -183,8 +183,15 @@ class Capture:
     version: int
     now: float
     live_sources: int
-    newest_ts: float
+    #: When Redis accepted the newest entry folded (unix seconds).
+    newest_entry_s: float
+    #: Sources silent past the TTL without ``source.stopped``, by service.
+    vanished: dict[str, int]
     series: dict[str, tuple[list[LabelKey], list[Any]]]
+
+    def readings(self, partitions: Mapping[int, PartitionReading] | None = None) -> Readings:
+        """The scrape-time inputs, with the consumer's per-partition readings."""
+        return Readings(self.now, self.live_sources, self.newest_entry_s, self.vanished, partitions or {})
 
 
 class Renderer:
@@ -219,12 +226,15 @@ class Renderer:
         A few big flat lists, no object per series: allocating one per series would also make the
         garbage collector walk the whole state, under the lock.
         """
-        horizon = now - self.source_ttl_s
+        ttl = self.source_ttl_s
         live: set[str] = set()
+        vanished: dict[str, int] = {}
         newest = 0.0
-        for st in states:
-            live.update(s for s, info in st.sources.items() if not info.stopped and info.last_seen >= horizon)
-            newest = max(newest, st.newest_ts)
+        for st in states:  # each source is in one partition: sets and counts add up
+            live |= st.live_sources(now, ttl)
+            for service, n in st.vanished_by_service(now, ttl).items():
+                vanished[service] = vanished.get(service, 0) + n
+            newest = max(newest, st.newest_entry_s)
         series: dict[str, tuple[list[LabelKey], list[Any]]] = {}
         for fam in self.families:
             m = fam.m
@@ -246,7 +256,7 @@ class Renderer:
             if m.snapshot:
                 values = [combine(m.combine, v) if v else None for v in values]
             series[m.name] = (keys, values)
-        return Capture(version, now, len(live), newest, series)
+        return Capture(version, now, len(live), newest, vanished, series)
 
     # ---- step 2: no lock --------------------------------------------------------------------------
 
@@ -257,7 +267,7 @@ class Renderer:
 
         ``readings`` are the scrape-time inputs (lag, pending ...); by default those of ``cap`` alone.
         """
-        readings = readings or Readings(cap.now, cap.live_sources, cap.newest_ts)
+        readings = readings or cap.readings()
         for fam in self.families:
             m = fam.m
             head = fam.om_header if openmetrics else fam.text_header

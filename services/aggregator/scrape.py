@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 
 from .fold import State
-from .metrics import PartitionReading, Readings
+from .metrics import PartitionReading
 from .render import Capture, Renderer
 
 #: Output a rendering keeps for scrapes that join it late.
@@ -155,7 +155,7 @@ class Exposer:
         now = self._clock()
         renderer = self._renderer
         cap = self._capture(lambda states, version: renderer.capture(states, version, now))
-        readings = Readings(now, cap.live_sources, cap.newest_ts, self._partitions())
+        readings = cap.readings(self._partitions())
         pending: list[str] = []
         size = 0
         for text in renderer.lines(cap, readings, fmt.openmetrics):

@@ -20,7 +20,7 @@ from prometheus_client.utils import floatToGoString
 
 from services.aggregator.exposition import StateCollector
 from services.aggregator.fold import HANDLERS, Source, State
-from services.aggregator.metrics import METRICS, Kind, PartitionReading, Readings
+from services.aggregator.metrics import METRICS, Kind, PartitionReading
 from services.aggregator.render import Renderer, go_float
 
 NOW = 1_767_225_600.0
@@ -37,7 +37,7 @@ def library(state: State, openmetrics: bool, prefix: str = "boilerhouse_") -> st
 
 def ours(renderer: Renderer, states: list[State], openmetrics: bool) -> str:
     cap = renderer.capture(states, 1, NOW)
-    readings = Readings(NOW, cap.live_sources, cap.newest_ts, PARTITIONS)
+    readings = cap.readings(PARTITIONS)
     text = "".join(renderer.lines(cap, readings, openmetrics))
     return text + "# EOF\n" if openmetrics else text
 
@@ -62,7 +62,8 @@ numbers = (
 SOURCES = {
     "live:h:1:00": Source("api", "1.0", NOW - 1.0),
     "live:h:2:00": Source("api", 'v"2\\x', NOW - 29.0),
-    "silent:h:3:00": Source("sync", "3", NOW - 31.0),
+    "silent:h:3:00": Source("sync", "3", NOW - 31.0),  # vanished (no source.stopped)
+    "rejected:h:5:00": Source("api", "5", 0.0),  # seen only through rejected events
     "stopped:h:4:00": Source("api", "4", NOW, stopped=True),
 }
 
@@ -70,8 +71,10 @@ SOURCES = {
 @st.composite
 def states(draw: Any) -> State:
     state = State()
-    state.sources = {s: Source(i.service, i.version, i.last_seen, i.stopped) for s, i in SOURCES.items()}
-    state.newest_ts = draw(st.sampled_from([0.0, NOW - 2.5]))
+    state.sources = {
+        s: Source(i.service, i.version, i.last_seen, i.last_seq, i.stopped) for s, i in SOURCES.items()
+    }
+    state.newest_entry_s = draw(st.sampled_from([0.0, NOW - 2.5]))
     for m in METRICS:
         if not m.stateful:
             continue
