@@ -31,6 +31,8 @@ def valid_value(f: Field) -> Any:
         return min(f.choices)
     if f.kind == "id":
         return "pool-1"
+    if f.kind == "trace_id":
+        return "4bf92f3577b34da6a3ce929d0e0e4736"
     if f.name == "path":
         return "/api/v1/pools/{pool_id}"
     if f.kind == "str":
@@ -196,8 +198,22 @@ def test_bad_envelope_keys(event: Any, reason: str) -> None:
 
 
 def _wrong_type(f: Field) -> Any:
-    return 12 if f.kind in ("str", "id") else "12"
+    return 12 if f.kind in ("str", "id", "trace_id") else "12"
 
+
+#: Strings that are not W3C trace ids: all zero, upper case, too short or long, not hex, a trailing
+#: newline (which ``$`` would accept), non-ASCII digits, the W3C invalid version's filler.
+BAD_TRACE_IDS = [
+    "0" * 32,
+    "4BF92F3577B34DA6A3CE929D0E0E4736",
+    "4bf92f3577b34da6a3ce929d0e0e473",
+    "4bf92f3577b34da6a3ce929d0e0e47360",
+    "4bf92f3577b34da6a3ce929d0e0e473g",
+    "4bf92f3577b34da6a3ce929d0e0e4736\n",
+    "4bf92f3577b34da6a3ce929d0e0e473\u0663",
+    "f" * 31 + "-",
+    "",
+]
 
 CASES: list[tuple[str, str, Any]] = []
 for _et in EVENT_TYPES:
@@ -205,8 +221,10 @@ for _et in EVENT_TYPES:
         if not _f.optional:
             CASES.append((_et.name, _f.name, None))  # missing
         CASES.append((_et.name, _f.name, _wrong_type(_f)))
-        if _f.kind in ("str", "id"):
+        if _f.kind in ("str", "id", "trace_id"):
             CASES.append((_et.name, _f.name, b"bytes are not str"))
+        if _f.kind == "trace_id":
+            CASES += [(_et.name, _f.name, bad) for bad in BAD_TRACE_IDS]
         if _f.choices is not None:
             CASES.append((_et.name, _f.name, "not-a-choice"))
         if _f.kind == "id":
@@ -285,3 +303,33 @@ def test_http_path_must_be_a_route_template(path: str, ok: bool) -> None:
     }
     problem = validate_event(ev)
     assert (problem is None) == ok, problem
+
+
+def test_trace_id_is_optional_on_exactly_the_events_that_measure_a_duration() -> None:
+    """An event with a duration may carry a valid trace id, or none (absent or nil); nothing else has one."""
+    traced = {et.name for et in EVENT_TYPES if any(f.name == "trace_id" for f in et.fields)}
+    timed = {et.name for et in EVENT_TYPES if any(f.name == "duration_s" for f in et.fields)}
+    assert traced == timed == {
+        "http.request",
+        "container.acquired",
+        "container.released",
+        "container.created",
+        "container.destroyed",
+        "container.wiped",
+        "sync.finished",
+    }
+    for et in EVENT_TYPES:
+        if et.name not in traced:
+            continue
+        ev = valid_event(et)
+        assert ev["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert validate_event(ev) is None
+        ev["trace_id"] = None
+        assert validate_event(ev) is None
+        del ev["trace_id"]
+        assert validate_event(ev) is None
+        for bad in BAD_TRACE_IDS:
+            ev["trace_id"] = bad
+            assert FAST_VALIDATORS[et.name](ev) is False
+            problem = explain_invalid(ev)
+            assert problem is not None and problem[0] == "invalid_field" and "trace_id" in problem[1], bad

@@ -24,6 +24,7 @@ from shared.events.schema import (
     MAX_PATH_LEN,
     PATH_PATTERN,
     SCHEMA_VERSION,
+    TRACE_ID_PATTERN,
     UNMATCHED_PATH,
     Field,
 )
@@ -183,6 +184,8 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
 def _field_type(f: Field) -> str:
     if f.kind == "id":
         return "string (identifier)"
+    if f.kind == "trace_id":
+        return "string (W3C trace id)"
     if f.kind == "str":
         return "string"
     if f.kind == "int":
@@ -196,6 +199,8 @@ def _field_values(f: Field) -> str:
         parts.append("one of " + ", ".join(f"`{c}`" for c in sorted(f.choices)))
     if f.kind == "id":
         parts.append("matches the identifier pattern")
+    if f.kind == "trace_id":
+        parts.append("32 lowercase hex digits, not all zero (the trace-id pattern)")
     if f.kind in ("int", "float") and f.minimum is not None:
         parts.append(f"≥ {f.minimum:g}")
     if f.name == "path":
@@ -237,6 +242,10 @@ def events_markdown() -> str:
         out.append("")
     out += [
         "Identifier pattern: `" + ID_PATTERN.pattern + "`.",
+        "",
+        "Trace-id pattern (the `trace_id` of the events that measure a duration): `"
+        + TRACE_ID_PATTERN.pattern
+        + "`.",
         "",
         "Route-template pattern (the `path` of `http.request`, at most "
         f"{MAX_PATH_LEN} characters): `" + PATH_PATTERN.pattern + "`.",

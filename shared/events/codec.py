@@ -17,6 +17,7 @@ from .schema import (
     PATH_PATTERN,
     PER_EVENT_SEQ_VERSION,
     SCHEMA_VERSION,
+    TRACE_ID_PATTERN,
     UNMATCHED_PATH,
     EventType,
     Field,
@@ -131,6 +132,17 @@ Validator = Callable[[dict[str, Any]], str | None]
 
 def _field_check(f: Field) -> Callable[[Any], str | None]:
     name = f.name
+    if f.kind == "trace_id":
+        trace_ok = TRACE_ID_PATTERN.match
+
+        def check_trace_id(v: Any) -> str | None:
+            if type(v) is not str:
+                return f"{name} must be a string, got {type(v).__name__}"
+            if trace_ok(v) is None:
+                return f"{name}={v[:40]!r} is not a W3C trace id (32 lowercase hex digits, not all zero)"
+            return None
+
+        return check_trace_id
     if f.kind in ("str", "id"):
         choices, is_id = f.choices, f.kind == "id"
 
@@ -231,6 +243,7 @@ def _generate_fast(et: EventType) -> Callable[[dict[str, Any]], bool]:
         "_path_ok": _path_ok,
         "_isfinite": math.isfinite,
         "_MAX_STR": MAX_STR_LEN,
+        "_trace_ok": TRACE_ID_PATTERN.match,
     }
     # Required fields are read with ev[...] (a missing one raises KeyError: invalid); a nil value fails
     # the type test, so no separate None check is needed.
@@ -251,7 +264,9 @@ def _generate_fast(et: EventType) -> Callable[[dict[str, Any]], bool]:
             indent = "      "
         else:
             lines.append(f"    v = ev[{f.name!r}]")
-        if f.kind in ("str", "id"):
+        if f.kind == "trace_id":
+            lines.append(f"{indent}if type(v) is not str or _trace_ok(v) is None: return False")
+        elif f.kind in ("str", "id"):
             if f.choices is not None:
                 env[f"_c{i}"] = frozenset(f.choices)
                 bad = f"v not in _c{i}"
