@@ -309,15 +309,19 @@ def test_trace_id_is_optional_on_exactly_the_events_that_measure_a_duration() ->
     """An event with a duration may carry a valid trace id, or none (absent or nil); nothing else has one."""
     traced = {et.name for et in EVENT_TYPES if any(f.name == "trace_id" for f in et.fields)}
     timed = {et.name for et in EVENT_TYPES if any(f.name == "duration_s" for f in et.fields)}
-    assert traced == timed == {
-        "http.request",
-        "container.acquired",
-        "container.released",
-        "container.created",
-        "container.destroyed",
-        "container.wiped",
-        "sync.finished",
-    }
+    assert (
+        traced
+        == timed
+        == {
+            "http.request",
+            "container.acquired",
+            "container.released",
+            "container.created",
+            "container.destroyed",
+            "container.wiped",
+            "sync.finished",
+        }
+    )
     for et in EVENT_TYPES:
         if et.name not in traced:
             continue
