@@ -29,7 +29,7 @@ from prometheus_client.openmetrics.exposition import ALLOWUTF8, UNDERSCORES
 from prometheus_client.utils import floatToGoString
 
 from .exposition import combine
-from .fold import LabelKey, State
+from .fold import Exemplar, ExemplarRow, LabelKey, State, merge_exemplars
 from .metrics import METRICS, Kind, MetricDef, PartitionReading, Readings
 
 #: Names every escaping scheme we render ourselves leaves unchanged (others go through the library).
@@ -188,6 +188,9 @@ class Capture:
     #: Sources silent past the TTL without ``source.stopped``, by service.
     vanished: dict[str, int]
     series: dict[str, tuple[list[LabelKey], list[Any]]]
+    #: Histograms' exemplars, captured for OpenMetrics only: per partition, the keys of the series that
+    #: have any and their :data:`~.fold.ExemplarRow` flat (``Family.width - 1`` per series).
+    exemplars: dict[str, list[tuple[list[LabelKey], list[Exemplar | None]]]] = field(default_factory=dict)
 
     def readings(self, partitions: Mapping[int, PartitionReading] | None = None) -> Readings:
         """The scrape-time inputs, with the consumer's per-partition readings."""
@@ -220,11 +223,12 @@ class Renderer:
 
     # ---- step 1: under the consumer's lock ------------------------------------------------------
 
-    def capture(self, states: Sequence[State], version: int, now: float) -> Capture:
+    def capture(self, states: Sequence[State], version: int, now: float, exemplars: bool = False) -> Capture:
         """Copy what a scrape needs from the partitions' states. Call with the states' lock held.
 
         A few big flat lists, no object per series: allocating one per series would also make the
-        garbage collector walk the whole state, under the lock.
+        garbage collector walk the whole state, under the lock. ``exemplars``: also the histograms'
+        exemplars (OpenMetrics; the text format has none).
         """
         ttl = self.source_ttl_s
         live: set[str] = set()
@@ -256,7 +260,16 @@ class Renderer:
             if m.snapshot:
                 values = [combine(m.combine, v) if v else None for v in values]
             series[m.name] = (keys, values)
-        return Capture(version, now, len(live), newest, vanished, series)
+        captured: dict[str, list[tuple[list[LabelKey], list[Exemplar | None]]]] = {}
+        if exemplars:
+            for fam in self.families:
+                if fam.m.kind is Kind.HISTOGRAM and fam.m.stateful:
+                    rows = [st.exemplars[fam.m.name] for st in states]
+                    if any(rows):
+                        captured[fam.m.name] = [
+                            (list(r), list(chain.from_iterable(r.values()))) for r in rows if r
+                        ]
+        return Capture(version, now, len(live), newest, vanished, series, captured)
 
     # ---- step 2: no lock --------------------------------------------------------------------------
 
@@ -282,7 +295,8 @@ class Renderer:
             if m.kind is Kind.HISTOGRAM:
                 order, texts = self._order(m.name, keys, fam.histogram_text)
                 yield head
-                yield from _histogram_chunks(fam, order, texts, values)
+                rows = _exemplar_rows(fam, cap.exemplars.get(m.name)) if openmetrics else None
+                yield from _histogram_chunks(fam, order, texts, values, keys, rows)
             elif m.count_of is not None:
                 hist = self._families[m.count_of]
                 yield head
@@ -330,6 +344,28 @@ def _merge(fam: Family, parts: list[tuple[list[LabelKey], list[Any]]]) -> tuple[
     return list(acc), list(acc.values())
 
 
+def _exemplar_rows(
+    fam: Family, parts: list[tuple[list[LabelKey], list[Exemplar | None]]] | None
+) -> dict[LabelKey, ExemplarRow] | None:
+    """The captured exemplars of one histogram by series (partitions merged: the later per bucket)."""
+    if not parts:
+        return None
+    w = fam.width - 1
+    rows: dict[LabelKey, ExemplarRow] = {}
+    for keys, flat in parts:
+        for n, k in enumerate(keys):
+            row = flat[n * w : n * w + w]
+            cur = rows.get(k)
+            rows[k] = row if cur is None else merge_exemplars(cur, row)
+    return rows
+
+
+def exemplar_text(e: Exemplar) -> str:
+    """`` # {trace_id="..."} value timestamp``: what prometheus_client's OpenMetrics writer appends to a
+    bucket line for ``Exemplar({"trace_id": ...}, value, timestamp)``."""
+    return f' # {{trace_id="{escape_value(e[0])}"}} {go_float(e[1])} {e[2]!r}'
+
+
 def _value_chunks(order: list[int], texts: list[str], values: list[Any]) -> Iterator[str]:
     """Counter and gauge lines: the cached ``name{labels} `` and the value (gauges without live
     sources, None, are left out)."""
@@ -369,14 +405,21 @@ def _count_chunks(
         yield "".join(out)
 
 
-def _histogram_chunks(fam: Family, order: list[int], texts: list[Any], flat: list[Any]) -> Iterator[str]:
+def _histogram_chunks(
+    fam: Family,
+    order: list[int],
+    texts: list[Any],
+    flat: list[Any],
+    keys: list[LabelKey] | None = None,
+    exemplars: Mapping[LabelKey, ExemplarRow] | None = None,
+) -> Iterator[str]:
     """Bucket lines (cumulative counts), then ``_count`` and ``_sum``, per series.
 
     The lines of a series are assembled from pieces into one list per chunk, joined once: no string per
-    line. Where exemplars go (OpenMetrics only, not written yet): the capture would carry them for the
-    series that have any, and such a series would take its own branch here, writing each bucket line's
-    number without its newline, then `` # {trace_id="..."} value timestamp`` and the newline; series
-    without exemplars keep this path, and the text format never shows them.
+    line. ``exemplars`` (OpenMetrics only) by series key (``keys[i]`` is series ``i``'s): a series that
+    has any takes its own branch, each bucket line with an exemplar written as its number, then
+    `` # {trace_id="..."} value timestamp`` and the newline; series without exemplars keep the fast
+    path, and the text format never shows them. Label texts are cached per series; exemplars never are.
     """
     join, pieces = "".join, chain.from_iterable
     small = _SMALL_LINES.__getitem__
@@ -391,10 +434,19 @@ def _histogram_chunks(fam: Family, order: list[int], texts: list[Any], flat: lis
         numbers[-1] = count
         s = h[-1]
         sum_line = (repr(s) if type(s) is float and -_INF < s < 1_000_000.0 else go_float(s)) + "\n"
+        lines: Iterator[str]
         if type(count) is int and count < _SMALL:
             lines = chain(map(small, numbers), (sum_line,))
         else:
             lines = chain(map(_number_line, numbers), (sum_line,))
+        if exemplars and keys is not None:
+            row = exemplars.get(keys[i])
+            if row is not None:
+                patched = list(lines)
+                for j, e in enumerate(row):
+                    if e is not None:
+                        patched[j] = patched[j][:-1] + exemplar_text(e) + "\n"
+                lines = iter(patched)
         text = texts[i]
         if fam.le_first:
             extend(pieces(zip(heads, repeat(text), lines)))
@@ -413,4 +465,4 @@ def _number_line(v: Any) -> str:
     return go_float(v) + "\n"
 
 
-__all__ = ["Capture", "Family", "Renderer", "escape_value", "go_float"]
+__all__ = ["Capture", "Family", "Renderer", "escape_value", "exemplar_text", "go_float"]

@@ -154,7 +154,8 @@ class Exposer:
     def _text(self, fmt: Format) -> Iterator[bytes]:
         now = self._clock()
         renderer = self._renderer
-        cap = self._capture(lambda states, version: renderer.capture(states, version, now))
+        om = fmt.openmetrics
+        cap = self._capture(lambda states, version: renderer.capture(states, version, now, exemplars=om))
         readings = cap.readings(self._partitions())
         pending: list[str] = []
         size = 0

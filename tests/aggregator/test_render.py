@@ -36,7 +36,7 @@ def library(state: State, openmetrics: bool, prefix: str = "boilerhouse_") -> st
 
 
 def ours(renderer: Renderer, states: list[State], openmetrics: bool) -> str:
-    cap = renderer.capture(states, 1, NOW)
+    cap = renderer.capture(states, 1, NOW, exemplars=openmetrics)
     readings = cap.readings(PARTITIONS)
     text = "".join(renderer.lines(cap, readings, openmetrics))
     return text + "# EOF\n" if openmetrics else text
@@ -68,6 +68,18 @@ SOURCES = {
 }
 
 
+trace_ids = st.binary(min_size=16, max_size=16).filter(any).map(bytes.hex)
+exemplars = st.tuples(
+    trace_ids,
+    st.floats(0, 1e7, allow_nan=False) | st.sampled_from([0.0, 1e-7, 2.5e16]),
+    st.floats(0, 2e9, allow_nan=False) | st.sampled_from([NOW, NOW - 0.125, 1e9]),
+)
+
+
+def exemplar_rows(width: int) -> st.SearchStrategy[list[Any]]:
+    return st.lists(st.none() | exemplars, min_size=width, max_size=width)
+
+
 @st.composite
 def states(draw: Any) -> State:
     state = State()
@@ -88,6 +100,8 @@ def states(draw: Any) -> State:
                     st.lists(counts, min_size=len(m.buckets or ()) + 1, max_size=len(m.buckets or ()) + 1)
                 )
                 state.hists[m.name][key] = [*buckets, draw(numbers)]
+                if draw(st.booleans()):
+                    state.exemplars[m.name][key] = draw(exemplar_rows(len(buckets)))
             else:
                 state.counters[m.name][key] = draw(numbers)
     return state
@@ -219,3 +233,111 @@ def test_histogram_sums_and_counts_stay_exact_past_the_fast_paths() -> None:
     state.hists[name][("q", "success")] = [400_000] * (width - 1) + [-0.0]
     state.hists[name][("r", "success")] = [1.5e20] + [1] * (width - 2) + [2**60]
     assert_same([state])
+
+
+# ---- exemplars (OpenMetrics only) ---------------------------------------------------------------------
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+OTHER = "0af7651916cd43dd8448eb211c80319c"
+
+
+def _request(state: State, duration: float, trace_id: str | None, ts: float = NOW - 1) -> None:
+    ev: dict[str, Any] = {"method": "GET", "path": "/x", "status": 200, "duration_s": duration, "ts": ts}
+    if trace_id is not None:
+        ev["trace_id"] = trace_id
+    HANDLERS["http.request"](state, "a:h:1:00", ev)
+
+
+def test_exemplars_go_on_their_bucket_line_in_openmetrics_only() -> None:
+    state = folded()
+    _request(state, 0.07, TRACE, NOW - 0.5)  # HTTP buckets: 0.01, 0.05, 0.1, ... -> le="0.1"
+    _request(state, 0.1, OTHER, NOW - 0.25)  # exactly a bound: that bucket (le >= value)
+    _request(state, 0.03, None)  # no trace id: counted, no exemplar
+    renderer = Renderer("boilerhouse_", TTL)
+    om = ours(renderer, [state], True)
+    text = ours(renderer, [state], False)
+    assert " # {" not in text and "trace_id" not in text
+    line = next(x for x in om.splitlines() if 'le="0.1"' in x and 'path="/x"' in x)
+    assert line.endswith(f' # {{trace_id="{OTHER}"}} 0.1 {NOW - 0.25!r}'), line
+    assert sum(1 for x in om.splitlines() if "trace_id" in x) == 1, "the later exemplar replaced the earlier"
+    _request(state, 0.07, TRACE, NOW - 0.5)
+    om = ours(renderer, [state], True)
+    assert [x.split(" # ")[1] for x in om.splitlines() if "trace_id" in x] == [
+        f'{{trace_id="{TRACE}"}} 0.07 {NOW - 0.5!r}'
+    ], "one bucket, one exemplar, the latest"
+    assert_same([state], renderer)
+    families = {f.name: f for f in parse_openmetrics(om)}
+    buckets = [s for s in families["boilerhouse_http_request_duration_seconds"].samples if s.exemplar]
+    assert [
+        (b.labels["le"], b.exemplar.labels, b.exemplar.value, float(b.exemplar.timestamp)) for b in buckets
+    ] == [("0.1", {"trace_id": TRACE}, 0.07, NOW - 0.5)]
+
+
+def test_exemplars_are_kept_per_bucket_per_series_and_bounded_by_the_series_cap() -> None:
+    state = State(series_cap=3)
+    for i in range(10):
+        HANDLERS["http.request"](
+            state,
+            "a:h:1:00",
+            {
+                "method": "GET",
+                "path": f"/p/{i}",
+                "status": 200,
+                "duration_s": 0.001 * 10**i,
+                "ts": NOW,
+                "trace_id": f"{i + 1:032x}",
+            },
+        )
+    hists, rows = (
+        state.hists["http_request_duration_seconds"],
+        state.exemplars["http_request_duration_seconds"],
+    )
+    assert set(rows) <= set(hists) and len(hists) == 4  # 3 series and the overflow series
+    overflow = rows[("__overflow__",) * 3]
+    # Events 3..9 fell into the overflow series, each on the bucket of its value (0.001 * 10**i).
+    assert [e[0] if e else None for e in overflow] == [
+        *[None] * 5,
+        f"{4:032x}",  # 1.0: le="1.0"
+        None,
+        None,
+        f"{5:032x}",  # 10.0: le="10.0"
+        f"{10:032x}",  # 100.0 ... 1e6: +Inf, the latest
+    ]
+    assert rows[("GET", "/p/0", "200")][0] == (f"{1:032x}", 0.001, NOW)
+    assert_same([state])
+
+
+def test_exemplars_of_partitions_merge_by_timestamp_and_copies_are_independent() -> None:
+    a, b = State(), State()
+    _request(a, 0.07, TRACE, NOW - 5)
+    _request(b, 0.07, OTHER, NOW - 1)
+    _request(b, 3.0, OTHER, NOW - 9)
+    _request(a, 3.0, TRACE, NOW - 2)
+    merged = State.merge([a.copy(), b.copy()])
+    row = merged.exemplars["http_request_duration_seconds"][("GET", "/x", "200")]
+    assert [e[0] for e in row if e] == [OTHER, TRACE]
+    assert_same([a, b])
+    copy = a.copy()
+    _request(a, 0.07, OTHER, NOW)
+    assert copy.exemplars["http_request_duration_seconds"][("GET", "/x", "200")][2] == (TRACE, 0.07, NOW - 5)
+
+
+def test_exemplars_are_not_checkpointed() -> None:
+    """A checkpoint holds the histogram's counts and no trace id; restored, the series has no exemplars
+    until new events bring them (docs/metrics.md, *Exemplars*)."""
+    from services.aggregator import checkpoint
+    from services.aggregator.fold import TrimWindow
+
+    state = State()
+    _request(state, 0.07, TRACE)
+    write = checkpoint.complete(state, TrimWindow(), NOW)
+    assert not any(TRACE.encode() in k or TRACE.encode() in v for k, v in write.fields.items())
+    restored = checkpoint.load(write.fields, state.limits).state
+    assert restored.hists == state.hists and state.exemplars["http_request_duration_seconds"]
+    assert restored.exemplars == {name: {} for name in state.exemplars}
+    _request(restored, 0.07, OTHER)
+    assert restored.exemplars["http_request_duration_seconds"][("GET", "/x", "200")][2] == (
+        OTHER,
+        0.07,
+        NOW - 1,
+    )
