@@ -162,8 +162,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
             POOL_ID,
             Field("status", "str", "Outcome", choices=STATUSES),
             _duration(),
-            _trace_id(),
             Field("affinity", "str", "hit: the tenant's reserved container was reused", choices=AFFINITY),
+            _trace_id(),
         ),
     ),
     EventType(

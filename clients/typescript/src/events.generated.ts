@@ -89,10 +89,10 @@ export interface ContainerAcquired {
   status: "failure" | "success" | "timeout";
   /** Duration measured by the producer with a monotonic clock; seconds; >= 0 */
   duration_s: number;
-  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
-  trace_id?: string | null;
   /** hit: the tenant's reserved container was reused */
   affinity: "hit" | "miss";
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** `container.released`: A tenant release finished (sync out, wipe, return or destroy). */
@@ -313,8 +313,8 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "pool_id", kind: "id", unit: "", optional: false, choices: null, minimum: null },
       { name: "status", kind: "str", unit: "", optional: false, choices: ["failure", "success", "timeout"], minimum: null },
       { name: "duration_s", kind: "float", unit: "seconds", optional: false, choices: null, minimum: 0 },
-      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
       { name: "affinity", kind: "str", unit: "", optional: false, choices: ["hit", "miss"], minimum: null },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
   "container.released": {
