@@ -170,7 +170,29 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         else:
             out.append(f"- driven by: {_driven_by(m)}")
         out.append("")
+    traced = [et.name for et in EVENT_TYPES if any(f.name == "trace_id" for f in et.fields)]
     out += [
+        "## Exemplars",
+        "",
+        "The events that measure a duration (" + ", ".join(f"`{t}`" for t in traced) + ") may carry the",
+        "`trace_id` of the request they served ([events.md](events.md#versioning); the API takes it from the",
+        "W3C `traceparent` header or starts a trace). The aggregator keeps, per histogram series and bucket,",
+        "the **latest** such event as an exemplar: `trace_id`, the observed value and the event's `ts`, on the",
+        "bucket the value fell in (the smallest `le` ≥ value). Memory: at most one exemplar per bucket of a",
+        "series that exists, so it is bounded by the series cap like the histogram itself.",
+        "",
+        "- **OpenMetrics only**: a scrape that accepts `application/openmetrics-text` gets",
+        f'  `{prefix}http_request_duration_seconds_bucket{{le="0.1",method="GET",path="/healthz",status="200"}} 3.0 '
+        '# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.07 1767225600.25`;',
+        "  the Prometheus text format has no exemplars and never shows them. Prometheus stores them with",
+        "  `--enable-feature=exemplar-storage` (it scrapes OpenMetrics by default) and serves them at",
+        "  `/api/v1/query_exemplars`; [operations.md](operations.md#exemplars-and-tracing) links them to traces.",
+        "- **Not checkpointed**: a checkpoint holds counts, not trace ids. After a restart (or an",
+        "  `aggregator --rebuild`, which writes a checkpoint), exemplars reappear as new traced events are",
+        "  folded. `replay --at T --format openmetrics` folds the events still in the stream, so it shows",
+        "  their latest exemplars; the backfill file of `replay --openmetrics FILE` carries none.",
+        "- A trace id is never a label: it adds no series.",
+        "",
         "## Process metrics of the aggregator",
         "",
         "The aggregator also serves prometheus_client's standard `process_*`, `python_gc_*` and",
