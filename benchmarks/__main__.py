@@ -19,6 +19,7 @@ from services.embedded import EmbeddedRedis
 from . import (
     breakdown,
     endtoend,
+    exemplars,
     freshness,
     hotpath,
     profile,
@@ -601,11 +602,14 @@ def main(argv: list[str] | None = None) -> int:
         replay = [
             r for per_entry in (100, 10) for r in replay_bench.run(url, replay_events, per_entry, replay_reps)
         ]
+        print("exemplars: emit with and without a trace id, fold, scrape ...", flush=True)
+        ex = exemplars.run(url, quick, reps)
     results = Results(hp, tp, bd, typed, prof, sc, http, fresh, idle, e2e)
     output = Path(args.output)
     previous = output.read_text() if output.exists() else ""
     text = render(facts, (before, load()), results, args, history_rows(previous))
     text += "\n" + replay_bench.section(replay, args.command) + "\n"
+    text += "\n" + exemplars.section(ex, args.command) + "\n"
     if args.no_write or quick:
         print(text)
     else:

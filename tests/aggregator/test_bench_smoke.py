@@ -27,12 +27,14 @@ def test_benchmarks_quick_run_produces_every_table() -> None:
         "## Where the aggregator's time goes",
         "## Analysis",
         "## Replay and rebuild",
+        "## Exemplars",
     ):
         assert heading in out, heading
     assert "| `Counter.labels(a, b).inc()` |" in out and "| **producer CPU per event**" in out
     assert "| **ours** (both) |" in out and "| naive |" in out and "| batching alone |" in out
     assert "| in-process prometheus_client |" in out
     assert "apply_batch" in out, "the profile names the fold"
+    assert "| traced(emit), trace id in the context |" in out and "| decode + validate + fold |" in out
 
 
 def test_performance_md_is_a_benchmark_report() -> None:
@@ -40,6 +42,7 @@ def test_performance_md_is_a_benchmark_report() -> None:
     assert text.startswith("# Performance") and "Written by `make bench`" in text
     assert "| **ours** (both) |" in text and "| naive |" in text and "Measured 20" in text
     assert "## Issue 12's targets" in text
+    assert "## Exemplars" in text and "| traced(emit), trace id in the context |" in text
 
 
 def test_a_new_report_keeps_the_history() -> None:
