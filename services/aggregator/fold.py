@@ -287,23 +287,6 @@ def observe(state: State, name: str, key: LabelKey, value: float, buckets: tuple
     return key
 
 
-def record_exemplar(
-    table: dict[LabelKey, ExemplarRow],
-    key: LabelKey,
-    bucket: int,
-    trace_id: str,
-    value: float,
-    ts: float,
-    width: int,
-) -> None:
-    """Keep ``(trace_id, value, ts)`` as the exemplar of bucket ``bucket`` (the smallest ``le`` >= value)
-    of series ``key`` (an existing series of the histogram, so rows are bounded by the series cap)."""
-    row = table.get(key)
-    if row is None:
-        row = table[key] = [None] * width
-    row[bucket] = (trace_id, float(value), float(ts))
-
-
 def merge_exemplars(a: ExemplarRow, b: ExemplarRow) -> ExemplarRow:
     """Two partitions' exemplars of one series: per bucket, the later by ``ts`` (``b`` on a tie)."""
     return [x if y is None or (x is not None and x[2] > y[2]) else y for x, y in zip(a, b, strict=True)]
@@ -440,12 +423,16 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
             f"    dirty[{m.name!r}].add(key)",
         ]
         if any(f.name == TRACE_FIELD for f in EVENT_TYPES_BY_NAME[d.event].fields):
-            # The event's trace id, if it carries one, becomes the exemplar of the bucket it fell in.
+            # The event's trace id, if it carries one, becomes the exemplar of the bucket the value fell
+            # in (the smallest le >= value) of the series it was counted in: one row per existing series.
             lines += [
                 f"  tid = ev.get({TRACE_FIELD!r})",
                 "  if tid is not None:",
-                f"    _exemplar(state.exemplars[{m.name!r}], key, _bisect(_b{n}, v), tid, v, ev['ts'], "
-                f"{len(m.buckets or ()) + 1})",
+                f"    ex = state.exemplars[{m.name!r}]",
+                "    row = ex.get(key)",
+                "    if row is None:",
+                f"      row = ex[key] = [None] * {len(m.buckets or ()) + 1}",
+                f"    row[_bisect(_b{n}, v)] = (tid, v, ev['ts'])",
             ]
     else:
         lines += [
@@ -478,7 +465,6 @@ def generate_handler(event_type: str) -> tuple[Handler, str]:
         "_bisect": bisect_left,
         "_int_text": _int_text,
         "_route_label": route_label,
-        "_exemplar": record_exemplar,
     }
     lines = ["def handle(state, src, ev):", "  dirty = state.dirty"]
     if event_type == ROUTE_FIELD[0]:

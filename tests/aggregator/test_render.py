@@ -69,10 +69,11 @@ SOURCES = {
 
 
 trace_ids = st.binary(min_size=16, max_size=16).filter(any).map(bytes.hex)
+#: Values and timestamps as events carry them: floats, or ints (msgpack ints are valid numbers).
 exemplars = st.tuples(
     trace_ids,
-    st.floats(0, 1e7, allow_nan=False) | st.sampled_from([0.0, 1e-7, 2.5e16]),
-    st.floats(0, 2e9, allow_nan=False) | st.sampled_from([NOW, NOW - 0.125, 1e9]),
+    st.floats(0, 1e7, allow_nan=False) | st.sampled_from([0.0, 1e-7, 2.5e16]) | st.integers(0, 10**8),
+    st.floats(0, 2e9, allow_nan=False) | st.sampled_from([NOW, NOW - 0.125, 1e9]) | st.integers(0, 2 * 10**9),
 )
 
 
