@@ -215,6 +215,11 @@ class Renderer:
         self.plain = all(f.plain for f in self.families)
         self._orders: dict[str, _Order] = {f.m.name: _Order() for f in self.families}
         self._orders_lock = threading.Lock()
+        #: Per histogram, per series: each bucket's exemplar and its text, kept while that exemplar (the
+        #: same tuple object) is the bucket's latest; a new exemplar replaces its entry.
+        self._exemplar_texts: dict[str, dict[LabelKey, list[tuple[Exemplar, str] | None]]] = {
+            f.m.name: {} for f in self.families if f.m.kind is Kind.HISTOGRAM
+        }
         self._families = {f.m.name: f for f in self.families}
 
     def handles(self, escaping: str) -> bool:
@@ -296,7 +301,10 @@ class Renderer:
                 order, texts = self._order(m.name, keys, fam.histogram_text)
                 yield head
                 rows = _exemplar_rows(fam, cap.exemplars.get(m.name)) if openmetrics else None
-                yield from _histogram_chunks(fam, order, texts, values, keys, rows)
+                cache = self._exemplar_texts[m.name]
+                if rows is not None and len(cache) > 2 * len(rows):  # series gone (a restored state)
+                    cache.clear()
+                yield from _histogram_chunks(fam, order, texts, values, keys, rows, cache)
             elif m.count_of is not None:
                 hist = self._families[m.count_of]
                 yield head
@@ -361,9 +369,12 @@ def _exemplar_rows(
 
 
 def exemplar_text(e: Exemplar) -> str:
-    """`` # {trace_id="..."} value timestamp``: what prometheus_client's OpenMetrics writer appends to a
-    bucket line for ``Exemplar({"trace_id": ...}, value, timestamp)``."""
-    return f' # {{trace_id="{escape_value(e[0])}"}} {go_float(e[1])} {e[2]!r}'
+    """`` # {trace_id="..."} value timestamp\n``: what prometheus_client's OpenMetrics writer appends to a
+    bucket line for ``Exemplar({"trace_id": ...}, value, timestamp)``, and the newline. The trace id
+    needs no escaping: the validator let only lowercase hex through (docs/events.md)."""
+    v = e[1]
+    value = repr(v) if type(v) is float and -_INF < v < 1_000_000.0 else go_float(v)
+    return f' # {{trace_id="{e[0]}"}} {value} {e[2]!r}\n'
 
 
 def _value_chunks(order: list[int], texts: list[str], values: list[Any]) -> Iterator[str]:
@@ -412,6 +423,7 @@ def _histogram_chunks(
     flat: list[Any],
     keys: list[LabelKey] | None = None,
     exemplars: Mapping[LabelKey, ExemplarRow] | None = None,
+    cache: dict[LabelKey, list[tuple[Exemplar, str] | None]] | None = None,
 ) -> Iterator[str]:
     """Bucket lines (cumulative counts), then ``_count`` and ``_sum``, per series.
 
@@ -419,8 +431,12 @@ def _histogram_chunks(
     line. ``exemplars`` (OpenMetrics only) by series key (``keys[i]`` is series ``i``'s): a series that
     has any takes its own branch, each bucket line with an exemplar written as its number, then
     `` # {trace_id="..."} value timestamp`` and the newline; series without exemplars keep the fast
-    path, and the text format never shows them. Label texts are cached per series; exemplars never are.
+    path, and the text format never shows them. ``cache`` keeps each exemplar's text (by series and
+    bucket) while the exemplar is the same object: an exemplar replaced in the fold is a new tuple, so
+    its text is written anew.
     """
+    if cache is None:
+        cache = {}
     join, pieces = "".join, chain.from_iterable
     small = _SMALL_LINES.__getitem__
     heads, les, width = fam.heads, fam.les, fam.width
@@ -443,9 +459,15 @@ def _histogram_chunks(
             row = exemplars.get(keys[i])
             if row is not None:
                 patched = list(lines)
+                known = cache.get(keys[i])
+                if known is None:
+                    known = cache[keys[i]] = [None] * len(row)
                 for j, e in enumerate(row):
                     if e is not None:
-                        patched[j] = patched[j][:-1] + exemplar_text(e) + "\n"
+                        c = known[j]
+                        if c is None or c[0] is not e:
+                            c = known[j] = (e, exemplar_text(e))
+                        patched[j] = patched[j][:-1] + c[1]
                 lines = iter(patched)
         text = texts[i]
         if fam.le_first:

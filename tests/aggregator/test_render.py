@@ -342,3 +342,27 @@ def test_exemplars_are_not_checkpointed() -> None:
         0.07,
         NOW - 1,
     )
+
+
+def test_exemplar_texts_kept_between_scrapes_follow_every_change() -> None:
+    """The renderer keeps each exemplar's text while the bucket's exemplar is the same; a new exemplar in
+    the bucket, a new bucket, a new series and a restored state are all written as they are."""
+    renderer = Renderer("boilerhouse_", TTL)
+    state = folded()
+    _request(state, 0.07, TRACE, NOW - 3)
+    assert_same([state], renderer)
+    _request(state, 0.08, OTHER, NOW - 2)  # same bucket, new exemplar
+    _request(state, 3.0, TRACE, NOW - 2)  # another bucket
+    HANDLERS["http.request"](
+        state,
+        "a:h:1:00",
+        {"method": "PUT", "path": "/y", "status": 201, "duration_s": 0.5, "ts": NOW, "trace_id": OTHER},
+    )
+    assert_same([state], renderer)
+    om = ours(renderer, [state], True)
+    assert f'{{trace_id="{OTHER}"}} 0.08 {NOW - 2!r}' in om and f'{TRACE}"}} 0.07 ' not in om
+    restored = state.copy()
+    restored.exemplars["http_request_duration_seconds"].clear()  # as after a restart: none
+    _request(restored, 0.07, TRACE, NOW - 1)
+    assert_same([restored], renderer)
+    assert ours(renderer, [restored], True).count("trace_id") == 1
