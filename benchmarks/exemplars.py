@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextvars
+import datetime as dt
 import shutil
 import statistics
 import sys
@@ -74,6 +75,7 @@ class ExemplarResult:
     capture: Pair
     #: capture + render with every exemplar new since the previous scrape (no text cached)
     scrape_new: list[float]
+    measured: str = ""
 
 
 # ---- emit ---------------------------------------------------------------------------------------------
@@ -240,12 +242,15 @@ def measure_scrape(series: int, reps: int) -> tuple[Pair, Pair, list[float]]:
 
 
 def run(redis_url: str, quick: bool, reps: int) -> ExemplarResult:
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     n_emit, n_fold, series = (10_000, 10_000, 500) if quick else (200_000, 200_000, 10_000)
     # Measured in a context of its own: a trace id set by a caller must not leak into the baseline.
     thread, producer, sizes = contextvars.Context().run(measure_emit, redis_url, n_emit, reps)
     fold = measure_fold(n_fold, reps)
     scrape, capture, new = measure_scrape(series, reps)
-    return ExemplarResult(n_emit, n_fold, series, reps, thread, producer, sizes, fold, scrape, capture, new)
+    return ExemplarResult(
+        n_emit, n_fold, series, reps, thread, producer, sizes, fold, scrape, capture, new, started
+    )
 
 
 def _ns(s: float) -> str:
@@ -262,7 +267,8 @@ def section(r: ExemplarResult, command: str) -> str:
     lines = [
         SECTION,
         "",
-        f"Written by `{command}` (benchmarks/exemplars.py). Each pair measured in the same run, repetitions",
+        f"Measured {r.measured} by `{command}` (benchmarks/exemplars.py). Each pair measured in the same run, "
+        "repetitions",
         f"interleaved; median of {r.reps} (best in parentheses); ratios are medians of per-repetition ratios.",
         "",
         f"**emit** ({r.n_emit:,} `http.request` events per repetition into a publisher on a real Redis, a 1 ms",
