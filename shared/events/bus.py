@@ -78,7 +78,11 @@ ROLES: Mapping[Role, Profile] = {
 
 def seed_urls(url: str) -> list[str]:
     """The URL of each seed node in ``url``: ``redis://[user:pass@]host1:port1,host2:port2[/0][?query]``
-    lists several nodes of one cluster, sharing the scheme, credentials, database and query."""
+    lists several nodes of one cluster, sharing the scheme, credentials, database and query; a
+    comma-separated list of whole URLs (``redis://h1:7000,redis://h2:7000``) is taken as it is."""
+    whole = [part.strip() for part in url.split(",")]
+    if len(whole) > 1 and all("://" in part for part in whole):
+        return whole
     scheme, sep, rest = url.partition("://")
     userinfo, at, hostpart = rest.rpartition("@")
     if not sep or "," not in hostpart:
@@ -93,7 +97,7 @@ def check_url(url: str) -> None:
     seeds = seed_urls(url)
     if len(seeds) > 1:
         where = "(BOILERHOUSE_REDIS_URL or --redis-url)"
-        if not url.startswith(("redis://", "rediss://")):
+        if not all(seed.startswith(("redis://", "rediss://")) for seed in seeds):
             raise SettingsError(f"several seed nodes need a redis:// or rediss:// URL {where}")
         if any(not urlsplit(seed).netloc.rpartition("@")[2] for seed in seeds):
             raise SettingsError(f"Redis URL has an empty seed between commas {where}")
