@@ -46,7 +46,9 @@ def _emitted(reports: list[Path]) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_three_shards_add_up_to_one_unsharded_aggregator(redis_cluster: LocalRedisCluster, tmp_path: Path) -> None:
+def test_three_shards_add_up_to_one_unsharded_aggregator(
+    redis_cluster: LocalRedisCluster, tmp_path: Path
+) -> None:
     url = _seeds(redis_cluster)
     shards = aggregators(tmp_path, url, "sharded", P, shards=3)
     whole = aggregators(tmp_path, url, "whole", P)
@@ -71,11 +73,17 @@ def test_three_shards_add_up_to_one_unsharded_aggregator(redis_cluster: LocalRed
     assert shard_of_used == {0, 1, 2}, "every shard must have had partitions to consume"
     # Each shard consumed only its own partitions.
     for i, samples in enumerate(parts):
-        lag = {dict(labels)["partition"] for (name, labels) in samples if name == PREFIX + "aggregator_consumer_lag_entries"}
+        lag = {
+            dict(labels)["partition"]
+            for (name, labels) in samples
+            if name == PREFIX + "aggregator_consumer_lag_entries"
+        }
         assert lag == {str(p) for p in range(P) if p % 3 == i}
     # Exact: what was emitted is what was folded, once.
     assert all(r["dropped"] == 0 and r["unsent"] == 0 for r in reports)
-    assert by_label(one, PREFIX + "aggregator_events_applied_total", "type") == _emitted([p for _, p in procs])
+    assert by_label(one, PREFIX + "aggregator_events_applied_total", "type") == _emitted(
+        [p for _, p in procs]
+    )
     assert total(one, PREFIX + "events_lost_total") == 0
     # ... and the shards add up to the unsharded aggregator, series for series.
     a, b = combined(parts), comparable(one)
