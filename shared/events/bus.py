@@ -282,6 +282,16 @@ def node_client(client: Client, key: str) -> redis.Redis:
     return client
 
 
+def node_at(client: RedisCluster, name: str) -> redis.Redis:
+    """The plain client of the cluster node ``host:port`` (also one the slot map does not list yet, such
+    as a master just added without slots), with the cluster client's credentials and timeouts."""
+    node = client.get_node(node_name=name)  # type: ignore[no-untyped-call]  # redis.cluster is unannotated
+    if node is None:
+        host, _, port = name.rpartition(":")
+        node = ClusterNode(host, int(port))  # type: ignore[no-untyped-call]  # redis.cluster is unannotated
+    return client.get_redis_connection(node)
+
+
 def node_name(client: Client, key: str) -> str:
     """``host:port`` of the master serving ``key`` (as the client's slot map has it), for tools."""
     if isinstance(client, RedisCluster):
