@@ -9,6 +9,9 @@ command -v rclone       >/dev/null || need+=(rclone)
 command -v podman       >/dev/null || need+=(podman)
 command -v runc         >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+# The TypeScript client (clients/typescript) is built and tested with Node.js and npm.
+command -v node         >/dev/null || need+=(nodejs)
+command -v npm          >/dev/null || need+=(npm)
 # Sync tests make genuine permission errors as root: chattr +i, and rclone without DAC capabilities.
 command -v chattr       >/dev/null || need+=(e2fsprogs)
 command -v setpriv      >/dev/null || need+=(util-linux)

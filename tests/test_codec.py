@@ -28,7 +28,7 @@ SRC = "test:host:1:abcd"
 
 def valid_value(f: Field) -> Any:
     if f.choices is not None:
-        return sorted(f.choices)[0]
+        return min(f.choices)
     if f.kind == "id":
         return "pool-1"
     if f.name == "path":

@@ -6,8 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,17 +15,9 @@ from services.embedded import EmbeddedRedis, EmbeddedRedisError, free_port, stal
 from tests.conftest import real_redis_binary
 from tests.support.procs import BOILERHOUSE, Proc, boilerhouse, wait_http
 from tests.support.recording import process_alive
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll an OS process's side effect (a process exiting), not logic."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout}s")
-        time.sleep(0.05)
 
 
 def server(workdir: Path) -> EmbeddedRedis:
@@ -130,7 +120,7 @@ def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
         assert f"is in use by another process (pid {up.pid}) running its Redis" in clash.stderr
         assert "Traceback" not in clash.stderr
         up.kill()  # SIGKILL: no shutdown code runs
-        eventually(lambda: not process_alive(redis_pid), "the embedded Redis gone with `up`")
+        wait_until(lambda: not process_alive(redis_pid), "the embedded Redis gone with `up`", within_s=15)
         assert "Received SIGTERM" in (data / "redis" / "redis.log").read_text(), (
             "a clean shutdown, AOF written"
         )

@@ -17,7 +17,7 @@ from services.aggregator.metrics import METRICS, Group, MetricDef
 from shared.events.schema import EVENT_TYPES_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-E2E = ROOT / "tests" / "e2e" / "test_issue3_metrics.py"
+E2E = ROOT / "tests" / "e2e" / "test_every_seed_metric.py"
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
 
@@ -104,7 +104,9 @@ def test_every_seed_metric_is_asserted_by_the_end_to_end_test() -> None:
     constants = string_constants(E2E)
     seed = [m for m in METRICS if m.group is not Group.PIPELINE]
     unasserted = [m.name for m in seed if not any(names_metric(c, m) for c in constants)]
-    assert not unasserted, f"seed metrics the issue-3 end-to-end test never names: {unasserted}"
+    assert not unasserted, (
+        f"seed metrics the end-to-end test (tests/e2e/test_every_seed_metric.py) never names: {unasserted}"
+    )
 
 
 def test_every_metric_is_exercised_by_some_test() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from shared.events.publisher import Publisher
 from shared.events.schema import UNMATCHED_PATH
 from tests.support.expo import Samples, parse, value
 from tests.support.procs import ThreadServer
+from tests.support.wait import wait_for as poll
 
 #: Fast cadence for tests: short blocking reads and frequent checkpoints.
 FAST = {"block_ms": 50, "checkpoint_interval_s": 0.2}
@@ -40,15 +40,14 @@ def wait_for(
     what: str = "condition",
 ) -> Samples:
     """Scrape until ``condition(samples)`` holds; fail with the last exposition otherwise."""
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
+
+    def probe() -> tuple[str, Samples]:
         text = scrape(url, path)
-        samples = parse(text)
-        if condition(samples):
-            return samples
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached after {timeout}s; last exposition:\n{text[-4000:]}")
+        return text, parse(text)
+
+    return poll(probe, what, within_s=timeout, accept=lambda got: condition(got[1]), show=lambda got: got[0])[
+        1
+    ]
 
 
 def wait_applied(url: str, total: int, timeout: float = 20.0, prefix: str = "boilerhouse_") -> Samples:
@@ -112,7 +111,7 @@ def publisher(redis_url: str, service: str = "pipeline-test", **kw: Any) -> Publ
 
 
 def emit_every_type(p: Producer) -> None:
-    pool_state = dict(pending=0, min_size=2, max_size=10)
+    pool_state = {"pending": 0, "min_size": 2, "max_size": 10}
     p.emit(
         "pool.state",
         pool_id="pool-a",

@@ -226,15 +226,15 @@ def test_every_event_type_reaches_metrics_exactly(redis_url: str) -> None:
 
 def test_gauges_sum_over_live_sources_and_ttl_expiry(redis_url: str) -> None:
     """Two sources report the same pool; the aggregator serves the sum, minus a silent one after the TTL."""
-    fields = dict(
-        pool_id="pool-a",
-        workload_id="echo",
-        pending=0,
-        min_size=1,
-        max_size=9,
-        target_size=3,
-        affinity_reservations=0,
-    )
+    fields = {
+        "pool_id": "pool-a",
+        "workload_id": "echo",
+        "pending": 0,
+        "min_size": 1,
+        "max_size": 9,
+        "target_size": 3,
+        "affinity_reservations": 0,
+    }
     a = Publisher(redis_url, "worker-a", heartbeat_interval_s=0.2, flush_interval_s=0.01)
     b = publisher(redis_url, "worker-b")  # never sends a heartbeat
     try:

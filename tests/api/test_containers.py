@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from services.api.containers import Container, ContainerManager
 from services.api.runtimes import ContainerRuntimeError, PodmanRuntime, ProcessRuntime
 from services.api.workloads import DEFAULT_IMAGE, Workload
 from tests.support.recording import Events, process_alive
+from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
 
@@ -124,9 +123,10 @@ async def test_failed_health_check_emits_event(manager: ContainerManager, events
     assert await manager.health_check(c) is True
     assert c.pid is not None
     os.kill(c.pid, 9)  # our own child, by pid: the container dies
-    deadline = time.monotonic() + 10
-    while process_alive(c.pid) and time.monotonic() < deadline:  # the OS needs a moment to finish it
-        await asyncio.sleep(0.01)
+    pid = c.pid
+    await until(
+        lambda: not process_alive(pid), "the killed container's process is gone"
+    )  # the OS needs a moment
     assert await manager.health_check(c) is False
     assert events.of("container.health_check_failed") == [{"pool_id": "pool-c"}, {"pool_id": "pool-c"}]
 

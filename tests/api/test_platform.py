@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from services.api.clock import ManualClock
 from services.api.containers import ContainerManager
 from services.api.platform import (
     Boilerhouse,
@@ -27,6 +27,7 @@ from services.api.runtimes import ProcessRuntime
 from services.api.sync import SyncCoordinator, SyncNotConfigured
 from services.api.workloads import SyncSpec, Workload
 from tests.support.recording import Events
+from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
 
@@ -142,22 +143,33 @@ async def test_sync_of_a_claimed_tenant(platform: tuple[Boilerhouse, Events], tm
     assert events.of("sync.finished", workload_id="docs", status="success", bytes=42, files=1)
 
 
-async def test_periodic_sync_runs_while_a_tenant_holds_a_container(
-    platform: tuple[Boilerhouse, Events],
-) -> None:
-    bh, events = platform
-    await bh.create_pool(spec("t", "ticker", min_size=1, max_size=1))
-    await bh.claim("tnt-1", "t")
-    assert events.of("sync.state", workload_id="ticker")[-1]["periodic_jobs"] == 1
-    deadline = time.monotonic() + 10
-    while len(events.of("sync.finished", workload_id="ticker")) < 2:
-        assert time.monotonic() < deadline, "the periodic job never synced"
-        await asyncio.sleep(0.05)
-    await bh.release("tnt-1")
-    assert events.of("sync.state", workload_id="ticker")[-1]["periodic_jobs"] == 0
-    synced = len(events.of("sync.finished", workload_id="ticker"))
-    await asyncio.sleep(0.6)  # three periods: no more periodic syncs once released
-    assert len(events.of("sync.finished", workload_id="ticker")) == synced
+async def test_periodic_sync_runs_while_a_tenant_holds_a_container(tmp_path: Path) -> None:
+    """Periods run on an injected clock: the job syncs each period while claimed, and once released
+    nothing waits for another period (checked on the clock, not by sleeping through periods)."""
+    events, clock = Events(), ManualClock()
+    manager = ContainerManager(ProcessRuntime(), events, tmp_path / "containers")
+    syncer = SyncCoordinator(events, bisync_workdir=tmp_path / "bisync", clock=clock)
+    bh = Boilerhouse(workloads(tmp_path / "remote"), events, manager, syncer)
+    await bh.start()
+    try:
+        await bh.create_pool(spec("t", "ticker", min_size=1, max_size=1))
+        await bh.claim("tnt-1", "t")
+        assert events.of("sync.state", workload_id="ticker")[-1]["periodic_jobs"] == 1
+        for n in (1, 2):
+            await until(lambda: clock.sleepers == 1, "the periodic job waits for its next period")
+            clock.advance(0.2)
+            await until(
+                lambda n=n: len(events.of("sync.finished", workload_id="ticker")) == n, f"periodic sync {n}"
+            )
+        await bh.release("tnt-1")  # uploads the tenant's data once more
+        assert events.of("sync.state", workload_id="ticker")[-1]["periodic_jobs"] == 0
+        synced = len(events.of("sync.finished", workload_id="ticker"))
+        assert clock.sleepers == 0, "a released tenant's periodic job still waits for a period"
+        clock.advance(3600)
+        await asyncio.sleep(0)  # let anything woken run
+        assert len(events.of("sync.finished", workload_id="ticker")) == synced
+    finally:
+        await bh.close()
 
 
 async def test_snapshots_from_the_flusher_thread_are_emitted_on_the_loop(
@@ -171,10 +183,7 @@ async def test_snapshots_from_the_flusher_thread_are_emitted_on_the_loop(
     caller = threading.Thread(target=bh.snapshot)  # as the publisher's flusher thread calls it
     caller.start()
     caller.join()
-    for _ in range(100):
-        if len(events.items) > before:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(events.items) > before, "snapshots emitted on the loop")
     fresh = events.items[before:]
     assert set(events.threads[before:]) == {threading.get_ident()}  # the loop's thread, not the caller's
     assert [f["pool_id"] for t, f in fresh if t == "pool.state"] == ["a"]  # nothing for the deleted pool

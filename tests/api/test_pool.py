@@ -6,8 +6,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from services.api.pool import (
 from services.api.runtimes import ContainerRuntimeError, PodmanRuntime, ProcessRuntime
 from services.api.sync import SyncCoordinator, SyncFailed
 from services.api.workloads import DEFAULT_IMAGE, SyncSpec, Workload
+from tests.support.recording import Events, process_alive
+from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +38,6 @@ CHECKED = Workload(
     command=("sh", "-c", "touch healthy; exec sleep 1000"),
     health_command=("test", "-f", "healthy"),
 )
-from tests.support.recording import Events, process_alive
 
 
 @dataclass
@@ -76,15 +76,6 @@ def assert_state(pool: ContainerPool, events: Events, **expected: int) -> None:
     stats = pool.stats()
     assert stats["size"] == stats["available"] + stats["borrowed"] + stats["pending"]
     assert {k: stats[k] for k in expected} == expected
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Let the event loop run until ``check`` holds (tasks waiting on the ManualClock or real processes)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached after {timeout}s")
-        await asyncio.sleep(0.005)
 
 
 # ---- sizing and lifecycle ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from services.api.runtimes import (
 )
 from services.api.workloads import DEFAULT_IMAGE, Workload, load_workloads
 from tests.support.recording import process_alive
+from tests.support.wait import until, until_async
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_IMAGE = REPO / "scripts" / "build-busybox-image.sh"
@@ -42,25 +43,6 @@ STARTING = _sh(
     'echo "$GREETING" > "$BOILERHOUSE_DATA_DIR/started"; ulimit -n > "$BOILERHOUSE_DATA_DIR/nofile"; '
     "exec sleep 1000"
 )
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll a real process's side effect (not pool logic: this waits for an OS process to act)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-async def eventually_async(
-    check: Callable[[], object], timeout: float = 10.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[misc]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +81,7 @@ class RuntimeContract:
         data = tmp_path / "c1"
         cid = self.cid()
         await runtime.create(cid, self.workload(command=STARTING, env={"GREETING": "hello"}), data)
-        await eventually(lambda: _nonempty(data / "nofile"), what="container start marker")
+        await until(lambda: _nonempty(data / "nofile"), "container start marker")
         assert (data / "started").read_text().strip() == "hello"
         assert int((data / "nofile").read_text().strip()) > 0
         assert await runtime.healthy(cid) is True
@@ -117,7 +99,7 @@ class RuntimeContract:
             "mv env.tmp env; exec sleep 1000"
         )
         await runtime.create(cid, self.workload(command=_sh(script)), data)
-        await eventually(lambda: (data / "env").exists(), what="env marker")
+        await until((data / "env").exists, "env marker")
         assert (data / "env").read_text().split() == ["none", "contract"]
 
     async def test_shipped_workloads_run(self, runtime: ContainerRuntime, tmp_path: Path) -> None:
@@ -178,7 +160,7 @@ class RuntimeContract:
         async def down() -> bool:
             return not await runtime.healthy(cid)
 
-        await eventually_async(down, what="exited container reported unhealthy")
+        await until_async(down, "exited container reported unhealthy")
         await runtime.destroy(cid)
         assert not self.exists(runtime, cid)
 
@@ -241,14 +223,14 @@ class TestProcessRuntime(RuntimeContract):
         data = tmp_path / "c"
         cid = self.cid()
         await runtime.create(cid, self.workload(command=_sh("sleep 1000 & echo $! > child.pid; wait")), data)
-        await eventually(
+        await until(
             lambda: (data / "child.pid").exists() and (data / "child.pid").read_text().strip() != "",
-            what="grandchild pid file",
+            "grandchild pid file",
         )
         grandchild = int((data / "child.pid").read_text())
         assert process_alive(grandchild)
         await runtime.destroy(cid)
-        await eventually(lambda: not process_alive(grandchild), what="grandchild stopped")
+        await until(lambda: not process_alive(grandchild), "grandchild stopped")
 
     async def test_logs_go_to_the_log_dir(self, runtime: ContainerRuntime, tmp_path: Path) -> None:
         cid = self.cid()
@@ -256,7 +238,7 @@ class TestProcessRuntime(RuntimeContract):
             cid, self.workload(command=_sh("echo to-the-log; exec sleep 1000")), tmp_path / "c"
         )
         log = tmp_path / "logs" / f"{cid}.log"
-        await eventually(lambda: log.exists() and "to-the-log" in log.read_text(), what="log line")
+        await until(lambda: log.exists() and "to-the-log" in log.read_text(), "log line")
 
 
 class TestPodmanRuntime(RuntimeContract):
@@ -294,7 +276,7 @@ class TestPodmanRuntime(RuntimeContract):
             ["podman", "inspect", "--format", fmt, podman_id], capture_output=True, text=True, timeout=30
         )
         assert out.stdout.split() == ["runc", runtime.container_name(cid), "/data"]
-        await eventually(lambda: _nonempty(data / "nofile"), what="start marker")
+        await until(lambda: _nonempty(data / "nofile"), "start marker")
         assert (data / "nofile").read_text().strip() == "1024"
 
     async def test_names_are_unique_per_runtime_instance(self, runtime: ContainerRuntime) -> None:
@@ -390,8 +372,8 @@ async def test_process_containers_die_with_a_killed_server(tmp_path: Path) -> No
         parent.stdout.close()  # type: ignore[union-attr]
     assert parent.returncode == -signal.SIGKILL and len(pids) == count
     try:
-        await eventually(
-            lambda: not any(process_alive(pid) for pid in pids), what="every container gone with its server"
+        await until(
+            lambda: not any(process_alive(pid) for pid in pids), "every container gone with its server"
         )
     finally:
         for pid in pids:  # never leave a sleeper behind, even when the assertion fails

@@ -18,6 +18,7 @@ from services.embedded import free_port
 from shared.events.codec import ENTRY_FIELD, decode_batch
 from shared.events.streams import stream_key
 from tests.support.procs import BOILERHOUSE, Proc, wait_http
+from tests.support.wait import wait_until
 
 NOFILE = 64
 READ_TIMEOUT_S = 1.0
@@ -97,10 +98,7 @@ def closed_by_peer(sock: socket.socket, within_s: float = WITHIN_S) -> bool:
 
 
 def wait_for(check: Callable[[], bool], what: str, within_s: float = WITHIN_S) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+    wait_until(check, what, within_s)
 
 
 def test_idle_sockets_neither_exhaust_open_files_nor_lock_clients_out(server: Server) -> None:

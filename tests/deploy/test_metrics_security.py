@@ -19,6 +19,7 @@ from shared.events.publisher import Publisher
 from tests.support.expo import parse
 from tests.support.procs import ThreadServer, boilerhouse, wait_http
 from tests.support.prometheus import Prometheus
+from tests.support.wait import wait_for
 
 PASSWORD = "pw-7c1e-not-in-any-log"
 TOKEN = "tok-51aa-not-in-any-log"
@@ -306,11 +307,16 @@ def test_concurrent_scrape_limit(serve: Serve, redis_url: str) -> None:
 
 
 def _wait_same_series(url: str, series: int) -> None:
-    for _ in range(200):
+    def http_series() -> int:
         samples = parse(httpx.get(url + "/metrics", timeout=30).text)
-        if sum(1 for n, _ in samples if n == "boilerhouse_http_requests_total") >= series:
-            return
-    raise AssertionError("second aggregator did not fold the stream")
+        return sum(1 for n, _ in samples if n == "boilerhouse_http_requests_total")
+
+    wait_for(
+        http_series,
+        f"the second aggregator folds {series} request series",
+        within_s=60,
+        accept=lambda n: n >= series,
+    )
 
 
 def test_unauthenticated_scrapes_never_take_a_slot(serve: Serve, redis_url: str) -> None:

@@ -33,6 +33,7 @@ from tests.deploy.queries import alert_expressions, all_queries, dashboard, metr
 from tests.support.expo import Samples, names, parse
 from tests.support.procs import Proc, boilerhouse, wait_http
 from tests.support.prometheus import AGGREGATOR_JOB, Prometheus, tool
+from tests.support.wait import wait_for
 
 P = "boilerhouse_"
 SYNC_FAILURES = 36  # > 0.1/s over 5 minutes: HighSyncErrorRate's expression must return it
@@ -99,14 +100,13 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def wait_exposition(url: str, condition: Any, what: str, timeout: float = 60.0) -> tuple[str, Samples]:
-    deadline = time.monotonic() + timeout
-    text, samples = exposition(url)
-    while not condition(samples):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"aggregator never showed {what}; last exposition:\n{text[-3000:]}")
-        time.sleep(0.1)
-        text, samples = exposition(url)
-    return text, samples
+    return wait_for(
+        lambda: exposition(url),
+        f"the aggregator shows {what}",
+        within_s=timeout,
+        accept=lambda got: bool(condition(got[1])),
+        show=lambda got: got[0],
+    )
 
 
 class Client:
@@ -501,18 +501,22 @@ def test_alerting_rules_load_and_evaluate_cleanly(stack: Stack) -> None:
     assert set(rules) == set(expressions)
     for name, rule in rules.items():
         assert rule["health"] == "ok", (name, rule.get("lastError"))
+
     # Alerts whose expression returns something are pending (with a `for`) or firing (without one).
-    deadline = time.monotonic() + 20
-    while True:
+    def states_and_wanted() -> tuple[dict[str, str], dict[str, str]]:
         states = {a["labels"]["alertname"]: a["state"] for a in stack.prom.alerts()}
         want = {}
         for name, expr in expressions.items():
             if stack.prom.query(expr):
                 want[name] = "firing" if rules[name].get("duration", 0) == 0 else "pending"
-        if states == want or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert states == want
+        return states, want
+
+    states, _ = wait_for(
+        states_and_wanted,
+        "alert states follow their expressions",
+        poll_s=0.5,
+        accept=lambda got: got[0] == got[1],
+    )
     assert {
         "PoolExhausted",
         "HighSyncErrorRate",

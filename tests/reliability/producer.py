@@ -64,7 +64,7 @@ def fields_for(type_: str, rng: random.Random) -> dict[str, Any]:
             "duration_s": _duration(rng, 2.0),
             "affinity": rng.choice(["hit", "miss"]),
         }
-    if type_ in ("container.released",):
+    if type_ == "container.released":
         return {"pool_id": pool, "status": rng.choice(STATUSES), "duration_s": _duration(rng, 1.5)}
     if type_ == "container.created":
         return {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from services.embedded import EmbeddedRedis, free_port
 from shared.events.streams import stream_key
 from tests.support.expo import Samples, parse
 from tests.support.procs import Proc, boilerhouse, wait_http
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "boilerhouse_"
@@ -133,20 +133,20 @@ def group_info(client: redis.Redis, group: str, stream: str = STREAM) -> dict[st
 
 def wait_caught_up(client: redis.Redis, group: str, timeout: float = 60.0, stream: str = STREAM) -> None:
     """Until ``group`` has been delivered the stream's last entry and acknowledged everything."""
-    deadline = time.monotonic() + timeout
-    info: dict[str, Any] = {}
-    last: Any = None
-    while time.monotonic() < deadline:
+
+    def where() -> dict[str, Any]:
         try:
             last = client.xinfo_stream(stream)["last-generated-id"]
-            info = group_info(client, group, stream)
+            return {**group_info(client, group, stream), "stream last": last}
         except (AssertionError, redis.ResponseError) as exc:  # stream or group not (yet again) there
-            info = {"error": str(exc)}
-        else:
-            if info["last-delivered-id"] == last and info["pending"] == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"group {group} not caught up after {timeout}s: {info} (stream last {last!r})")
+            return {"error": str(exc)}
+
+    wait_for(
+        where,
+        f"group {group} caught up",
+        within_s=timeout,
+        accept=lambda i: i.get("last-delivered-id") == i.get("stream last") and i.get("pending") == 0,
+    )
 
 
 def comparable(samples: Samples) -> Samples:

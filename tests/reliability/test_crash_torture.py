@@ -33,6 +33,7 @@ from tests.reliability.support import (
     wait_caught_up,
     wait_exit,
 )
+from tests.support.procs import wait_http
 
 SEED = 20261127
 EVENTS = 120_000
@@ -85,7 +86,11 @@ def test_sigkilled_aggregator_matches_uninterrupted_run(
     checkpoints_between_kills = 0
     last_saved = 0.0
     try:
-        for _ in range(KILLS):
+        for i in range(KILLS):
+            if i % 2 == 0 and crashy.proc is not None:
+                # Half the kills land in a consumer that is up and folding (however slowly a loaded
+                # machine starts it); the others anywhere, start-up included.
+                wait_http(crashy.url + "/readyz", timeout=60, proc=crashy.proc)
             time.sleep(rng.uniform(0.05, 1.6))
             kills_ready += _ready(crashy)
             crashy.kill()

@@ -26,6 +26,7 @@ from tests.reliability.support import (
     wait_caught_up,
     wait_exit,
 )
+from tests.support.wait import wait_until
 
 
 def _expect_all_applied(agg: Aggregator, emitted: Counter[str]) -> None:
@@ -237,10 +238,11 @@ def test_redis_losing_all_its_data_does_not_reset_counters(tmp_path: Path) -> No
         server.kill()
         server.start()
         assert client.dbsize() == 0
-        deadline = time.monotonic() + 20
-        while not client.exists(checkpoint_key(0, "aggregator")):  # written back with no new event
-            assert time.monotonic() < deadline, "state not written back after Redis lost it"
-            time.sleep(0.05)
+        # Written back with no new event:
+        wait_until(
+            lambda: client.exists(checkpoint_key(0, "aggregator")),
+            "the state written back after Redis lost it",
+        )
         agg.kill()
         agg.start()
         assert total(agg.samples(), PREFIX + "container_health_check_failures_total") == 1000

@@ -13,6 +13,7 @@ import pytest
 
 from services.embedded import free_port
 from shared.events.publisher import Publisher
+from tests.support.wait import wait_until
 
 
 @pytest.fixture
@@ -61,10 +62,7 @@ def test_close_keeps_its_deadline_when_redis_hangs(blackhole: str, tmp_path: Pat
     took = time.monotonic() - started
     assert took < 1.5, f"close() took {took:.2f}s with a 1s deadline"
     # Once the stuck call times out, the flusher spools everything, source.stopped included.
-    deadline = time.monotonic() + 30
-    while pub._thread.is_alive():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: not pub._thread.is_alive(), "the flusher thread ends after spooling", within_s=30)
     events = _spooled_events(spool)
     assert [e["seq"] for e in events] == list(range(1, 103))
     assert events[-1]["type"] == "source.stopped"

@@ -14,6 +14,7 @@ import redis
 from shared.events.codec import ENTRY_FIELD, encode_batch
 from shared.events.streams import checkpoint_key
 from tests.reliability.support import PREFIX, STREAM, Aggregator, by_label, total, wait_caught_up
+from tests.support.wait import wait_for, wait_until
 
 
 def _health(seq: int, ts: float, pool: str = "p") -> dict[str, Any]:
@@ -46,10 +47,14 @@ def test_stream_is_trimmed_by_age_during_a_run_without_counting_loss(
             redis_client.xadd(
                 STREAM, {ENTRY_FIELD: encode_batch("new:h:1:00", [_health(i + 1, time.time())])}
             )
-        deadline = time.monotonic() + 30
-        while redis_client.xlen(STREAM) > 50 + 100:  # approximate MINID trims whole nodes (100 entries)
-            assert time.monotonic() < deadline, f"stream not trimmed: {redis_client.xlen(STREAM)} entries"
-            time.sleep(0.2)
+        # Approximate MINID trims whole nodes (100 entries).
+        wait_for(
+            lambda: redis_client.xlen(STREAM),
+            "the stream trimmed by age",
+            within_s=30,
+            poll_s=0.2,
+            accept=lambda n: n <= 50 + 100,
+        )
         wait_caught_up(redis_client, "aggregator")
         samples = agg.samples()
     finally:
@@ -81,10 +86,10 @@ def test_dead_sources_are_forgotten_after_the_horizon_and_deduped_before(
         assert total(samples, PREFIX + "container_health_check_failures_total") == 11
         # Past the horizon (by the producers' clock) the old source's bookkeeping goes, counters stay.
         redis_client.xadd(STREAM, {ENTRY_FIELD: encode_batch("live:h:2:00", [_health(2, t0 + 200)])})
-        deadline = time.monotonic() + 20
-        while "gone:h:1:00" in _checkpoint(redis_client)["state"]["last_seq"]:
-            assert time.monotonic() < deadline, "old source never forgotten"
-            time.sleep(0.2)
+        wait_until(
+            lambda: "gone:h:1:00" not in _checkpoint(redis_client)["state"]["last_seq"],
+            "the old source forgotten in the checkpoint",
+        )
         doc = _checkpoint(redis_client)
         samples = agg.samples()
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from shared.events.codec import ENTRY_FIELD, EventDecodeError, decode_batch, enc
 from shared.events.streams import stream_key
 from tests.support.expo import parse
 from tests.support.procs import boilerhouse
+from tests.support.wait import wait_for
 
 from .conftest import Run
 from .history import API, BASE_S, SYNC, UNDECODABLE, acquired, pool
@@ -261,12 +261,7 @@ def test_tail_follow_prints_new_events_as_they_arrive(
 
 
 def _wait_for(read: Callable[[], str], text: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in read():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not printed within {timeout}s:\n{read()}")
+    wait_for(read, f"{text!r} printed", within_s=timeout, accept=lambda out: text in out)
 
 
 @pytest.mark.parametrize(
@@ -319,7 +314,7 @@ def test_bad_arguments_as_a_process_exit_2_without_traceback(redis_url: str, tmp
 
 
 def test_unreachable_bus_is_a_message_not_a_traceback(run: Run) -> None:
-    code, out, err = run("events", "stats", "--redis-url", "redis://127.0.0.1:1/0")
+    code, _out, err = run("events", "stats", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 1
     assert err.startswith("boilerhouse: error: event bus redis://127.0.0.1:1/0: ")
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ import httpx
 import uvicorn
 
 from services.embedded import free_port, stop_pid
+
+from .wait import wait_for, wait_until
 
 BOILERHOUSE = [sys.executable, "-m", "services.cli"]
 
@@ -61,21 +62,30 @@ def boilerhouse(args: Sequence[str], workdir: Path, name: str, env: dict[str, st
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: Proc | None = None, status: int = 200) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    """Until ``url`` answers ``status``; fails at once (with its log) if ``proc`` exits meanwhile."""
+
+    def probe() -> httpx.Response | Exception:
         if proc is not None and proc.popen.poll() is not None:
             raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()[-3000:]}")
         try:
-            r = httpx.get(url, timeout=2)
-            if r.status_code == status:
-                return r
-            last = r.status_code
+            return httpx.get(url, timeout=2)
         except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.05)
-    extra = f"\n{proc.output()[-3000:]}" if proc else ""
-    raise AssertionError(f"{url} not answering {status} after {timeout}s (last: {last!r}){extra}")
+            return exc
+
+    def show(last: httpx.Response | Exception) -> str:
+        seen = f"HTTP {last.status_code}" if isinstance(last, httpx.Response) else repr(last)
+        return seen + (f"\n{proc.output()[-3000:]}" if proc else "")
+
+    got = wait_for(
+        probe,
+        f"{url} answers {status}",
+        within_s=timeout,
+        poll_s=0.05,
+        show=show,
+        accept=lambda r: isinstance(r, httpx.Response) and r.status_code == status,
+    )
+    assert isinstance(got, httpx.Response)
+    return got
 
 
 class ThreadServer:
@@ -93,11 +103,12 @@ class ThreadServer:
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise AssertionError("uvicorn did not start")
-            time.sleep(0.01)
+
+        def started() -> bool:
+            assert self.thread.is_alive(), "uvicorn's thread ended before it started serving"
+            return bool(self.server.started)
+
+        wait_until(started, "uvicorn serves", within_s=20, poll_s=0.01)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -15,7 +14,8 @@ import yaml
 
 from services.embedded import free_port
 
-from .procs import Proc
+from .procs import Proc, wait_http
+from .wait import wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +124,13 @@ class Prometheus:
             "--log.level=info",
         ]
         self.proc = Proc(args, self.workdir, "prometheus")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.popen.poll() is not None:
-                raise AssertionError(
-                    f"prometheus exited with {self.proc.popen.returncode}:\n{self.proc.output()[-3000:]}"
-                )
-            try:
-                if self.http.get("/-/ready").status_code == 200:
-                    logger.info("prometheus pid %d on %s", self.proc.pid, self.url)
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"prometheus not ready after {timeout}s")
+        try:
+            wait_http(self.url + "/-/ready", timeout=timeout, proc=self.proc)
+        except AssertionError:
+            self.stop()
+            raise
+        logger.info("prometheus pid %d on %s", self.proc.pid, self.url)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.popen.poll() is None:
@@ -194,14 +186,13 @@ class Prometheus:
 
     def wait_for(self, expr: str, predicate: Any, timeout: float = 30.0) -> list[Sample]:
         """Poll ``expr`` until ``predicate(result)`` holds; return that result."""
-        deadline = time.monotonic() + timeout
-        result: list[Sample] = []
-        while time.monotonic() < deadline:
-            result = self.query(expr)
-            if predicate(result):
-                return result
-            time.sleep(0.2)
-        raise AssertionError(f"{expr} never satisfied the condition in {timeout}s; last: {result}")
+        return wait_for(
+            lambda: self.query(expr),
+            f"{expr} satisfies the condition",
+            within_s=timeout,
+            poll_s=0.2,
+            accept=predicate,
+        )
 
     def wait_scraped(self, after: float, job: str = AGGREGATOR_JOB, timeout: float = 30.0) -> None:
         """Wait until every target of ``job`` was scraped successfully at a time later than ``after``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -22,8 +22,8 @@ class NotReached(AssertionError):
     """A condition that did not hold in time; the message says what and shows the last value seen."""
 
 
-def _fail(what: str, within_s: float, last: object) -> NotReached:
-    shown = "" if last is None else f"; last seen: {str(last)[-3000:]}"
+def _fail(what: str, within_s: float, last: object, show: Callable[[Any], str] = str) -> NotReached:
+    shown = "" if last is None else f"; last seen:\n{show(last)[-3000:]}"
     return NotReached(f"{what}: not reached within {within_s:g}s{shown}")
 
 
@@ -38,10 +38,11 @@ def wait_for(
     within_s: float = 20.0,
     poll_s: float = POLL_S,
     accept: Callable[[T], bool] | None = None,
+    show: Callable[[T], str] = str,
 ) -> T:
     """Poll ``probe()`` until it returns a value that is not None (and that ``accept`` takes); return it.
 
-    The last value seen is shown when the deadline passes, so a failure says where things stood.
+    The last value seen (formatted by ``show``) is in the failure, so it says where things stood.
     """
     deadline = time.monotonic() + within_s
     last: T | None = None
@@ -52,7 +53,7 @@ def wait_for(
             if accept is None or accept(value):
                 return value
         if time.monotonic() > deadline:
-            raise _fail(what, within_s, last)
+            raise _fail(what, within_s, last, show)
         time.sleep(poll_s)
 
 

@@ -1,4 +1,4 @@
-"""Issue 3 end to end: `boilerhouse api` and `boilerhouse aggregator` as separate processes on a real Redis.
+"""Every seed metric, end to end: `boilerhouse api` and `boilerhouse aggregator` as separate processes on a real Redis.
 
 The test drives real work through the API (process-runtime containers, real rclone against a local
 remote, a WebDAV remote it stops, an immutable directory, an unconfigured remote, a tiny timeout, a bisync
@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from shared.events.schema import UNMATCHED_PATH
 from shared.events.streams import stream_key
 from tests.support.expo import Samples, parse
 from tests.support.procs import Proc, boilerhouse, wait_http
+from tests.support.wait import wait_for
 
 P = "boilerhouse_"
 API = "/api/v1"
@@ -108,13 +108,12 @@ class Api:
         return stats
 
     def wait_stats(self, pool_id: str, timeout: float = 20.0, **want: int) -> dict[str, int]:
-        deadline = time.monotonic() + timeout
-        while True:
-            stats = self.stats(pool_id)
-            if all(stats[k] == v for k, v in want.items()):
-                return stats
-            assert time.monotonic() < deadline, f"pool {pool_id} never reached {want}: {stats}"
-            time.sleep(0.1)
+        return wait_for(
+            lambda: self.stats(pool_id),
+            f"pool {pool_id} reaches {want}",
+            within_s=timeout,
+            accept=lambda stats: all(stats[k] == v for k, v in want.items()),
+        )
 
     def containers(self) -> list[dict[str, Any]]:
         body: list[dict[str, Any]] = self.call("GET", f"{API}/containers", 200).json()["containers"]
@@ -208,14 +207,14 @@ def scrape(url: str) -> Samples:
 
 def converge(url: str, check: Callable[[Samples], Check], timeout: float = 30.0) -> Check:
     """Scrape until every expectation holds (the aggregator catches up asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check(scrape(url))
-        if not result.failures:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail("metrics never matched:\n  " + "\n  ".join(result.failures))
-        time.sleep(0.25)
+    return wait_for(
+        lambda: check(scrape(url)),
+        "every expectation holds",
+        within_s=timeout,
+        poll_s=0.25,
+        accept=lambda result: not result.failures,
+        show=lambda result: "\n  ".join(result.failures),
+    )
 
 
 # ---- fixtures: workloads, remotes, processes ------------------------------------------------------------------
@@ -345,13 +344,11 @@ def run_scenario(api: Api, tmp: Path, webdav: Proc) -> None:
     # ---- health: the container of "spare" dies; the health check fails, it is destroyed and replaced ---------
     (victim,) = [c for c in api.containers() if c["pool_id"] == "spare"]
     os.kill(victim["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while True:
-        now = [c for c in api.containers() if c["pool_id"] == "spare"]
-        if len(now) == 1 and now[0]["id"] != victim["id"] and now[0]["state"] == "available":
-            break
-        assert time.monotonic() < deadline, f"spare's dead container was not replaced: {now}"
-        time.sleep(0.1)
+    wait_for(
+        lambda: [c for c in api.containers() if c["pool_id"] == "spare"],
+        "spare's dead container replaced",
+        accept=lambda now: len(now) == 1 and now[0]["id"] != victim["id"] and now[0]["state"] == "available",
+    )
     api.wait_stats("spare", size=1, available=1, pending=0)
 
     # ---- sync: success, then each failure class -------------------------------------------------------------
