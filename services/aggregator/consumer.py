@@ -239,11 +239,13 @@ class Consumer:
                     logger.warning("consumer group missing (%s); checkpointing and setting up again", exc)
                     self._resetup()
                 else:
-                    logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                    logger.warning(
+                        "event bus error: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff
+                    )
                     self._stop.wait(backoff)
                     backoff = min(5.0, backoff * 2)
             except _TRANSIENT as exc:
-                logger.warning("event bus error: %s; retrying in %.1fs", exc, backoff)
+                logger.warning("event bus error: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
                 self._redrain = True
                 self._stop.wait(backoff)
                 backoff = min(5.0, backoff * 2)

@@ -61,7 +61,7 @@ def masters(client: RedisCluster) -> list[Master]:
         if "master" not in flags or flags & {"fail", "fail?", "handshake", "noaddr"}:
             continue
         ranges = cast("list[list[str]]", node.get("slots") or [])
-        slots = tuple((int(lo), int(hi)) for lo, hi in ranges)
+        slots = tuple((int(r[0]), int(r[-1])) for r in ranges)  # a single slot is [slot]
         out.append(Master(str(name), str(node["node_id"]), slots))
     return sorted(out, key=lambda m: m.name)
 

@@ -328,7 +328,12 @@ class Publisher:
             self._backoff = 0.0
         except _SEND_ERRORS as exc:
             if self._connected or self._backoff == 0.0:
-                logger.warning("event bus unreachable (%s); buffering up to %d events", exc, self._cap)
+                logger.warning(
+                    "event bus unreachable (%s: %s); buffering up to %d events",
+                    type(exc).__name__,
+                    exc,
+                    self._cap,
+                )
             self._connected = False
             self._backoff = min(5.0, max(0.05, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)  # noqa: S311  (jitter, not a secret)
