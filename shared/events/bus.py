@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import NoPermissionError, RedisClusterException
 from redis.retry import Retry
 
 from shared.settings import SettingsError, env_secret
@@ -196,7 +196,7 @@ def _probe(seeds: list[str], auth: Mapping[str, str], profile: Profile) -> tuple
     failures = []
     for url in seeds:
         probe = redis.Redis.from_url(
-            url,
+            urlsplit(url)._replace(path="").geturl(),  # no SELECT: a cluster node refuses it
             protocol=2,
             socket_timeout=profile.connect_timeout_s,
             socket_connect_timeout=profile.connect_timeout_s,
@@ -205,8 +205,8 @@ def _probe(seeds: list[str], auth: Mapping[str, str], profile: Profile) -> tuple
         )
         try:
             enabled = probe.info("cluster").get("cluster_enabled")
-        except redis.ResponseError as exc:
-            # An ACL user without INFO (NOPERM): several seeds can only mean a cluster.
+        except NoPermissionError as exc:
+            # An ACL user without INFO: several seeds can only mean a cluster.
             logger.warning("cannot ask %s whether it is a cluster node (%s)", safe_url(url), exc)
             return len(seeds) > 1, url
         except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -48,7 +48,9 @@ def as_map(reply: object) -> Mapping[Any, Any]:
 def fields_map(fields: object) -> dict[bytes, bytes] | None:
     """An entry's fields: a dict as parsed, a flat list raw; None (or empty) for an entry deleted while
     pending."""
-    if fields is None or isinstance(fields, dict):
+    if fields is None:
+        return {}  # as redis-py parses it outside a transaction
+    if isinstance(fields, dict):
         return fields
     if isinstance(fields, list | tuple):
         return dict(zip(fields[::2], fields[1::2], strict=True))
