@@ -446,6 +446,7 @@ def expectations(s: Stack, at: float) -> dict[str, X.Checker]:
             ),
             alerts["HighPoolUtilization"]: X.exact(X.where(util, lambda v: v > 0.9)),
             alerts["AggregatorDown"]: X.empty(),
+            alerts["AggregatorPairMemberDown"]: X.empty(),
             alerts["AggregatorConsumerLag"]: X.empty(),
             # These counters first appeared during the measured traffic: the `unless offset` branch reports them.
             alerts["EventsLost"]: X.exact(lost),
