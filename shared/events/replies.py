@@ -62,6 +62,14 @@ def _entry(raw: Any) -> RawEntry:
     return entry_id, fields_map(fields)
 
 
+def _entries(raw: Any) -> list[RawEntry]:
+    """Entries as redis-py parsed them (fields in dicts: taken as they are, the hot path of every read)
+    or raw from a cluster transaction (fields in flat lists: converted)."""
+    if isinstance(raw[0][1], dict):
+        return list(raw)
+    return [_entry(e) for e in raw]
+
+
 def _id(value: object, default: StreamId = (0, 0)) -> StreamId:
     return parse_id(value) if isinstance(value, bytes | str) and value else default
 
@@ -161,7 +169,7 @@ class PendingSummary:
 
 def entries(reply: object) -> list[RawEntry]:
     """``XRANGE``/``XREVRANGE``: the entries, oldest (or newest) first; an empty list for nil."""
-    return [_entry(raw) for raw in cast("Iterable[Any]", reply or [])]
+    return _entries(reply) if reply else []
 
 
 def read_reply(reply: object) -> list[tuple[str, list[RawEntry]]]:
@@ -176,5 +184,5 @@ def read_reply(reply: object) -> list[tuple[str, list[RawEntry]]]:
     out: list[tuple[str, list[RawEntry]]] = []
     for key, raw in pairs:
         if raw:
-            out.append((text(key), [_entry(e) for e in raw]))
+            out.append((text(key), _entries(raw)))
     return out
