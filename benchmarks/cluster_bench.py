@@ -34,7 +34,7 @@ import redis
 from services.aggregator.consumer import Consumer
 from services.aggregator.settings import AggregatorSettings
 from services.embedded import EmbeddedRedis
-from shared.events.bus import Client, RedisSettings, connect
+from shared.events.bus import Client, RedisSettings, connect, node_name
 from shared.events.codec import encode_batch
 from shared.events.streams import stream_key
 from shared.events.writer import StreamWriter
@@ -76,6 +76,8 @@ class WriterRun:
     wait: int
     entries_per_s: float
     ms_per_pipeline: float
+    #: CPU of the master taking the writes (``INFO cpu``), per event.
+    master_cpu_per_event: float
 
     @property
     def events_per_s(self) -> float:
@@ -202,13 +204,18 @@ def writes(client: Client, per_entry: int, wait: int, seconds: float) -> WriterR
     payload = encode_batch("w:host:1:ab", enveloped(make_events(per_entry, seed=5)))
     batch = [payload] * 64
     stream = stream_key(P + 1)
+    master = [int(node_name(client, stream).rpartition(":")[2])]
     n = 0
+    cpu0 = redis_cpu(master)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         writer.add(stream, batch)
         n += 1
     elapsed = time.perf_counter() - t0
-    return WriterRun(per_entry, wait, n * 64 / elapsed, elapsed / n * 1000)
+    events = n * 64 * per_entry
+    return WriterRun(
+        per_entry, wait, n * 64 / elapsed, elapsed / n * 1000, (redis_cpu(master) - cpu0) / events
+    )
 
 
 # ---- the driver -------------------------------------------------------------------------------------
@@ -250,8 +257,9 @@ def _writer_row(runs: list[WriterRun], per_entry: int, wait: int, base: float) -
     mine = [r for r in runs if r.events_per_entry == per_entry and r.wait == wait]
     rate = statistics.median(r.events_per_s for r in mine)
     ms = statistics.median(r.ms_per_pipeline for r in mine)
+    cpu = statistics.median(r.master_cpu_per_event for r in mine)
     what = "no WAIT" if not wait else "`WAIT 1` after each pipeline"
-    return f"| {per_entry} | {what} | {rate:,.0f} | {ms:.2f} ms | {rate / base:.2f}x |"
+    return f"| {per_entry} | {what} | {rate:,.0f} | {ms:.2f} ms | {rate / base:.2f}x | {cpu * 1e9:,.0f} ns |"
 
 
 def section(b: ClusterBench, command: str = "python -m benchmarks.cluster_bench") -> str:
@@ -297,8 +305,8 @@ def section(b: ClusterBench, command: str = "python -m benchmarks.cluster_bench"
             "that master's connection, as the flusher sends), with and without waiting for one replica",
             "(median of the rounds, ~1 s each):",
             "",
-            "| events per entry | | events/s | per pipeline | vs no WAIT |",
-            "| ---: | --- | ---: | ---: | ---: |",
+            "| events per entry | | events/s | per pipeline | vs no WAIT | master CPU per event |",
+            "| ---: | --- | ---: | ---: | ---: | ---: |",
             _writer_row(w, 1, 0, base_1),
             _writer_row(w, 1, 1, base_1),
             _writer_row(w, 100, 0, base_100),
@@ -321,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         url, shard, shards, group, expected, ready, go = args.worker
         worker(url, int(shard), int(shards), group, int(expected), Path(ready), Path(go))
         return 0
-    with EmbeddedRedis(allow_fake=False) as server:
+    with EmbeddedRedis(allow_fake=False, die_with_parent=True) as server:
         print(section(run(server.url, args.events, args.rounds)))
     return 0
 
