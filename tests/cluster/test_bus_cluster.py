@@ -3,6 +3,8 @@ and the consumer's one-slot checkpoint transaction."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 import redis.cluster
@@ -13,7 +15,8 @@ from services.aggregator.settings import AggregatorSettings
 from services.cli import main
 from services.embedded import free_port
 from shared.events.bus import ERRORS, NotReplicated, RedisSettings, connect, is_cluster, node_client
-from shared.events.codec import ENTRY_FIELD, encode_batch
+from shared.events.codec import ENTRY_FIELD, decode_batch, encode_batch
+from shared.events.publisher import Publisher
 from shared.events.replies import PendingSummary, StreamInfo, find_group, read_reply
 from shared.events.streams import checkpoint_key, dead_letter_key, stream_key
 from shared.events.writer import StreamWriter
@@ -203,4 +206,31 @@ def test_the_consumer_reads_each_partition_in_its_own_transaction(redis_cluster:
         pass
     assert again.snapshot().counters["affinity_evictions_total"] == {(f"p{p}",): p + 2 for p in range(8)}
     assert sum(again.snapshot().counters.get("aggregator_duplicates_total", {}).values()) == 0
+    client.close()
+
+
+def test_a_spool_is_sent_to_each_batch_s_partition_on_the_cluster(
+    redis_cluster: LocalRedisCluster, tmp_path: Path
+) -> None:
+    """Batches spooled while the bus was down reach their own partitions, on whichever master serves them."""
+    spool = tmp_path / "spool"
+    down = f"redis://{HOST}:{free_port()}"
+    writers = [
+        Publisher(down, f"svc{i}", partitions=8, heartbeat_interval_s=10**6, spool_dir=spool)
+        for i in range(8)
+    ]
+    for w in writers:
+        w.emit("container.health_check_failed", {"pool_id": "p"})
+        w.close(2)
+    parts = {w.partition for w in writers}
+    assert len({redis_cluster.node_for_key(stream_key(p)).port for p in parts}) > 1
+    sender = Publisher(redis_cluster.url, "sender", partitions=8, heartbeat_interval_s=10**6, spool_dir=spool)
+    try:
+        assert sender.flush(10)
+    finally:
+        sender.close(5)
+    client = redis_cluster.client()
+    for w in writers:
+        batches = [decode_batch(f[ENTRY_FIELD]) for _, f in client.xrange(stream_key(w.partition))]
+        assert [e["seq"] for b in batches if b.src == w.src for e in b.events] == [1, 2, 3], w.src
     client.close()
