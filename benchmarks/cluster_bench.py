@@ -89,6 +89,8 @@ class ClusterBench:
     rounds: list[Round]
     writes: list[WriterRun]
     events: int
+    #: /proc/loadavg (1 min) when the run started and ended: how busy the shared machine was.
+    loads: tuple[str, str] = ("?", "?")
 
     def best(self, name: str) -> Round:
         return max((r for r in self.rounds if r.name == name), key=lambda r: r.rate)
@@ -227,6 +229,7 @@ def run(single_url: str, per_partition: int = 100_000, rounds: int = 3, write_s:
 
     single_port = redis.Redis.from_url(single_url).connection_pool.connection_kwargs["port"]
     out = ClusterBench([], [], P * per_partition)
+    before = _load()
     with (
         tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp_name,
         LocalRedisCluster(masters=3, replicas=1, workdir=Path(tmp_name) / "cluster") as cluster,
@@ -250,7 +253,15 @@ def run(single_url: str, per_partition: int = 100_000, rounds: int = 3, write_s:
         single.flushall()
         single.close()
         multi.close()
+    out.loads = (before, _load())
     return out
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def _writer_row(runs: list[WriterRun], per_entry: int, wait: int, base: float) -> str:
@@ -276,10 +287,15 @@ def section(b: ClusterBench, command: str = "python -m benchmarks.cluster_bench"
             f"| {what} | **{best.rate:,.0f}/s** | {b.median_rate(name):,.0f}/s | {best.rate / base.rate:.2f}x "
             f"| {best.cpu_per_event * 1e9:,.0f} ns | {best.redis_cpu_per_event * 1e9:,.0f} ns |"
         )
+    one, two = b.best("cluster-1"), b.best("cluster-2")
     w = b.writes
     base_1 = statistics.median(r.events_per_s for r in w if r.events_per_entry == 1 and r.wait == 0)
     base_100 = statistics.median(r.events_per_s for r in w if r.events_per_entry == 100 and r.wait == 0)
     runs = len([r for r in b.rounds if r.name == "single"])
+    wait_1 = statistics.median(r.events_per_s for r in w if r.events_per_entry == 1 and r.wait == 1) / base_1
+    wait_100 = (
+        statistics.median(r.events_per_s for r in w if r.events_per_entry == 100 and r.wait == 1) / base_100
+    )
     return "\n".join(
         [
             "## Redis Cluster and shards",
@@ -288,18 +304,22 @@ def section(b: ClusterBench, command: str = "python -m benchmarks.cluster_bench"
             "entry) written to a private redis-server and to a 3 masters + 3 replicas cluster on this machine;",
             "each aggregator shard a real `Consumer` in its own process, a fresh consumer group per round,",
             f"{runs} alternating rounds. Rate: all events over the slowest shard's time; CPU: the shards'",
-            "process CPU, and all Redis servers' CPU (`INFO cpu`), per event.",
+            "process CPU, and all Redis servers' CPU (`INFO cpu`), per event. Load average (1 min) before and",
+            f"after: {b.loads[0]} / {b.loads[1]} on 2 cores.",
             "",
             "| setup | best rate | median | vs baseline | aggregator CPU per event | Redis CPU per event |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
             *rows,
             "",
-            "On a cluster each partition is read in its own transaction (on a single Redis all partitions share",
-            "one), routed by redis-py's cluster client (which asks the server for an XREADGROUP's keys: two",
-            "extra round trips per read); with entries of 500 events that is noise next to decoding and",
-            "folding, which is all Python in the aggregator process. Two shards are two processes: on this",
-            "2-core machine they share the cores with each other and with the six redis-server processes, so",
-            "their scaling here is a floor; on separate cores a shard's rate is the single-aggregator rate.",
+            f"In this run one aggregator on the cluster folded at {one.rate / base.rate:.2f}x the single-Redis rate",
+            f"with {one.cpu_per_event / base.cpu_per_event:.2f}x the CPU per event; two shards at "
+            f"{two.rate / base.rate:.2f}x. On a cluster each",
+            "partition is read in its own transaction (on a single Redis all partitions share one), routed by",
+            "redis-py's cluster client (which asks a node for an XREADGROUP's keys: two extra round trips per",
+            "read); with entries of 500 events that is small next to decoding and folding, which is all Python",
+            "in the aggregator process, and rounds on this shared machine vary by more than that. Two shards",
+            "are two processes: here they share 2 cores with each other, the six redis-server processes and",
+            "whatever else runs, so their figure is a floor; on their own cores N shards fold N times one.",
             "",
             "Publisher writes to the master of one partition (`StreamWriter.add`: a pipeline of 64 `XADD` on",
             "that master's connection, as the flusher sends), with and without waiting for one replica",
@@ -312,9 +332,9 @@ def section(b: ClusterBench, command: str = "python -m benchmarks.cluster_bench"
             _writer_row(w, 100, 0, base_100),
             _writer_row(w, 100, 1, base_100),
             "",
-            "`WAIT 1` costs one replica round trip per pipeline: little for small entries on loopback, more",
-            "for large pipelines (the replica must receive them first). A producer flushes every 50 ms, so",
-            "the cost is latency on the flusher thread, never on `emit()`.",
+            "`WAIT 1` adds a replica round trip to every pipeline: it weighs most on small, frequent pipelines",
+            f"(1 event per entry: {wait_1:.2f}x) and little on batched ones (100 events per entry: {wait_100:.2f}x). A",
+            "producer's flusher sends every 50 ms, so the cost is time on the flusher thread, never on `emit()`.",
         ]
     )
 

@@ -140,7 +140,10 @@ def create_app(
         if consumer.error is not None:
             return JSONResponse({"status": "error", "detail": str(consumer.error)}, status_code=503)
         if not consumer.ready.is_set():
-            return JSONResponse({"status": "starting", "detail": "consumer not set up yet"}, status_code=503)
+            detail = "consumer not set up yet"
+            if consumer.last_bus_error:
+                detail += f" (event bus: {consumer.last_bus_error})"
+            return JSONResponse({"status": "starting", "detail": detail}, status_code=503)
         return JSONResponse({"status": "ready", "partitions": sorted(consumer.parts)})
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]

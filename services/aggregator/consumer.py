@@ -139,6 +139,8 @@ class Consumer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        #: The last event bus error the loop is retrying after (cleared by a good round), for /readyz.
+        self.last_bus_error = ""
         self.applied_entries = 0
         self.checkpoints = 0
         self._bytes_per_entry = 1024.0
@@ -228,6 +230,7 @@ class Consumer:
                 self.poll_once()
                 self.maintain()
                 backoff = 0.1
+                self.last_bus_error = ""
             except (checkpoint.CheckpointError, SettingsError) as exc:
                 self.error = exc
                 logger.error("%s", exc)
@@ -239,13 +242,13 @@ class Consumer:
                     logger.warning("consumer group missing (%s); checkpointing and setting up again", exc)
                     self._resetup()
                 else:
-                    logger.warning(
-                        "event bus error: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff
-                    )
+                    self.last_bus_error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("event bus error: %s; retrying in %.1fs", self.last_bus_error, backoff)
                     self._stop.wait(backoff)
                     backoff = min(5.0, backoff * 2)
             except _TRANSIENT as exc:
-                logger.warning("event bus error: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
+                self.last_bus_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("event bus error: %s; retrying in %.1fs", self.last_bus_error, backoff)
                 self._redrain = True
                 self._stop.wait(backoff)
                 backoff = min(5.0, backoff * 2)

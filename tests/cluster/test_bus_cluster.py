@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import redis.cluster
 from redis.cluster import RedisCluster
 
+from services.aggregator.app import create_app
 from services.aggregator.consumer import Consumer
 from services.aggregator.settings import AggregatorSettings
 from services.cli import main
@@ -22,6 +24,8 @@ from shared.events.streams import checkpoint_key, dead_letter_key, stream_key
 from shared.events.writer import StreamWriter
 from shared.settings import SettingsError
 from tests.support.cluster import HOST, LocalRedisCluster
+from tests.support.procs import ThreadServer
+from tests.support.wait import wait_for
 
 
 def test_connect_returns_a_cluster_client_for_a_cluster_node_and_a_plain_one_otherwise(
@@ -234,3 +238,16 @@ def test_a_spool_is_sent_to_each_batch_s_partition_on_the_cluster(
         batches = [decode_batch(f[ENTRY_FIELD]) for _, f in client.xrange(stream_key(w.partition))]
         assert [e["seq"] for b in batches if b.src == w.src for e in b.events] == [1, 2, 3], w.src
     client.close()
+
+
+def test_an_aggregator_started_before_the_bus_says_why_it_is_not_ready() -> None:
+    url = f"redis://{HOST}:{free_port()},{HOST}:{free_port()}"
+    app = create_app(AggregatorSettings(redis_url=url, partitions=8))
+    with ThreadServer(app) as server:
+        body = wait_for(
+            lambda: httpx.get(server.url + "/readyz", timeout=5).json(),
+            "readyz naming the bus error",
+            accept=lambda b: "no Redis answered" in b.get("detail", ""),
+        )
+    assert body["status"] == "starting"
+    assert body["detail"].startswith("consumer not set up yet (event bus: ConnectionError: no Redis answered")
