@@ -274,8 +274,6 @@ class Consumer:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-            if not self.rebuild:
-                self._take_over_pending(pc)
             raw = None if self.rebuild else self.client.get(pc.checkpoint)
             if isinstance(raw, bytes):
                 restored = checkpoint.load(raw, self.settings.series_cap, f"checkpoint {pc.checkpoint}")
@@ -293,6 +291,8 @@ class Consumer:
                 # entries are delivered again by ">", so they are not drained separately.
                 self.client.xgroup_setid(pc.stream, self.settings.group, id="0")
                 logger.info("partition %d: rebuilding from the start of the stream", pc.partition)
+            if not self.rebuild:
+                self._take_over_pending(pc)  # after the restore: it may open the partition's trim window
         self.detect_trimmed()  # also learns where the stream ends (a trim window's backlog)
         if not self.rebuild:
             # Entries delivered to us before a crash but never acknowledged come first.

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=1)
     p.add_argument("--wait-replicas", type=int, default=0, help="WAIT for this many replicas per batch")
     p.add_argument("--wait-timeout-ms", type=int, default=100)
+    p.add_argument("--src", action="append", default=[], help="source ids to use, in order (default: random)")
     p.add_argument("--service", default="torture")
     p.add_argument("--close-all", action="store_true", help="close every source at the end (source.stopped)")
     p.add_argument("--close-timeout", type=float, default=30.0)
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             partitions=args.partitions,
             wait_replicas=args.wait_replicas,
             wait_timeout_ms=args.wait_timeout_ms,
+            src=args.src[i] if i < len(args.src) else None,
         )
         for i in range(args.sources)
     ]
