@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print("aggregator shards on a Redis Cluster against a single Redis ...", flush=True)
         per_partition, rounds = (2_000, 1) if args.quick else (100_000, 3)
-        clustered = cluster_bench.run(server.url, per_partition, rounds, write_s=0.2 if args.quick else 1.0)
+        clustered = cluster_bench.run(server.url, per_partition, rounds, pipelines=20 if args.quick else 300)
     output = Path(args.output)
     previous = output.read_text() if output.exists() else ""
     text = render(facts, (before, load()), hp, tp, bd, typed, prof, args, history_rows(previous))
