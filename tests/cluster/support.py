@@ -15,7 +15,7 @@ import redis
 from services.aggregator.metrics import METRICS_BY_NAME, Combine
 from shared.events.bus import ERRORS, Client
 from shared.events.replies import StreamInfo, find_group
-from shared.events.streams import stream_key
+from shared.events.streams import partition_of, stream_key
 from tests.reliability.support import PREFIX, Aggregator, comparable, producer
 from tests.support.expo import Samples
 from tests.support.procs import Proc
@@ -65,14 +65,34 @@ def stop_all(aggs: Iterable[Aggregator]) -> None:
             agg.stop()
 
 
+def src_on(partition: int, partitions: int, name: str = "src") -> str:
+    """A source id (``name-n:host:n:cafe``) that hashes to ``partition`` of ``partitions``."""
+    for n in range(100_000):
+        src = f"{name}-{n}:host:{n}:cafe"
+        if partition_of(src, partitions) == partition:
+            return src
+    raise AssertionError(f"no source id for partition {partition}")
+
+
 def producers(
-    workdir: Path, url: str, count: int, *args: str, name: str = "producer"
+    workdir: Path,
+    url: str,
+    count: int,
+    *args: str,
+    name: str = "producer",
+    srcs: Sequence[Sequence[str]] = (),
 ) -> list[tuple[Proc, Path]]:
-    """``count`` producer processes (tests/reliability/producer.py), each with its own service name and seed."""
-    return [
-        producer(workdir, url, f"{name}{i}", "--service", f"{name}{i}-", "--seed", str(1000 + i), *args)
-        for i in range(count)
-    ]
+    """``count`` producer processes (tests/reliability/producer.py), each with its own service name and
+    seed; ``srcs[i]``, if given, are the source ids of process i (to place sources on partitions)."""
+    out = []
+    for i in range(count):
+        ids = [a for src in (srcs[i] if i < len(srcs) else ()) for a in ("--src", src)]
+        out.append(
+            producer(
+                workdir, url, f"{name}{i}", "--service", f"{name}{i}-", "--seed", str(1000 + i), *args, *ids
+            )
+        )
+    return out
 
 
 def caught_up(client: Client, group: str, partitions: int) -> bool:

@@ -16,9 +16,10 @@ import pytest
 import redis
 import yaml
 
-from services.embedded import free_port, stop_pid, wait_for_port
+from services.embedded import stop_pid, wait_for_port
 from shared.events.bus import seed_urls
 from tests.deploy.queries import REPO
+from tests.support.cluster import free_cluster_port, release_port
 from tests.support.prometheus import AGGREGATOR_JOB, tool
 
 COMPOSE = REPO / "deploy" / "compose-cluster.yaml"
@@ -161,7 +162,7 @@ def test_the_node_command_starts_a_real_cluster_node(config: dict[str, Any], tmp
         node["command"][2].replace("$$(hostname)", "redis-1").replace("/data/", f"{tmp_path}/")
     )
     assert args[:2] == ["exec", "redis-server"]
-    port = free_port()
+    port = free_cluster_port()  # its cluster bus listens on port + 10000
     pidfile = tmp_path / "redis.pid"
     proc = subprocess.Popen(
         [
@@ -194,3 +195,4 @@ def test_the_node_command_starts_a_real_cluster_node(config: dict[str, Any], tmp
     finally:
         stop_pid(proc.pid, timeout=10)
         proc.wait(5)
+        release_port(port)
