@@ -14,7 +14,7 @@ from pathlib import Path
 
 from services.embedded import EmbeddedRedis
 
-from . import breakdown, hotpath, profile, replay_bench, throughput, typed_decode
+from . import breakdown, cluster_bench, hotpath, profile, replay_bench, throughput, typed_decode
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_EMIT = 0.25
@@ -330,10 +330,14 @@ def main(argv: list[str] | None = None) -> int:
             for per_entry in (100, 10)
             for r in replay_bench.run(server.url, replay_events, per_entry, replay_reps)
         ]
+        print("aggregator shards on a Redis Cluster against a single Redis ...", flush=True)
+        per_partition, rounds = (2_000, 1) if args.quick else (100_000, 3)
+        clustered = cluster_bench.run(server.url, per_partition, rounds, pipelines=20 if args.quick else 300)
     output = Path(args.output)
     previous = output.read_text() if output.exists() else ""
     text = render(facts, (before, load()), hp, tp, bd, typed, prof, args, history_rows(previous))
     text += "\n" + replay_bench.section(replay, args.command) + "\n"
+    text += "\n" + cluster_bench.section(clustered, args.command) + "\n"
     if args.no_write or args.quick:
         print(text)
     else:
