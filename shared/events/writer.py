@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import redis
-from redis.exceptions import MovedError
+from redis.exceptions import ExecAbortError, MovedError
 
 from .bus import ERRORS, Client, NotReplicated, is_cluster, node_client, refresh
 from .codec import ENTRY_FIELD
@@ -75,13 +76,44 @@ class StreamWriter:
             raise
 
     def _add(self, client: Client, stream: str, payloads: Sequence[bytes]) -> None:
-        pipe = node_client(client, stream).pipeline(transaction=False)
-        for payload in payloads:
-            pipe.xadd(stream, {ENTRY_FIELD: payload}, maxlen=self.maxlen, approximate=True)
+        """``MULTI``, the ``XADD`` s, ``EXEC`` (and ``WAIT``) on one connection, in one round trip.
+
+        The transaction makes the entries all-or-nothing: an error reply to one ``XADD`` of a plain
+        pipeline (``OOM``, ``READONLY``, ``MISCONF``) while a later one is written would send the retried
+        entry after its successor, where the aggregator skips it as duplicates; inside ``MULTI`` those
+        errors abort every entry. ``WAIT`` follows ``EXEC`` on the same connection (it counts that
+        connection's writes; inside the transaction it would not block). redis-py's transaction pipeline
+        cannot add a command after ``EXEC``, hence the commands are written here.
+        """
+        pool = node_client(client, stream).connection_pool
+        conn: Any = pool.get_connection()  # redis-py's Connection methods are unannotated
+        commands: list[tuple[str | int | bytes, ...]] = [("MULTI",)]
+        commands += [
+            ("XADD", stream, "MAXLEN", "~", self.maxlen, "*", ENTRY_FIELD, payload) for payload in payloads
+        ]
+        commands.append(("EXEC",))
         if self.wait_replicas:
-            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
-        replies = pipe.execute()
-        if self.wait_replicas and int(replies[-1]) < self.wait_replicas:
+            commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
+        replies: list[object] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:  # an error reply: the others are still to be read
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()  # replies may still be in flight: never reuse this connection
+            raise
+        finally:
+            pool.release(conn)
+        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+        if errors:
+            # A redirect says where the stream is now (MovedError is handled by the caller); otherwise
+            # the first error says why (EXECABORT only says that an earlier one aborted the transaction).
+            moved = next((e for e in errors if isinstance(e, MovedError)), None)
+            raise moved or next((e for e in errors if not isinstance(e, ExecAbortError)), errors[0])
+        if self.wait_replicas and int(cast("int", replies[-1])) < self.wait_replicas:
             raise NotReplicated(
                 f"{replies[-1]} of {self.wait_replicas} replicas acknowledged within {self.wait_timeout_ms} ms"
             )
