@@ -18,6 +18,7 @@ from services.embedded import EmbeddedRedis
 
 from . import (
     breakdown,
+    cluster_bench,
     endtoend,
     freshness,
     hotpath,
@@ -601,11 +602,15 @@ def main(argv: list[str] | None = None) -> int:
         replay = [
             r for per_entry in (100, 10) for r in replay_bench.run(url, replay_events, per_entry, replay_reps)
         ]
+        print("aggregator shards on a Redis Cluster against a single Redis ...", flush=True)
+        per_partition, rounds = (2_000, 1) if quick else (100_000, 3)
+        clustered = cluster_bench.run(url, per_partition, rounds, pipelines=20 if quick else 300)
     results = Results(hp, tp, bd, typed, prof, sc, http, fresh, idle, e2e)
     output = Path(args.output)
     previous = output.read_text() if output.exists() else ""
     text = render(facts, (before, load()), results, args, history_rows(previous))
     text += "\n" + replay_bench.section(replay, args.command) + "\n"
+    text += "\n" + cluster_bench.section(clustered, args.command) + "\n"
     if args.no_write or quick:
         print(text)
     else:

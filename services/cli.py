@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from services.aggregator import events_cli, replay_cli
+from services.aggregator import events_cli, placement, replay_cli
 from services.aggregator.settings import AggregatorSettings, SettingsError
 from services.api.settings import ApiSettings
 from services.httpserver import MAX_HEAD_BYTES, connection_limits, guarded_protocol
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     events_cli.register(sub)
     replay_cli.register(sub)
+    placement.register(sub)
     return parser
 
 

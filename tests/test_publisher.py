@@ -15,6 +15,7 @@ import redis
 from services.embedded import EmbeddedRedis, free_port
 from shared.events.codec import decode_batch
 from shared.events.publisher import Publisher
+from shared.events.streams import stream_key
 from tests.aggregator.harness import aggregator, wait_for
 from tests.support.expo import value
 from tests.support.wait import wait_until
@@ -219,3 +220,32 @@ def test_batches_many_events_per_entry(redis_url: str, redis_client: redis.Redis
         assert all(len(msgpack.unpackb(f[b"b"])["events"]) <= 500 for _, f in entries)
     finally:
         pub.close(1)
+
+
+def test_entries_are_written_all_or_nothing_and_an_oom_refusal_is_retried(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Each round trip of entries is one MULTI/EXEC: a refusal (here OOM) of any XADD aborts them all, so a
+    retried entry can never land after its successor (where the aggregator would skip it as a duplicate)."""
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", 1)  # every write refused: Redis is "out of memory"
+    before = redis_client.info("commandstats")
+    pub = Publisher(redis_url, "atomic", heartbeat_interval_s=10**6, batch_size=10, flush_interval_s=0.01)
+    try:
+        for i in range(100):
+            pub.emit("container.health_check_failed", {"pool_id": f"p{i % 3}"})
+        assert not pub.flush(1), "written although Redis refused every write"
+        assert redis_client.xlen(stream_key(0)) == 0  # no entry of an aborted transaction was applied
+        redis_client.config_set("maxmemory", 0)
+        assert pub.flush(10)
+    finally:
+        pub.close()
+        redis_client.config_set("maxmemory", 0)
+    after = redis_client.info("commandstats")
+    calls = {k: after.get(f"cmdstat_{k}", {}).get("calls", 0) - before.get(f"cmdstat_{k}", {}).get("calls", 0)
+             for k in ("multi", "exec", "xadd")}  # fmt: skip
+    assert calls["multi"] == calls["exec"] >= 2 and calls["xadd"] > 0
+    seqs = [ev["seq"] for _, f in redis_client.xrange(stream_key(0)) for ev in decode_batch(f[b"b"]).events]
+    assert (
+        seqs == list(range(1, len(seqs) + 1)) and len(seqs) == 102
+    )  # started, 100 events, stopped: once each

@@ -151,9 +151,16 @@ def create_app(
     client: Client | None = None,
     rebuild: bool = False,
 ) -> Starlette:
-    """Build the app; the consumer thread starts and stops with the ASGI lifespan."""
-    client = client or connect(settings.redis, "consumer", extra_timeout_s=settings.block_ms / 1000)
-    consumer = Consumer(client, settings, rebuild=rebuild)
+    """Build the app; the consumer thread starts and stops with the ASGI lifespan.
+
+    Without ``client`` the consumer connects from its retry loop (the bus need not be up yet, and
+    whether it is a single Redis or a cluster is learnt then).
+    """
+    consumer = Consumer(
+        client or (lambda: connect(settings.redis, "consumer", extra_timeout_s=settings.block_ms / 1000)),
+        settings,
+        rebuild=rebuild,
+    )
     exposer = make_exposer(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
     started = time.monotonic()
@@ -246,7 +253,7 @@ def create_app(
             yield
         finally:
             await anyio.to_thread.run_sync(consumer.stop)
-            client.close()
+            consumer.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.consumer = consumer

@@ -5,6 +5,11 @@ crash at any instant followed by a restart gives exactly the metrics of a run th
 the state comes back from the checkpoint and the unacknowledged entries are read again. What an
 entry does to the state is :mod:`.ingest`'s job; what a checkpoint holds is :mod:`.checkpoint`'s.
 
+On a Redis Cluster every partition's keys share one slot (the ``{p}`` hash tag) but partitions do not:
+reads and inspections run as one transaction per partition there (one for all partitions on a single
+Redis, where nothing is gained by splitting them), and the wait for new entries watches one partition
+at a time.
+
 Loss accounting (see docs/reliability.md): a jump in a source's ``seq`` is counted in
 ``events_lost_total``. When the consumer sees entries of its unread range disappear (trimmed or
 deleted before it read them, :mod:`.retention`), it opens a *trim window* for the partition: the first
@@ -21,8 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import redis
+from redis.typing import StreamIdT
 
-from shared.events.bus import BusProblem, Client, diagnose
+from shared.events.bus import ERRORS, BusProblem, Client, diagnose, is_cluster
 from shared.events.replies import PendingSummary, RawEntry, StreamInfo, find_group, read_reply
 from shared.events.streams import checkpoint_key, dead_letter_key, format_id, parse_id, stream_key
 
@@ -31,7 +37,7 @@ from .fold import State
 from .ingest import DeadLetter, Outcome, PartitionIngest
 from .metrics import PartitionReading
 from .retention import RedisClock, removed_unread, trim_by_age
-from .settings import AggregatorSettings
+from .settings import AggregatorSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,16 @@ READ_BYTES_BUDGET = 8 << 20
 TRIM_INTERVAL_S = 60.0
 #: How often Redis' clock is read again.
 MAINTENANCE_INTERVAL_S = 2.0
+#: Shortest wait on one partition when a cluster's partitions are watched in turn.
+MIN_WAIT_MS = 10
+#: Pending entries of other consumers taken over per XCLAIM.
+CLAIM_BATCH = 1000
+
+#: Failures of the bus (and of its sockets) that the consumer loop waits out and retries.
+_TRANSIENT: tuple[type[Exception], ...] = (*ERRORS, OSError)
+
+#: Builds the client when the consumer first needs it (the bus may not be up when the process starts).
+Connector = Callable[[], Client]
 
 
 class PartitionConsumer:
@@ -116,13 +132,21 @@ class Consumer:
     """Consumes this shard's partitions with a consumer group and keeps their metric state.
 
     Parameters:
-        client: a client from :func:`shared.events.bus.connect` (binary replies).
+        client: a client from :func:`shared.events.bus.connect` (binary replies), or a function that
+            builds one: it is then called from the consumer's retry loop until the bus answers.
         settings: aggregator settings (partitions, group, checkpoint cadence ...).
         rebuild: ignore existing checkpoints and fold again from the start of the retained stream.
     """
 
-    def __init__(self, client: Client, settings: AggregatorSettings, rebuild: bool = False) -> None:
-        self.client = client
+    def __init__(
+        self, client: Client | Connector, settings: AggregatorSettings, rebuild: bool = False
+    ) -> None:
+        self._client: Client | None = None
+        self._connector: Connector | None = None
+        if callable(client) and not isinstance(client, redis.Redis | redis.RedisCluster):
+            self._connector = client
+        else:
+            self._client = client
         self.settings = settings
         self.parts = {p: PartitionConsumer(p, settings) for p in settings.my_partitions}
         self.lock = threading.Lock()
@@ -144,6 +168,31 @@ class Consumer:
         self.clock = RedisClock()
         self._next_maintenance = 0.0
         self._next_trim = time.monotonic() + min(TRIM_INTERVAL_S, settings.retention_s / 4)
+        self._wait_turn = 0
+
+    @property
+    def client(self) -> Client:
+        """The bus client, built on first use when the consumer was given a connector."""
+        if self._client is None:
+            assert self._connector is not None
+            self._client = self._connector()
+        return self._client
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _read_sets(self) -> list[list[PartitionConsumer]]:
+        """The partitions read (and inspected) together in one transaction: all of them on a single
+        Redis; each on its own on a cluster, where a transaction's keys must share one slot."""
+        parts = list(self.parts.values())
+        if is_cluster(self.client):
+            return [[pc] for pc in parts]
+        return [parts]
 
     # ---- state access ---------------------------------------------------------------------------
 
@@ -163,10 +212,12 @@ class Consumer:
         out: dict[int, PartitionReading] = {}
         for p, pc in self.parts.items():
             lag = pending = None
-            try:
-                group = find_group(self.client.xinfo_groups(pc.stream), self.settings.group)
-            except redis.RedisError:
-                group = None
+            group = None
+            if self._client is not None:
+                try:
+                    group = find_group(self._client.xinfo_groups(pc.stream), self.settings.group)
+                except ERRORS:
+                    group = None
             if group is not None:
                 lag, pending = group.lag, group.pending
             out[p] = PartitionReading(
@@ -191,7 +242,7 @@ class Consumer:
             return  # nothing restored: a checkpoint now would overwrite the saved state with an empty one
         try:
             self.checkpoint_all(force=True)
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             logger.warning("final checkpoint failed: %s", exc)
 
     def _run(self) -> None:
@@ -212,7 +263,7 @@ class Consumer:
                 if self.bus_problem is not None:
                     logger.info("event bus usable again (after: %s)", self.bus_problem)
                     self.bus_problem = None
-            except checkpoint.CheckpointError as exc:
+            except (checkpoint.CheckpointError, SettingsError) as exc:
                 self.error = exc
                 logger.error("%s", exc)
                 return
@@ -226,7 +277,7 @@ class Consumer:
                     self._bus_failed(exc, backoff)
                     self._stop.wait(backoff)
                     backoff = min(5.0, backoff * 2)
-            except (redis.RedisError, OSError) as exc:
+            except _TRANSIENT as exc:
                 self._bus_failed(exc, backoff)
                 self._redrain = True
                 self._stop.wait(backoff)
@@ -253,7 +304,7 @@ class Consumer:
                 # Even with nothing to acknowledge, and complete: Redis may have lost the last one.
                 pc.complete_next = True
                 self._checkpoint(pc)
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             logger.warning("checkpoint before set-up failed: %s", exc)
             self._stop.wait(0.5)
             return
@@ -287,6 +338,8 @@ class Consumer:
                 self.client.xgroup_setid(pc.stream, self.settings.group, id="0")
                 pc.complete_next = True  # the old checkpoint's fields are not this fold's
                 logger.info("partition %d: rebuilding from the start of the stream", pc.partition)
+            if not self.rebuild:
+                self._take_over_pending(pc)  # after the restore: it may open the partition's trim window
         self.detect_trimmed()  # also learns where the stream ends (a trim window's backlog)
         if not self.rebuild:
             # Entries delivered to us before a crash but never acknowledged come first.
@@ -294,10 +347,50 @@ class Consumer:
         self.rebuild = False  # a later re-setup (group lost) restores our own checkpoint
         self.detect_trimmed()
 
+    def _take_over_pending(self, pc: PartitionConsumer) -> None:
+        """Make the partition's pending entries ours: entries delivered to another consumer of the group
+        and never acknowledged (a shard that stopped without checkpointing before the shard count
+        changed, so that the partition now belongs to us) are re-read from our pending list like our own.
+
+        Only one aggregator of a group may consume a partition at a time (docs/scaling.md says in which
+        order to restart when changing the shard count); the one that owned it before is gone.
+        """
+        me = self.settings.consumer_name
+        summary = PendingSummary.parse(self.client.xpending(pc.stream, self.settings.group))
+        for other, count in summary.consumers:
+            if other == me or not count:
+                continue
+            taken = gone = 0
+            while True:
+                rows = self.client.xpending_range(
+                    pc.stream, self.settings.group, min="-", max="+", count=CLAIM_BATCH, consumername=other
+                )
+                ids: list[StreamIdT] = [row["message_id"] for row in rows]
+                if not ids:
+                    break
+                claimed = self.client.xclaim(pc.stream, self.settings.group, me, 0, ids, justid=True)
+                taken += len(claimed)
+                gone += len(ids) - len(claimed)  # deleted while pending: XCLAIM drops them
+            logger.warning(
+                "partition %d: took over %d entries pending for consumer %r of group %r (it stopped "
+                "without acknowledging them, e.g. before the shard count changed)",
+                pc.partition,
+                taken,
+                other,
+                self.settings.group,
+            )
+            if gone:
+                with self.lock:
+                    pc.trim_detected(f"{gone} entries pending for {other!r} were deleted")
+
     # ---- reading --------------------------------------------------------------------------------
 
     def _drain_pending(self) -> None:
-        after = {pc.stream: "0" for pc in self.parts.values()}
+        for parts in self._read_sets():
+            self._drain_pending_of(parts)
+
+    def _drain_pending_of(self, parts: list[PartitionConsumer]) -> None:
+        after = {pc.stream: "0" for pc in parts}
         while after and not self._stop.is_set():
             got = self._read_from(after)
             done = set(after)
@@ -333,15 +426,30 @@ class Consumer:
             # Nothing waiting: wait for new entries with a plain XREAD (it takes nothing from the
             # group), then read them atomically with the inspection as above. A blocking XREADGROUP
             # would fold whatever follows a hole trimmed while we waited, before we could see the hole.
-            self.client.xread(
-                {pc.stream: format_id(pc.last_delivered) for pc in self.parts.values()},
-                count=1,
-                block=self.settings.block_ms,
-            )
+            self._wait_for_entries()
             got = self._inspect_and_read()
         n = self._apply_entries(got) if got else 0
         self.checkpoint_all()
         return n
+
+    def _wait_for_entries(self) -> None:
+        """Block until a partition may have new entries, or ``block_ms`` passed.
+
+        One XREAD on all partitions on a single Redis. On a cluster an XREAD's streams must share a
+        slot, so each wait watches one partition, in turn, for ``block_ms`` divided among them (entries
+        of the others are then seen within that slice; under load nobody waits at all).
+        """
+        parts = list(self.parts.values())
+        block_ms = self.settings.block_ms
+        if len(parts) > 1 and is_cluster(self.client):
+            block_ms = max(MIN_WAIT_MS, block_ms // len(parts))
+            parts = [parts[self._wait_turn % len(parts)]]
+            self._wait_turn += 1
+        self.client.xread(
+            {pc.stream: format_id(pc.last_delivered) for pc in parts},
+            count=1,
+            block=block_ms,
+        )
 
     def _inspect_and_read(self) -> list[tuple[PartitionConsumer, list[RawEntry]]]:
         """Stream and group info and a non-blocking read in one transaction: trim detection sees
@@ -350,9 +458,32 @@ class Consumer:
         The transaction also checks our pending list: an entry there beyond our position was
         delivered by a read whose reply never reached us (connection reset, timeout; redis-py may
         even have retried the command without telling us). Those come first, from the pending list.
+        One transaction per read set (:meth:`_read_sets`).
         """
+        got: list[tuple[PartitionConsumer, list[RawEntry]]] = []
+        unseen = False
+        for parts in self._read_sets():
+            try:
+                got_set, unseen_set = self._inspect_and_read_set(parts)
+            except ERRORS:
+                # Entries read from the other partitions are ours now (pending): fold them first.
+                if got:
+                    self._apply_entries(got)
+                raise
+            got += got_set
+            unseen = unseen or unseen_set
+        if unseen:
+            logger.warning(
+                "entries were delivered to us by a read whose reply was lost; re-reading them from the pending list"
+            )
+            self._drain_pending()  # in stream order, including what this read returned
+            return []
+        return got
+
+    def _inspect_and_read_set(
+        self, parts: list[PartitionConsumer]
+    ) -> tuple[list[tuple[PartitionConsumer, list[RawEntry]]], bool]:
         pipe = self.client.pipeline(transaction=True)
-        parts = list(self.parts.values())
         for pc in parts:
             pipe.xinfo_stream(pc.stream)
             pipe.xinfo_groups(pc.stream)
@@ -378,13 +509,7 @@ class Consumer:
                 summary = PendingSummary.parse(pending)
                 if summary.count and summary.max_id is not None and summary.max_id > pc.position:
                     unseen = True
-        if unseen:
-            logger.warning(
-                "entries were delivered to us by a read whose reply was lost; re-reading them from the pending list"
-            )
-            self._drain_pending()  # in stream order, including what this read returned
-            return []
-        return got
+        return got, unseen
 
     def _apply_entries(self, got: list[tuple[PartitionConsumer, list[RawEntry]]]) -> int:
         n = 0
@@ -505,9 +630,7 @@ class Consumer:
                 continue  # no stream yet
             self._inspect(pc, StreamInfo.parse(info), groups, [])
 
-    def _inspect(
-        self, pc: PartitionConsumer, info: StreamInfo, groups: list[dict[str, object]], read: list[RawEntry]
-    ) -> None:
+    def _inspect(self, pc: PartitionConsumer, info: StreamInfo, groups: object, read: list[RawEntry]) -> None:
         """Note where the group and the stream stand, and act on entries removed unread
         (:func:`.retention.removed_unread`)."""
         group = find_group(groups, self.settings.group)

@@ -260,11 +260,6 @@ def _per_partition(reading: Callable[[PartitionReading], float | None]) -> Calla
     return read
 
 
-def _checkpoint_age(r: Readings) -> Series:
-    ages = [p.checkpoint_age_s for p in r.partitions.values() if p.checkpoint_age_s is not None]
-    return {(): max(ages)} if ages else {}
-
-
 METRICS: tuple[MetricDef, ...] = (
     # ---- pool (snapshots) ---------------------------------------------------------------------
     _pool_gauge("pool_size", "size", "Current total containers in pool"),
@@ -540,8 +535,9 @@ METRICS: tuple[MetricDef, ...] = (
     _self(
         "aggregator_checkpoint_age_seconds",
         Kind.GAUGE,
-        "Seconds since the state was last checkpointed",
-        read=_checkpoint_age,
+        "Seconds since the partition's state was last checkpointed",
+        ("partition",),
+        read=_per_partition(lambda p: p.checkpoint_age_s),
     ),
     _self(
         "aggregator_checkpoints_total",

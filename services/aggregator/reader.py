@@ -9,9 +9,9 @@ from typing import Any
 
 import redis
 
-from shared.events.bus import Client
+from shared.events.bus import Client, is_cluster
 from shared.events.codec import ENTRY_FIELD, Batch, EventDecodeError, decode_batch
-from shared.events.replies import RawEntry, StreamInfo, entries
+from shared.events.replies import RawEntry, StreamInfo, entries, read_reply
 from shared.events.streams import DEFAULT_PREFIX, StreamId, format_id, parse_id, stream_key
 
 from .filters import EventFilter
@@ -102,6 +102,7 @@ class StreamReader:
         self.partitions = list(range(partitions))
         self.key_prefix = key_prefix
         self.page = page
+        self._turn = -1
 
     def key(self, partition: int) -> str:
         return stream_key(partition, self.key_prefix)
@@ -143,6 +144,33 @@ class StreamReader:
             found.extend(got[:count])
         found.sort(key=lambda x: x[0])
         return [(e, ev) for _, e, ev in found[-count:]] if count else []
+
+    def read_after(
+        self, after: dict[int, StreamId], count: int, block_ms: int
+    ) -> list[tuple[int, list[RawEntry]]]:
+        """Entries after ``after[p]`` of each partition, waiting up to ``block_ms`` when there are none.
+
+        One XREAD on a single Redis. On a cluster an XREAD's streams must share a slot: one non-blocking
+        XREAD per partition, and when all are empty a wait on one partition (in turn) for a slice.
+        """
+        by_key = {self.key(p): p for p in after}
+        if not is_cluster(self.client) or len(after) == 1:
+            reply = self.client.xread(
+                {self.key(p): format_id(sid) for p, sid in after.items()}, count=count, block=block_ms
+            )
+            return [(by_key[key], rows) for key, rows in read_reply(reply)]
+        got = []
+        for p, sid in after.items():
+            for key, rows in read_reply(self.client.xread({self.key(p): format_id(sid)}, count=count)):
+                got.append((by_key[key], rows))
+        if got:
+            return got
+        self._turn = (self._turn + 1) % len(after)
+        p = sorted(after)[self._turn]
+        reply = self.client.xread(
+            {self.key(p): format_id(after[p])}, count=count, block=max(10, block_ms // len(after))
+        )
+        return [(by_key[key], rows) for key, rows in read_reply(reply)]
 
     def info(self, partition: int) -> StreamInfo | None:
         """``XINFO STREAM`` of the partition's stream, or None if there is no such stream."""

@@ -625,6 +625,25 @@ class LocalRedisCluster:
                 between(moved)
         self.finish_migration(slot, source, to)
 
+    def reshard(self, source: Node, to: Node, slots: int) -> str:
+        """``redis-cli --cluster reshard``: move the ``slots`` lowest slots of ``source`` to ``to``, live
+        (with their keys); returns its output."""
+        out = self._run_cli(
+            "--cluster",
+            "reshard",
+            source.addr,
+            "--cluster-from",
+            source.node_id,
+            "--cluster-to",
+            to.node_id,
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+            timeout=300,
+        )
+        self.wait_ok()
+        return out
+
     def rebalance(self, use_empty_masters: bool = True) -> str:
         """``redis-cli --cluster rebalance`` (live: slots move with their keys); returns its output."""
         args = ["--cluster", "rebalance", self.masters()[0].addr]

@@ -379,16 +379,14 @@ export class Publisher {
   }
 
   async #send(client: Client, batch: Pending[]): Promise<void> {
-    const options = { timeout: this.#timeoutMs };
-    // Issued in one tick: the client writes them as one pipeline, and Redis runs them in order.
-    await Promise.all(
-      batch.map(([, payload]) =>
-        client.sendCommand(
-          ["XADD", this.stream, "MAXLEN", "~", this.#maxlen, "*", ENTRY_FIELD, payload],
-          options,
-        ),
-      ),
-    );
+    // One MULTI/EXEC, written in one round trip: an error reply to one XADD (OOM, READONLY, MISCONF)
+    // aborts them all, so a retried entry can never land after its successor (where the aggregator
+    // would skip it as a duplicate). See "Pitfalls" in docs/events.md.
+    const multi = client.multi();
+    for (const [, payload] of batch) {
+      multi.addCommand(["XADD", this.stream, "MAXLEN", "~", this.#maxlen, "*", ENTRY_FIELD, payload]);
+    }
+    await withDeadline(multi.exec(), this.#timeoutMs, "writing a batch");
     for (const [n] of batch) {
       this.#pending.shift();
       this.#pendingEvents -= n;
