@@ -233,7 +233,7 @@ def gather(consumer: Consumer, settings: AggregatorSettings, bus: BusView) -> Ov
             bus.lengths.get(p),
             bus.lags.get(p),
             bus.pendings.get(p),
-            mono - pc.last_checkpoint if pc.checkpoints else None,
+            mono - pc.last_checkpoint,  # as the checkpoint-age metric (since start, before the first)
             state.positions.get(p),
         )
         for p, pc in sorted(consumer.parts.items())

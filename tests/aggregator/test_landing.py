@@ -28,6 +28,7 @@ from shared.events.codec import ENTRY_FIELD, encode_batch
 from shared.events.streams import dead_letter_key, stream_key
 from tests.aggregator.harness import RunningAggregator, aggregator, publisher, wait_applied
 from tests.conftest import real_redis_binary
+from tests.support.cluster import LocalRedisCluster
 from tests.support.page import Page, parse_page
 from tests.support.wait import wait_for, wait_until
 
@@ -171,6 +172,27 @@ def test_metrics_disabled_or_elsewhere(redis_url: str) -> None:
         assert page_of(agg).links["metrics-link"] == "./internal/prom"
     with aggregator(redis_url, metrics_path="/") as agg:  # the metrics endpoint itself is at /
         assert "# TYPE boilerhouse_pool_size gauge" in get(agg.url + "/").text
+
+
+def test_on_a_redis_cluster_every_partition_is_read(redis_cluster: LocalRedisCluster) -> None:
+    """Four partitions spread over three masters: the one pipeline reaches every one."""
+    url = "redis://" + ",".join(n.addr for n in redis_cluster.masters())
+    client = redis_cluster.client()
+    try:
+        for p in range(4):
+            client.xadd(dead_letter_key(p), {"entry_id": f"{p}-1", "reason": f"reason_{p}", "detail": "x"})
+        with aggregator(url, partitions=4) as agg:
+            page = wait_page(
+                agg,
+                lambda p: p.text.get("consumer-status") == "consuming" and "bus-problem" not in p.text,
+                "the consumer set up on every partition",
+            )
+            assert page.column("partitions", "partition") == ["0", "1", "2", "3"]
+            assert page.column("partitions", "length (entries)") == ["0"] * 4
+            assert page.column("partitions", "pending") == ["0"] * 4
+            assert sorted(page.column("dead-letters", "reason")) == [f"reason_{p}" for p in range(4)]
+    finally:
+        client.close()
 
 
 # ---- credentials ----------------------------------------------------------------------------------
