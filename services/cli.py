@@ -202,7 +202,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             "boilerhouse is up\n"
             f"  api:        http://{api_settings.host}:{api_settings.port}/api/v1\n"
             f"  metrics:    http://{agg_settings.host}:{agg_settings.port}{agg_settings.metrics_path}\n"
-            f"  event bus:  {bus}\n"
+            + (
+                f"  status:     http://{agg_settings.host}:{agg_settings.port}/  (the aggregator's landing page)\n"
+                if agg_settings.metrics_path != "/"
+                else ""
+            )
+            + f"  event bus:  {bus}\n"
             + (
                 "  demo:       pools demo-* with generated traffic; every metric moves within a minute\n"
                 if args.demo

@@ -91,6 +91,12 @@ def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
             {"BOILERHOUSE_REDIS_URL": ""},
         )
         wait_http(f"http://127.0.0.1:{api}/healthz", timeout=60, proc=up)
+        # `up` names the aggregator's landing page too, and it answers there.
+        assert f"  status:     http://127.0.0.1:{metrics}/  " in up.output()
+        assert (
+            "<h1>Boilerhouse metrics aggregator</h1>"
+            in wait_http(f"http://127.0.0.1:{metrics}/", proc=up).text
+        )
         return up
 
     up = start("up-1")

@@ -1,4 +1,4 @@
-"""The aggregator's ASGI app: /metrics (text or OpenMetrics), /healthz and /readyz."""
+"""The aggregator's ASGI app: /metrics (text or OpenMetrics), /healthz, /readyz and the landing page /."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from shared.events.bus import Client, connect
 
+from . import landing
 from .consumer import Consumer
 from .exposition import StateCollector
 from .settings import AggregatorSettings
@@ -162,6 +163,7 @@ def create_app(
         return JSONResponse({"status": "ready", "partitions": sorted(consumer.parts)})
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    routes += landing.routes(consumer, settings, _authorized, _challenge)
     if settings.metrics_enabled:
         routes.append(Route(settings.metrics_path, metrics, methods=["GET"]))
 
