@@ -447,7 +447,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef(
         "events_dropped_total",
         Kind.COUNTER,
-        "Events producers dropped because their buffer was full while the bus was unreachable",
+        "Events producers dropped because their buffer was full while the bus was unreachable, or because one "
+        "was too large for an entry on its own",
         Group.PIPELINE,
         ("service",),
         drives=(Drive("events.dropped", "count", custom=True),),

@@ -1,7 +1,7 @@
 """An entry larger than the aggregator can hold in memory (issue 11, item 5), under a real memory limit.
 
-Redis accepts entries up to its ``proto-max-bulk-len`` (512 MB unless configured lower; the shipped
-configurations say 2mb). Reading one costs about twice its size in the client, so under a memory limit
+Redis accepts entries up to its ``proto-max-bulk-len`` (512 MB unless configured lower: the shipped
+single-server configurations say 2mb, the cluster nodes keep the default). Reading one costs about twice its size in the client, so under a memory limit
 every read that reached it failed with ``MemoryError``, again and again, while ``/readyz`` said ready.
 Here the test's Redis accepts 512 MB, a 300 MB entry is written, and ``boilerhouse aggregator`` (and
 ``replay``, and ``aggregator --rebuild``) run with their address space limited to 700 MiB (``prlimit
