@@ -155,7 +155,6 @@ def test_a_producer_appends_events_and_can_do_nothing_else(url: str) -> None:
         ("KEYS", "*"),
         ("SCAN", "0"),
         ("EVAL", "return 1", "0"),
-        ("MULTI",),
     ]
     assert [c for c in forbidden if not refused(producer, *c)] == []
     assert admin.hget(CHECKPOINT, "meta") == b"the aggregator's state"
