@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from services.embedded import EmbeddedRedis, free_port
-from shared.events.codec import decode_batch
+from shared.events.codec import MAX_ENTRY_BYTES, decode_batch
 from shared.events.publisher import Publisher
 from shared.events.streams import stream_key
 from tests.aggregator.harness import aggregator, wait_for
@@ -249,3 +249,36 @@ def test_entries_are_written_all_or_nothing_and_an_oom_refusal_is_retried(
     assert (
         seqs == list(range(1, len(seqs) + 1)) and len(seqs) == 102
     )  # started, 100 events, stopped: once each
+
+
+def test_no_entry_is_larger_than_the_aggregator_reads_and_an_event_too_large_alone_is_dropped(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Batches that encode larger than MAX_ENTRY_BYTES are split; an event larger on its own is never
+    written but dropped and reported like any drop: the aggregator dead-letters nothing and sees no gap."""
+    pub = Publisher(redis_url, "bulky", heartbeat_interval_s=3600, batch_size=5000, flush_interval_s=0.05)
+    try:
+        pad = "x" * 2000  # an unknown field: ignored by the aggregator, but it makes entries large
+        for i in range(3000):
+            pub.emit("container.acquired", {**ACQUIRED, "pad": pad})
+            if i == 1500:
+                pub.emit("container.acquired", {**ACQUIRED, "pad": "y" * (MAX_ENTRY_BYTES + 1)})
+        assert pub.flush(20)
+        sizes = [len(f[b"b"]) for _, f in redis_client.xrange(stream_key(0))]
+        assert max(sizes) <= MAX_ENTRY_BYTES and sum(sizes) > 5 * MAX_ENTRY_BYTES, sizes
+        events = stream_events(redis_client, pub.src)
+        assert [ev["seq"] for ev in events] == list(range(1, len(events) + 1)), "one gapless sequence"
+        assert sum(ev["type"] == "container.acquired" for ev in events) == 3000
+        assert pub.dropped == 1
+        with aggregator(redis_url) as agg:
+            s = wait_for(
+                agg.url,
+                lambda x: value(x, f"{P}events_dropped_total", service="bulky") is not None,
+                what="the drop reported",
+            )
+            assert value(s, f"{P}events_dropped_total", service="bulky") == 1
+            assert value(s, f"{P}aggregator_events_applied_total", type="container.acquired") == 3000
+            assert not any(n == f"{P}aggregator_dead_letters_total" for n, _ in s), "nothing too large"
+            assert not any(n == f"{P}events_lost_total" for n, _ in s), "a drop, not a gap"
+    finally:
+        pub.close(1)

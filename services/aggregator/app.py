@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import anyio
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -157,6 +158,30 @@ def create_app(
                     "status": "starting",
                     "reason": problem.reason,
                     "detail": f"consumer not set up yet: {problem.detail}",
+                },
+                status_code=503,
+            )
+        stalls = consumer.stalls()
+        if stalls:
+            # Entries wait and the consumer cannot get on (Redis answers): say which partition, since when.
+            return JSONResponse(
+                {
+                    "status": "stalled",
+                    "reason": "no_progress",
+                    "detail": "; ".join(
+                        f"partition {s.partition}: no progress for {s.seconds:.0f}s while entries wait "
+                        f"({s.why})"
+                        for s in stalls
+                    ),
+                    "partitions": [
+                        {
+                            "partition": s.partition,
+                            "since": datetime.fromtimestamp(s.since, UTC).isoformat(timespec="seconds"),
+                            "since_unix_s": round(s.since, 3),
+                            "error": s.why,
+                        }
+                        for s in stalls
+                    ],
                 },
                 status_code=503,
             )

@@ -22,6 +22,8 @@ from .schema import (
 
 #: The one field of a stream entry; its value is a msgpack-encoded batch.
 ENTRY_FIELD = b"b"
+#: Largest ``b`` value the aggregator decodes (larger ones are dead-lettered as ``too_large``); the
+#: publisher never writes a larger one (:func:`encode_entries`).
 MAX_ENTRY_BYTES = 1 << 20
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_SRC_LEN = 200
@@ -40,6 +42,14 @@ class EventDecodeError(Exception):
     def __str__(self) -> str:
         where = f" in entry {self.entry_id}" if self.entry_id else ""
         return f"{self.reason}{where}: {self.detail}" if self.detail else f"{self.reason}{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A reply value a reader left out because it was longer than it could afford to hold
+    (:mod:`shared.events.bounded`): only its length is known. As an entry's payload it is ``too_large``."""
+
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +74,53 @@ def encode_batch(src: str, events: Iterable[dict[str, Any]]) -> bytes:
     return _encode({"v": SCHEMA_VERSION, "src": src, "events": events})
 
 
+def encode_entries(
+    src: str, events: list[dict[str, Any]], max_bytes: int = MAX_ENTRY_BYTES
+) -> tuple[list[tuple[int, bytes]], list[dict[str, Any]]]:
+    """Encode numbered events (consecutive ``seq``) as stream entries of at most ``max_bytes`` each.
+
+    Returns ``(number of events, payload)`` per entry, in order, and the events left out because each
+    alone encodes larger than ``max_bytes``. The usual batch is one entry and one encoding; a larger one is
+    split where its events' sizes say. The ``seq`` of the events after a left-out one is lowered to close
+    the gap, so ``seq`` numbers what is written: a dropped event is the producer's to count
+    (``events.dropped``), never a gap.
+    """
+    payload = encode_batch(src, events)
+    if len(payload) <= max_bytes:
+        return [(len(events), payload)], []
+    # The envelope with an empty list (a 1-byte array header), plus the 5 bytes an array32 header takes.
+    overhead = len(encode_batch(src, [])) - 1 + 5
+    sizes = [len(_encode(ev)) for ev in events]  # a lowered seq encodes in as many bytes or fewer
+    dropped = [ev for ev, size in zip(events, sizes, strict=True) if overhead + size > max_bytes]
+    if dropped:
+        kept = [(ev, size) for ev, size in zip(events, sizes, strict=True) if overhead + size <= max_bytes]
+        first = events[0]["seq"]
+        for i, (ev, _) in enumerate(kept):
+            ev["seq"] = first + i
+    else:
+        kept = list(zip(events, sizes, strict=True))
+    entries: list[tuple[int, bytes]] = []
+    chunk: list[dict[str, Any]] = []
+    used = overhead
+    for ev, size in kept:
+        if chunk and used + size > max_bytes:
+            entries.append((len(chunk), encode_batch(src, chunk)))
+            chunk, used = [], overhead
+        chunk.append(ev)
+        used += size
+    if chunk:
+        entries.append((len(chunk), encode_batch(src, chunk)))
+    return entries, dropped
+
+
 def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
     """Decode one entry payload; raises EventDecodeError with a reason token on any problem."""
+    if isinstance(payload, Oversized):
+        raise EventDecodeError(
+            "too_large",
+            f"{payload.length} bytes > {MAX_ENTRY_BYTES}; too large to read, left out of this dead letter",
+            entry_id,
+        )
     if not isinstance(payload, bytes | bytearray):
         raise EventDecodeError("missing_field", f"entry has no {ENTRY_FIELD.decode()!r} field", entry_id)
     if len(payload) > MAX_ENTRY_BYTES:

@@ -29,7 +29,7 @@ import msgspec
 from shared.settings import SettingsError
 
 from .bus import ERRORS, Client, RedisSettings, connect
-from .codec import encode_batch
+from .codec import MAX_ENTRY_BYTES, encode_entries
 from .emit import Emit
 from .streams import DEFAULT_PREFIX, partition_of, stream_key
 from .writer import StreamWriter
@@ -360,7 +360,7 @@ class Publisher:
 
     def _drain_into_pending_locked(self) -> None:
         """Move buffered events into encoded batches, assigning sequence numbers in emit order."""
-        buf, pending, size = self._buf, self._pending, self._batch_size
+        buf, size = self._buf, self._batch_size
         while buf:
             events: list[dict[str, Any]] = []
             seq = self._seq
@@ -373,8 +373,25 @@ class Publisher:
                 ev["ts"] = ts
                 events.append(ev)
             self._seq = seq
-            pending.append((len(events), encode_batch(self.src, events)))
-            self._pending_events += len(events)
+            self._queue_entries(events)
+
+    def _queue_entries(self, events: list[dict[str, Any]]) -> None:
+        """Queue numbered events as entries of at most ``MAX_ENTRY_BYTES`` (the aggregator dead-letters
+        larger ones): a batch that encodes larger is split; an event too large on its own is dropped
+        before it is written, counted like any drop (``events.dropped``), and takes no ``seq``."""
+        entries, too_large = encode_entries(self.src, events)
+        if too_large:
+            self._seq -= len(too_large)
+            with self._drop_lock:
+                self._dropped += len(too_large)
+            logger.warning(
+                "dropped %d event(s) larger than a stream entry may be (%d bytes), e.g. a %s",
+                len(too_large),
+                MAX_ENTRY_BYTES,
+                too_large[0].get("type"),
+            )
+        self._pending.extend(entries)
+        self._pending_events += len(events) - len(too_large)
 
     def _send(self, batch: list[_Pending]) -> None:
         self._writer.add(self.stream, [payload for _, payload in batch])
