@@ -101,7 +101,11 @@ export interface Entries {
  * written: a dropped event is the producer's to count (`events.dropped`), never a gap.
  * Throws (as encodeBatch does) when an event cannot be encoded at all.
  */
-export function encodeEntries(src: string, events: readonly WireEvent[], maxBytes: number = LIMITS.MAX_ENTRY_BYTES): Entries {
+export function encodeEntries(
+  src: string,
+  events: readonly WireEvent[],
+  maxBytes: number = LIMITS.MAX_ENTRY_BYTES,
+): Entries {
   const payload = encodeBatch(src, events);
   if (payload.length <= maxBytes) return { entries: [[events.length, payload]], dropped: [] };
   // The envelope with an empty list (a 1-byte array header), plus the 5 bytes an array32 header takes.

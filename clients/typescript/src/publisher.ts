@@ -5,8 +5,9 @@
 // event never takes one), writes up to 64 entries per round trip, never an entry larger than
 // MAX_ENTRY_BYTES (a larger batch is split; an event too large on its own is dropped), retries a batch
 // with the same bytes until Redis answers, counts what it had to drop (the bounded buffer full, an
-// event too large or unencodable) and reports it as `events.dropped` once Redis is reachable, sends `source.heartbeat` (and registered snapshots) every
-// heartbeat interval, and close() publishes `source.stopped` and flushes within a deadline.
+// event too large or unencodable) and reports it as `events.dropped` once Redis is reachable, sends
+// `source.heartbeat` (and registered snapshots) every heartbeat interval, and close() publishes
+// `source.stopped` and flushes within a deadline.
 import { hostname } from "node:os";
 import { createClient } from "@redis/client";
 import { type Entries, encodeBatch, encodeEntries, ENTRY_FIELD, type WireEvent } from "./codec.js";
@@ -376,7 +377,8 @@ export class Publisher {
       this.#seq -= dropped.length;
       this.#dropped += dropped.length;
       this.#logger.warn(
-        `dropped ${dropped.length} event(s) larger than a stream entry may be (${LIMITS.MAX_ENTRY_BYTES} bytes), e.g. a ${dropped[0]!.type}`,
+        `dropped ${dropped.length} event(s) larger than a stream entry may be ` +
+          `(${LIMITS.MAX_ENTRY_BYTES} bytes), e.g. a ${dropped[0]!.type}`,
       );
     }
     for (const entry of entries) this.#pending.push(entry);

@@ -31,7 +31,9 @@ function publisher(warnings: string[], options: PublisherOptions = {}): Publishe
 
 /** `source.heartbeat` events numbered from `first`, padded (an unknown field) to about `sizes` bytes. */
 function numbered(sizes: number[], first = 1): WireEvent[] {
-  return sizes.map((size, i) => ({ type: "source.heartbeat", seq: first + i, ts: 1.0, fields: { pad: "x".repeat(size) } }));
+  return sizes.map((size, i) => ({
+    type: "source.heartbeat", seq: first + i, ts: 1.0, fields: { pad: "x".repeat(size) },
+  }));
 }
 
 type Decoded = { v: number; src: string; events: Record<string, unknown>[] };
@@ -80,7 +82,7 @@ test("a split at exactly the limit: the envelope's overhead is accounted exactly
 
 // ---- the Publisher against Redis (proto-max-bulk-len 2mb) and the aggregator -------------------------
 
-test("a batch that encodes over 2 MiB is written in entries of at most 1 MiB; an event too large alone is dropped and reported", async () => {
+test("a batch over 2 MiB is written in entries of at most 1 MiB; an event too large alone is dropped and reported", async () => {
   const warnings: string[] = [];
   const pub = publisher(warnings, { service: "bulky", batchSize: 5000 });
   const emit = (pub.emit as LooseEmit).bind(pub);
@@ -91,17 +93,20 @@ test("a batch that encodes over 2 MiB is written in entries of at most 1 MiB; an
   }
   const flushed = await pub.flush(20_000);
   try {
-    assert.equal(flushed, true, `not written within 20 s: ${pub.buffered()} events left; warnings: ${warnings.slice(0, 3).join(" | ")}`);
+    const left = `${pub.buffered()} events left; warnings: ${warnings.slice(0, 3).join(" | ")}`;
+    assert.equal(flushed, true, `not written within 20 s: ${left}`);
     const entries = (await readStream(redis.url, pub.stream)).filter((e) => e.batch.src === pub.src);
     const sizes = entries.map((e) => e.fields.get("b")!.length);
     assert.ok(Math.max(...sizes) <= MAX, `entry sizes ${sizes.join(", ")}`);
     assert.ok(sizes.reduce((a, b) => a + b, 0) > 5 * MAX, `entry sizes ${sizes.join(", ")}`);
     const events = entries.flatMap((e) => e.batch.events);
-    assert.deepEqual(events.map((e) => e.seq), Array.from({ length: events.length }, (_, i) => i + 1), "one gapless sequence");
+    const gapless = Array.from({ length: events.length }, (_, i) => i + 1);
+    assert.deepEqual(events.map((e) => e.seq), gapless, "one gapless sequence");
     assert.equal(events.filter((e) => e.type === "container.acquired").length, 3000);
     assert.ok(events.every((e) => e.pad === undefined || e.pad === pad), "the huge event is not written");
     assert.equal(pub.dropped, 1);
-    assert.ok(warnings.some((w) => w.includes("dropped 1 event") && w.includes("container.acquired")), warnings.join(" | "));
+    const logged = warnings.some((w) => w.includes("dropped 1 event") && w.includes("container.acquired"));
+    assert.ok(logged, warnings.join(" | "));
   } finally {
     await pub.close(5000);
   }
@@ -109,18 +114,19 @@ test("a batch that encodes over 2 MiB is written in entries of at most 1 MiB; an
   const agg = await Aggregator.start(redis.url);
   try {
     const dropped = sampleKey("boilerhouse_events_dropped_total", { service: "bulky" });
-    const s = await agg.waitFor((x) => x.has(dropped) && x.has(sampleKey("boilerhouse_aggregator_events_applied_total", { type: "source.stopped" })),
-      "the drop reported and source.stopped applied");
+    const stopped = sampleKey("boilerhouse_aggregator_events_applied_total", { type: "source.stopped" });
+    const s = await agg.waitFor((x) => x.has(dropped) && x.has(stopped), "the drop reported and source.stopped applied");
     assert.equal(s.get(dropped), 1);
     assert.equal(s.get(sampleKey("boilerhouse_aggregator_events_applied_total", { type: "container.acquired" })), 3000);
-    const health = [...s.keys()].filter((k) => /^boilerhouse_(aggregator_dead_letters_total|events_lost_total)\b/.test(k));
+    const health = [...s.keys()].filter((k) =>
+      /^boilerhouse_(aggregator_dead_letters_total|events_lost_total)\b/.test(k));
     assert.deepEqual(health, [], "nothing too large, no gap counted as loss");
   } finally {
     await agg.stop();
   }
 });
 
-test("an event too large alone in a batch that is otherwise small is dropped; the source's sequence stays gapless", async () => {
+test("an event too large alone in an otherwise small batch is dropped; the source's seq stays gapless", async () => {
   const warnings: string[] = [];
   const pub = publisher(warnings, { service: "huge-one" });
   const emit = (pub.emit as LooseEmit).bind(pub);
@@ -134,7 +140,8 @@ test("an event too large alone in a batch that is otherwise small is dropped; th
   } finally {
     await pub.close(5000);
   }
-  const events = (await readStream(redis.url, pub.stream)).filter((e) => e.batch.src === pub.src).flatMap((e) => e.batch.events);
+  const entries = (await readStream(redis.url, pub.stream)).filter((e) => e.batch.src === pub.src);
+  const events = entries.flatMap((e) => e.batch.events);
   assert.deepEqual(events.map((e) => e.seq), Array.from({ length: events.length }, (_, i) => i + 1));
   assert.deepEqual(events.filter((e) => e.type === "affinity.evicted").map((e) => e.pool_id), ["a", "b", "c"]);
   assert.deepEqual(events.filter((e) => e.type === "events.dropped").map((e) => e.count), [1]);

@@ -189,6 +189,7 @@ export class Aggregator {
     const agg = new Aggregator(proc, `http://127.0.0.1:${port}`);
     proc.stdout!.on("data", (d: Buffer) => agg.output.push(d.toString()));
     proc.stderr!.on("data", (d: Buffer) => agg.output.push(d.toString()));
+    proc.once("error", (err) => agg.output.push(`cannot run ${PYTHON}: ${String(err)}`));
     const deadline = Date.now() + 30_000;
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`aggregator exited (${PYTHON}; set BOILERHOUSE_PYTHON):\n${agg.log()}`);
@@ -224,8 +225,10 @@ export class Aggregator {
       if (condition(last)) return last;
       await sleep(100);
     }
-    const shown = [...last].filter(([k]) => k.startsWith("boilerhouse_aggregator_") || k.startsWith("boilerhouse_events_"));
-    throw new Error(`${what}: not within ${timeoutMs} ms; last samples:\n${shown.map(([k, v]) => `${k} ${v}`).join("\n")}`);
+    const shown = [...last]
+      .filter(([k]) => k.startsWith("boilerhouse_aggregator_") || k.startsWith("boilerhouse_events_"))
+      .map(([k, v]) => `${k} ${v}`);
+    throw new Error(`${what}: not within ${timeoutMs} ms; last samples:\n${shown.join("\n")}`);
   }
 
   /** Stop by pid (SIGTERM, SIGKILL after 5 s) and wait for the exit. */
