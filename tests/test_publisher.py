@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from services.embedded import EmbeddedRedis, free_port
-from shared.events.codec import MAX_ENTRY_BYTES, decode_batch
+from shared.events.codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, decode_batch
 from shared.events.publisher import Publisher
 from shared.events.streams import stream_key
 from tests.aggregator.harness import aggregator, wait_for
@@ -218,6 +218,26 @@ def test_batches_many_events_per_entry(redis_url: str, redis_client: redis.Redis
         assert pub.sent_events == 5001
         assert len(entries) <= 5001 // 100, f"{len(entries)} entries for 5001 events"
         assert all(len(msgpack.unpackb(f[b"b"])["events"]) <= 500 for _, f in entries)
+    finally:
+        pub.close(1)
+
+
+def test_a_batch_size_the_aggregator_would_refuse_is_a_clear_error(redis_url: str) -> None:
+    # The aggregator dead-letters an entry of more than MAX_EVENTS_PER_BATCH events as too_large.
+    for bad in (0, -1, MAX_EVENTS_PER_BATCH + 1):
+        with pytest.raises(ValueError, match=f"batch_size must be 1..{MAX_EVENTS_PER_BATCH}"):
+            Publisher(redis_url, "batcher", batch_size=bad)
+
+
+def test_the_largest_batch_size_is_read_whole(redis_url: str, redis_client: redis.Redis) -> None:
+    pub = Publisher(redis_url, "batcher", heartbeat_interval_s=3600, batch_size=MAX_EVENTS_PER_BATCH)
+    try:
+        for _ in range(2 * MAX_EVENTS_PER_BATCH + 5):
+            pub.emit("container.acquired", dict(ACQUIRED))
+        assert pub.flush(20)
+        entries = [decode_batch(f[b"b"]) for _, f in redis_client.xrange("boilerhouse:events:{0}")]
+        assert max(len(b.events) for b in entries) == MAX_EVENTS_PER_BATCH
+        assert sum(len(b.events) for b in entries) == pub.sent_events == 2 * MAX_EVENTS_PER_BATCH + 6
     finally:
         pub.close(1)
 

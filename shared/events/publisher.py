@@ -29,7 +29,7 @@ import msgspec
 from shared.settings import SettingsError
 
 from .bus import ERRORS, Client, RedisSettings, connect
-from .codec import MAX_ENTRY_BYTES, encode_entries
+from .codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, encode_entries
 from .emit import Emit
 from .streams import DEFAULT_PREFIX, partition_of, stream_key
 from .writer import StreamWriter
@@ -97,6 +97,11 @@ class Publisher:
         client: Client | None = None,
         src: str | None = None,
     ) -> None:
+        if not 1 <= batch_size <= MAX_EVENTS_PER_BATCH:
+            # The aggregator dead-letters an entry of more events as too_large (docs/events.md, Entry size).
+            raise ValueError(
+                f"batch_size must be 1..{MAX_EVENTS_PER_BATCH} events per entry, not {batch_size}"
+            )
         self.service = service
         self.src = src or make_src(service)
         self.partition = partition_of(self.src, partitions)

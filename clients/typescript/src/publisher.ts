@@ -33,7 +33,7 @@ export interface PublisherOptions {
   prefix?: string;
   /** Events held in memory (queued plus encoded, not yet written) before emit() drops. Default 100000. */
   bufferSize?: number;
-  /** Events per stream entry. Default 500. */
+  /** Events per stream entry, at most LIMITS.MAX_EVENTS_PER_BATCH (10000; a larger value is lowered to it). Default 500. */
   batchSize?: number;
   /** How often the flusher drains the buffer, in ms. Default 50. */
   flushIntervalMs?: number;
@@ -137,7 +137,8 @@ export class Publisher {
     this.stream = streamKey(this.partition, options.prefix ?? DEFAULT_PREFIX);
     this.#redisUrl = options.redisUrl ?? "redis://127.0.0.1:6379/0";
     this.#cap = options.bufferSize ?? 100_000;
-    this.#batchSize = Math.max(1, options.batchSize ?? 500);
+    // At most MAX_EVENTS_PER_BATCH: the aggregator dead-letters an entry of more events as too_large.
+    this.#batchSize = Math.min(LIMITS.MAX_EVENTS_PER_BATCH, Math.max(1, options.batchSize ?? 500));
     this.#intervalMs = options.flushIntervalMs ?? 50;
     this.#heartbeatMs = options.heartbeatIntervalMs ?? 5000;
     this.#maxlen = String(options.streamMaxlen ?? 1_000_000);

@@ -147,3 +147,20 @@ test("an event too large alone in an otherwise small batch is dropped; the sourc
   assert.deepEqual(events.filter((e) => e.type === "events.dropped").map((e) => e.count), [1]);
   assert.equal(events.at(-1)!.type, "source.stopped");
 });
+
+test("a batchSize above MAX_EVENTS_PER_BATCH is lowered to it (the aggregator sets larger entries aside)", async () => {
+  const warnings: string[] = [];
+  const pub = publisher(warnings, { service: "many", batchSize: 50_000 });
+  const total = 2 * LIMITS.MAX_EVENTS_PER_BATCH + 5;
+  for (let i = 0; i < total; i++) pub.emit("affinity.evicted", { pool_id: "a" });
+  try {
+    assert.equal(await pub.flush(20_000), true, `not written: ${warnings.slice(0, 3).join(" | ")}`);
+  } finally {
+    await pub.close(5000);
+  }
+  const entries = (await readStream(redis.url, pub.stream)).filter((e) => e.batch.src === pub.src);
+  const counts = entries.map((e) => e.batch.events.length);
+  assert.equal(Math.max(...counts), LIMITS.MAX_EVENTS_PER_BATCH, `events per entry ${counts.join(", ")}`);
+  const evicted = entries.flatMap((e) => e.batch.events).filter((e) => e.type === "affinity.evicted");
+  assert.equal(evicted.length, total);
+});
