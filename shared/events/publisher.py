@@ -32,7 +32,7 @@ import msgspec
 from shared.settings import SettingsError
 
 from .bus import ERRORS, Client, RedisSettings, connect
-from .codec import encode_batch
+from .codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, encode_entries
 from .emit import Emit
 from .schema import EVENT_TYPES_BY_NAME, SCHEMA_VERSION
 from .streams import DEFAULT_PREFIX, partition_of, stream_key
@@ -133,6 +133,11 @@ class Publisher:
     ) -> None:
         if schema_version not in (1, 2):
             raise ValueError(f"schema_version {schema_version} is not one this publisher writes (1, 2)")
+        if not 1 <= batch_size <= MAX_EVENTS_PER_BATCH:
+            # The aggregator dead-letters an entry of more events as too_large (docs/events.md, Entry size).
+            raise ValueError(
+                f"batch_size must be 1..{MAX_EVENTS_PER_BATCH} events per entry, not {batch_size}"
+            )
         self.service = service
         self.src = src or make_src(service)
         self.partition = partition_of(self.src, partitions)
@@ -483,7 +488,7 @@ class Publisher:
     def _drain_into_pending_locked(self) -> None:
         """Move buffered events into encoded batches, numbering them in emit order: version 2 batches
         carry the first number in their header, version 1 batches one per event."""
-        buf, pending, size, pop, src = self._buf, self._pending, self._batch_size, self._buf.popleft, self.src
+        buf, size, pop = self._buf, self._batch_size, self._buf.popleft
         while buf:
             n = min(len(buf), size)  # events emitted meanwhile go in the next batch
             events: list[dict[str, Any]] = []
@@ -503,11 +508,28 @@ class Publisher:
             if self._schema_version == 1:
                 for seq, ev in enumerate(events, first):
                     ev["seq"] = seq
-                payload = encode_batch(src, events)
+                self._queue_entries(events, None)
             else:
-                payload = encode_batch(src, events, first)
-            pending.append((n, payload))
-            self._pending_events += n
+                self._queue_entries(events, first)
+
+    def _queue_entries(self, events: list[dict[str, Any]], first_seq: int | None) -> None:
+        """Queue numbered events (version 2: from ``first_seq``; version 1: each its own ``seq``) as
+        entries of at most ``MAX_ENTRY_BYTES`` (the aggregator dead-letters larger ones): a batch that
+        encodes larger is split; an event too large on its own is dropped before it is written, counted
+        like any drop (``events.dropped``), and takes no ``seq``."""
+        entries, too_large = encode_entries(self.src, events, first_seq=first_seq)
+        if too_large:
+            self._seq -= len(too_large)
+            with self._drop_lock:
+                self._dropped += len(too_large)
+            logger.warning(
+                "dropped %d event(s) larger than a stream entry may be (%d bytes), e.g. a %s",
+                len(too_large),
+                MAX_ENTRY_BYTES,
+                too_large[0].get("type"),
+            )
+        self._pending.extend(entries)
+        self._pending_events += len(events) - len(too_large)
 
     def _send(self, batch: list[_Pending]) -> None:
         self._writer.add(self.stream, [payload for _, payload in batch])

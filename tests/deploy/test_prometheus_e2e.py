@@ -461,6 +461,7 @@ def expectations(s: Stack, at: float) -> dict[str, X.Checker]:
             alerts["AggregatorDown"]: X.empty(),
             alerts["AggregatorPairMemberDown"]: X.empty(),
             alerts["AggregatorConsumerLag"]: X.empty(),
+            alerts["AggregatorStalled"]: X.empty(),
             # These counters first appeared during the measured traffic: the `unless offset` branch reports them.
             alerts["EventsLost"]: X.exact(lost),
             alerts["EventsDropped"]: X.exact(dropped),
