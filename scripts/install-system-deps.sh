@@ -15,6 +15,8 @@ command -v npm          >/dev/null || need+=(npm)
 # Sync tests make genuine permission errors as root: chattr +i, and rclone without DAC capabilities.
 command -v chattr       >/dev/null || need+=(e2fsprogs)
 command -v setpriv      >/dev/null || need+=(util-linux)
+# The aggregator's landing page (/) is checked in a real headless browser.
+command -v chromium     >/dev/null || need+=(chromium)
 # The docker CLI (only its `compose config` is used: no engine is needed or started).
 command -v docker       >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from services.aggregator import events_cli, replay_cli
+from services.aggregator import events_cli, placement, replay_cli
 from services.aggregator.settings import AggregatorSettings, SettingsError
 from services.api.settings import ApiSettings
 from services.httpserver import MAX_HEAD_BYTES, connection_limits, guarded_protocol
@@ -156,7 +156,7 @@ def _build_api(create_app: Any, settings: ApiSettings, demo: bool) -> Any:
 def cmd_up(args: argparse.Namespace) -> int:
     from services.aggregator.app import create_app as create_aggregator  # noqa: PLC0415
     from services.api.app import create_app as create_api  # noqa: PLC0415
-    from services.embedded import EmbeddedRedis, EmbeddedRedisError  # noqa: PLC0415
+    from services.embedded import PROTO_MAX_BULK_LEN, EmbeddedRedis, EmbeddedRedisError  # noqa: PLC0415
 
     redis_url = args.redis_url or os.environ.get("BOILERHOUSE_REDIS_URL")
     embedded: EmbeddedRedis | None = None
@@ -164,7 +164,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         state_dir = (Path(args.data_dir or ".boilerhouse") / "redis").resolve()  # redis-server chdirs
         # die_with_parent: `up` killed outright (SIGKILL, OOM) still stops its Redis, with its AOF.
         try:
-            embedded = EmbeddedRedis(workdir=state_dir, appendonly=True, die_with_parent=True).start()
+            embedded = EmbeddedRedis(
+                workdir=state_dir,
+                appendonly=True,
+                die_with_parent=True,
+                extra_args=("--proto-max-bulk-len", PROTO_MAX_BULK_LEN),
+            ).start()
         except EmbeddedRedisError as exc:
             raise CliError(f"cannot start the embedded Redis: {exc}") from None
         redis_url = embedded.url
@@ -202,7 +207,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             "boilerhouse is up\n"
             f"  api:        http://{api_settings.host}:{api_settings.port}/api/v1\n"
             f"  metrics:    http://{agg_settings.host}:{agg_settings.port}{agg_settings.metrics_path}\n"
-            f"  event bus:  {bus}\n"
+            + (
+                f"  status:     http://{agg_settings.host}:{agg_settings.port}/  (the aggregator's landing page)\n"
+                if agg_settings.metrics_path != "/"
+                else ""
+            )
+            + f"  event bus:  {bus}\n"
             + (
                 "  demo:       pools demo-* with generated traffic; every metric moves within a minute\n"
                 if args.demo
@@ -280,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     events_cli.register(sub)
     replay_cli.register(sub)
+    placement.register(sub)
     return parser
 
 

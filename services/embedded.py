@@ -25,6 +25,14 @@ from services import children
 logger = logging.getLogger(__name__)
 
 
+#: ``proto-max-bulk-len`` of the shipped single-server Redis (compose.yaml, ``boilerhouse up``): Redis refuses
+#: a longer value outright ("Protocol error: invalid bulk length"), so no entry costs a reader more. Twice
+#: ``MAX_ENTRY_BYTES``: an entry a little over the aggregator's limit still arrives and is dead-lettered
+#: (and counted) as ``too_large``. Not set on cluster nodes: a slot's move (MIGRATE) carries a whole
+#: stream in one value (see docs/operations.md, "Entry size").
+PROTO_MAX_BULK_LEN = "2mb"
+
+
 class EmbeddedRedisError(RuntimeError):
     """The private Redis could not be started."""
 

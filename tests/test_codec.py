@@ -16,8 +16,10 @@ from shared.events.codec import (
     MAX_SRC_LEN,
     MAX_STR_LEN,
     EventDecodeError,
+    Oversized,
     decode_batch,
     encode_batch,
+    encode_entries,
     explain_invalid,
     validate_event,
 )
@@ -337,3 +339,100 @@ def test_trace_id_is_optional_on_exactly_the_events_that_measure_a_duration() ->
             assert FAST_VALIDATORS[et.name](ev) is False
             problem = explain_invalid(ev)
             assert problem is not None and problem[0] == "invalid_field" and "trace_id" in problem[1], bad
+
+
+def _numbered(sizes: list[int], first_seq: int = 1) -> list[dict[str, Any]]:
+    """``source.heartbeat`` events padded (an unknown field, ignored by the aggregator) to about ``sizes``."""
+    return [
+        {"type": "source.heartbeat", "seq": first_seq + i, "ts": 1.0, "pad": "x" * size}
+        for i, size in enumerate(sizes)
+    ]
+
+
+def test_a_batch_that_fits_is_one_entry_of_the_same_bytes() -> None:
+    events = _numbered([100] * 50)
+    entries, dropped = encode_entries(SRC, events)
+    assert entries == [(50, encode_batch(SRC, events))] and dropped == []
+
+
+def test_a_batch_too_large_is_split_into_entries_of_at_most_the_limit_in_order() -> None:
+    events = _numbered([40_000] * 100, first_seq=7)  # ~4 MB
+    entries, dropped = encode_entries(SRC, events)
+    assert dropped == [] and len(entries) >= 4
+    assert all(len(payload) <= MAX_ENTRY_BYTES for _, payload in entries)
+    decoded = [decode_batch(payload) for _, payload in entries]
+    assert [n for n, _ in entries] == [len(b.events) for b in decoded]
+    assert [ev["seq"] for b in decoded for ev in b.events] == list(range(7, 107))
+    # Split where the sizes say: every entry but the last could not take the next event.
+    assert all(len(p) + 40_000 > MAX_ENTRY_BYTES - 100 for _, p in entries[:-1])
+
+
+def test_an_event_too_large_alone_is_left_out_and_the_sequence_closes_over_it() -> None:
+    events = _numbered([10, MAX_ENTRY_BYTES, 10, MAX_ENTRY_BYTES * 3, 10], first_seq=41)
+    huge = [events[1], events[3]]
+    entries, dropped = encode_entries(SRC, events)
+    assert dropped == huge
+    assert len(entries) == 1 and len(entries[0][1]) <= MAX_ENTRY_BYTES
+    assert [(ev["seq"], len(ev["pad"])) for ev in decode_batch(entries[0][1]).events] == [
+        (41, 10),
+        (42, 10),
+        (43, 10),
+    ]
+
+
+def _unnumbered(sizes: list[int]) -> list[dict[str, Any]]:
+    """As :func:`_numbered`, for version 2: the events carry no ``seq`` (the entry's header does)."""
+    return [{"type": "source.heartbeat", "ts": 1.0, "pad": "x" * size} for size in sizes]
+
+
+def test_version_2_a_batch_that_fits_is_one_entry_of_the_same_bytes() -> None:
+    events = _unnumbered([100] * 50)
+    entries, dropped = encode_entries(SRC, events, first_seq=9)
+    assert entries == [(50, encode_batch(SRC, events, 9))] and dropped == []
+
+
+def test_version_2_a_split_batch_numbers_each_entry_from_its_first_event() -> None:
+    events = _unnumbered([40_000] * 100)  # ~4 MB
+    entries, dropped = encode_entries(SRC, events, first_seq=7)
+    assert dropped == [] and len(entries) >= 4
+    assert all(len(payload) <= MAX_ENTRY_BYTES for _, payload in entries)
+    decoded = [decode_batch(payload) for _, payload in entries]
+    assert {b.version for b in decoded} == {2}
+    assert [n for n, _ in entries] == [len(b.events) for b in decoded]
+    assert [ev["seq"] for b in decoded for ev in b.events] == list(range(7, 107))
+
+
+def test_version_2_an_event_too_large_alone_is_left_out_and_the_numbers_close_over_it() -> None:
+    events = _unnumbered([10, MAX_ENTRY_BYTES, 10, MAX_ENTRY_BYTES * 3, 10])
+    huge = [events[1], events[3]]
+    entries, dropped = encode_entries(SRC, events, first_seq=41)
+    assert dropped == huge
+    assert len(entries) == 1 and len(entries[0][1]) <= MAX_ENTRY_BYTES
+    assert [(ev["seq"], len(ev["pad"])) for ev in decode_batch(entries[0][1]).events] == [
+        (41, 10),
+        (42, 10),
+        (43, 10),
+    ]
+
+
+def test_version_2_a_split_at_exactly_the_limit() -> None:
+    """The header's first number may grow a byte from one entry to the next: still within the limit."""
+    one = len(encode_batch(SRC, _unnumbered([1000]), 127))  # the largest 1-byte msgpack int
+    entries, dropped = encode_entries(SRC, _unnumbered([1000] * 3), max_bytes=one + 6, first_seq=127)
+    assert dropped == [] and [n for n, _ in entries] == [1, 1, 1]
+    assert all(len(p) <= one + 6 for _, p in entries)
+    assert [decode_batch(p).events[0]["seq"] for _, p in entries] == [127, 128, 129]
+
+
+def test_a_split_at_exactly_the_limit() -> None:
+    """The envelope's overhead is accounted exactly enough that a limit just above one event fits it."""
+    one = len(encode_batch(SRC, _numbered([1000])))
+    entries, dropped = encode_entries(SRC, _numbered([1000] * 3), max_bytes=one + 4)
+    assert dropped == [] and [n for n, _ in entries] == [1, 1, 1]
+    assert all(len(p) <= one + 4 for _, p in entries)
+
+
+def test_a_payload_too_large_to_read_is_too_large() -> None:
+    with pytest.raises(EventDecodeError) as err:
+        decode_batch(Oversized(300 << 20), "5-0")
+    assert err.value.reason == "too_large" and str(300 << 20) in err.value.detail

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.embedded import EmbeddedRedis, EmbeddedRedisError, free_port, stale_server, stop_pid
+from services.embedded import (
+    PROTO_MAX_BULK_LEN,
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    free_port,
+    stale_server,
+    stop_pid,
+)
+from shared.events.codec import ENTRY_FIELD, MAX_ENTRY_BYTES
+from shared.events.streams import stream_key
 from tests.conftest import real_redis_binary
 from tests.support.procs import BOILERHOUSE, Proc, boilerhouse, wait_http
 from tests.support.recording import process_alive
@@ -91,6 +100,12 @@ def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
             {"BOILERHOUSE_REDIS_URL": ""},
         )
         wait_http(f"http://127.0.0.1:{api}/healthz", timeout=60, proc=up)
+        # `up` names the aggregator's landing page too, and it answers there.
+        assert f"  status:     http://127.0.0.1:{metrics}/  " in up.output()
+        assert (
+            "<h1>Boilerhouse metrics aggregator</h1>"
+            in wait_http(f"http://127.0.0.1:{metrics}/", proc=up).text
+        )
         return up
 
     up = start("up-1")
@@ -135,3 +150,36 @@ def test_up_killed_outright_takes_its_redis_with_it(tmp_path: Path) -> None:
         assert again.popen.poll() is None
     finally:
         assert again.stop(sig=signal.SIGINT, timeout=30) == 0, again.output()[-3000:]
+
+
+def test_up_runs_its_redis_with_the_shipped_entry_size_limit(tmp_path: Path) -> None:
+    """Issue 11, item 5: the Redis `up` starts accepts no value longer than 2 MiB (as compose.yaml's), so
+    no stream entry costs a reader more; an entry a little over MAX_ENTRY_BYTES still gets in (and is
+    dead-lettered by the aggregator as too_large)."""
+    data = tmp_path / "bh"
+    api, metrics = free_port(), free_port()
+    up = boilerhouse(
+        ["up", "--api-port", str(api), "--metrics-port", str(metrics), "--data-dir", str(data)],
+        tmp_path,
+        "up",
+        {"BOILERHOUSE_REDIS_URL": ""},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{metrics}/readyz", timeout=60, proc=up)
+        redis_pid = int((data / "redis" / "redis.pid").read_text())
+        # redis-server sets its process title to "redis-server 127.0.0.1:<port>"
+        title = Path(f"/proc/{redis_pid}/cmdline").read_bytes().decode()
+        client = redis.Redis(port=int(title.split(":")[1].split()[0].rstrip("\0")), protocol=2)
+        try:
+            assert PROTO_MAX_BULK_LEN == "2mb"
+            assert client.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": str(2 * MAX_ENTRY_BYTES)}
+            near = client.xadd(stream_key(0), {ENTRY_FIELD: b"\x00" * (MAX_ENTRY_BYTES + 1)})
+            with pytest.raises(redis.ResponseError, match="invalid bulk length"):
+                client.xadd(stream_key(0), {ENTRY_FIELD: b"\x00" * (2 * MAX_ENTRY_BYTES + 1)})
+            # The API's own entries (source.started, heartbeats) are small; the refused one is not there.
+            sizes = {i: len(f[ENTRY_FIELD]) for i, f in client.xrange(stream_key(0))}
+            assert {i: n for i, n in sizes.items() if n > 4096} == {near: MAX_ENTRY_BYTES + 1}, sizes
+        finally:
+            client.close()
+    finally:
+        assert up.stop(sig=signal.SIGINT, timeout=30) == 0, up.output()[-3000:]

@@ -13,8 +13,9 @@ import pytest
 import redis
 
 from services.embedded import EmbeddedRedis, free_port
-from shared.events.codec import decode_batch
+from shared.events.codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, decode_batch
 from shared.events.publisher import Publisher
+from shared.events.streams import stream_key
 from tests.aggregator.harness import aggregator, wait_for
 from tests.support.expo import value
 from tests.support.wait import wait_until
@@ -217,5 +218,91 @@ def test_batches_many_events_per_entry(redis_url: str, redis_client: redis.Redis
         assert pub.sent_events == 5001
         assert len(entries) <= 5001 // 100, f"{len(entries)} entries for 5001 events"
         assert all(len(msgpack.unpackb(f[b"b"])["events"]) <= 500 for _, f in entries)
+    finally:
+        pub.close(1)
+
+
+def test_a_batch_size_the_aggregator_would_refuse_is_a_clear_error(redis_url: str) -> None:
+    # The aggregator dead-letters an entry of more than MAX_EVENTS_PER_BATCH events as too_large.
+    for bad in (0, -1, MAX_EVENTS_PER_BATCH + 1):
+        with pytest.raises(ValueError, match=f"batch_size must be 1..{MAX_EVENTS_PER_BATCH}"):
+            Publisher(redis_url, "batcher", batch_size=bad)
+
+
+def test_the_largest_batch_size_is_read_whole(redis_url: str, redis_client: redis.Redis) -> None:
+    # The flusher lingers (until flush() below) while the events are emitted, so that full batches form:
+    # with the default 5 ms linger it takes whatever was emitted by then.
+    pub = Publisher(
+        redis_url, "batcher", heartbeat_interval_s=3600, batch_size=MAX_EVENTS_PER_BATCH, linger_s=5.0
+    )
+    try:
+        for _ in range(2 * MAX_EVENTS_PER_BATCH + 5):
+            pub.emit("container.acquired", dict(ACQUIRED))
+        assert pub.flush(20)
+        entries = [decode_batch(f[b"b"]) for _, f in redis_client.xrange("boilerhouse:events:{0}")]
+        assert max(len(b.events) for b in entries) == MAX_EVENTS_PER_BATCH
+        assert sum(len(b.events) for b in entries) == pub.sent_events == 2 * MAX_EVENTS_PER_BATCH + 6
+    finally:
+        pub.close(1)
+
+
+def test_entries_are_written_all_or_nothing_and_an_oom_refusal_is_retried(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Each round trip of entries is one MULTI/EXEC: a refusal (here OOM) of any XADD aborts them all, so a
+    retried entry can never land after its successor (where the aggregator would skip it as a duplicate)."""
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", 1)  # every write refused: Redis is "out of memory"
+    before = redis_client.info("commandstats")
+    pub = Publisher(redis_url, "atomic", heartbeat_interval_s=10**6, batch_size=10, flush_interval_s=0.01)
+    try:
+        for i in range(100):
+            pub.emit("container.health_check_failed", {"pool_id": f"p{i % 3}"})
+        assert not pub.flush(1), "written although Redis refused every write"
+        assert redis_client.xlen(stream_key(0)) == 0  # no entry of an aborted transaction was applied
+        redis_client.config_set("maxmemory", 0)
+        assert pub.flush(10)
+    finally:
+        pub.close()
+        redis_client.config_set("maxmemory", 0)
+    after = redis_client.info("commandstats")
+    calls = {k: after.get(f"cmdstat_{k}", {}).get("calls", 0) - before.get(f"cmdstat_{k}", {}).get("calls", 0)
+             for k in ("multi", "exec", "xadd")}  # fmt: skip
+    assert calls["multi"] == calls["exec"] >= 2 and calls["xadd"] > 0
+    seqs = [ev["seq"] for _, f in redis_client.xrange(stream_key(0)) for ev in decode_batch(f[b"b"]).events]
+    assert (
+        seqs == list(range(1, len(seqs) + 1)) and len(seqs) == 102
+    )  # started, 100 events, stopped: once each
+
+
+def test_no_entry_is_larger_than_the_aggregator_reads_and_an_event_too_large_alone_is_dropped(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Batches that encode larger than MAX_ENTRY_BYTES are split; an event larger on its own is never
+    written but dropped and reported like any drop: the aggregator dead-letters nothing and sees no gap."""
+    pub = Publisher(redis_url, "bulky", heartbeat_interval_s=3600, batch_size=5000, flush_interval_s=0.05)
+    try:
+        pad = "x" * 2000  # an unknown field: ignored by the aggregator, but it makes entries large
+        for i in range(3000):
+            pub.emit("container.acquired", {**ACQUIRED, "pad": pad})
+            if i == 1500:
+                pub.emit("container.acquired", {**ACQUIRED, "pad": "y" * (MAX_ENTRY_BYTES + 1)})
+        assert pub.flush(20)
+        sizes = [len(f[b"b"]) for _, f in redis_client.xrange(stream_key(0))]
+        assert max(sizes) <= MAX_ENTRY_BYTES and sum(sizes) > 5 * MAX_ENTRY_BYTES, sizes
+        events = stream_events(redis_client, pub.src)
+        assert [ev["seq"] for ev in events] == list(range(1, len(events) + 1)), "one gapless sequence"
+        assert sum(ev["type"] == "container.acquired" for ev in events) == 3000
+        assert pub.dropped == 1
+        with aggregator(redis_url) as agg:
+            s = wait_for(
+                agg.url,
+                lambda x: value(x, f"{P}events_dropped_total", service="bulky") is not None,
+                what="the drop reported",
+            )
+            assert value(s, f"{P}events_dropped_total", service="bulky") == 1
+            assert value(s, f"{P}aggregator_events_applied_total", type="container.acquired") == 3000
+            assert not any(n == f"{P}aggregator_dead_letters_total" for n, _ in s), "nothing too large"
+            assert not any(n == f"{P}events_lost_total" for n, _ in s), "a drop, not a gap"
     finally:
         pub.close(1)

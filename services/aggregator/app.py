@@ -1,4 +1,4 @@
-"""The aggregator's ASGI app: /metrics (text or OpenMetrics), /healthz and /readyz."""
+"""The aggregator's ASGI app: /metrics (text or OpenMetrics), /healthz, /readyz and the landing page /."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import anyio
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -22,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from shared.events.bus import Client, connect
 
+from . import landing
 from .consumer import Consumer
 from .exposition import StateCollector
 from .render import Renderer
@@ -151,9 +153,16 @@ def create_app(
     client: Client | None = None,
     rebuild: bool = False,
 ) -> Starlette:
-    """Build the app; the consumer thread starts and stops with the ASGI lifespan."""
-    client = client or connect(settings.redis, "consumer", extra_timeout_s=settings.block_ms / 1000)
-    consumer = Consumer(client, settings, rebuild=rebuild)
+    """Build the app; the consumer thread starts and stops with the ASGI lifespan.
+
+    Without ``client`` the consumer connects from its retry loop (the bus need not be up yet, and
+    whether it is a single Redis or a cluster is learnt then).
+    """
+    consumer = Consumer(
+        client or (lambda: connect(settings.redis, "consumer", extra_timeout_s=settings.block_ms / 1000)),
+        settings,
+        rebuild=rebuild,
+    )
     exposer = make_exposer(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
     started = time.monotonic()
@@ -224,9 +233,34 @@ def create_app(
                 },
                 status_code=503,
             )
+        stalls = consumer.stalls()
+        if stalls:
+            # Entries wait and the consumer cannot get on (Redis answers): say which partition, since when.
+            return JSONResponse(
+                {
+                    "status": "stalled",
+                    "reason": "no_progress",
+                    "detail": "; ".join(
+                        f"partition {s.partition}: no progress for {s.seconds:.0f}s while entries wait "
+                        f"({s.why})"
+                        for s in stalls
+                    ),
+                    "partitions": [
+                        {
+                            "partition": s.partition,
+                            "since": datetime.fromtimestamp(s.since, UTC).isoformat(timespec="seconds"),
+                            "since_unix_s": round(s.since, 3),
+                            "error": s.why,
+                        }
+                        for s in stalls
+                    ],
+                },
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "partitions": sorted(consumer.parts)})
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    routes += landing.routes(consumer, settings, _authorized, _challenge)
     if settings.metrics_enabled:
         routes.append(Route(settings.metrics_path, metrics, methods=["GET"]))
 
@@ -246,7 +280,7 @@ def create_app(
             yield
         finally:
             await anyio.to_thread.run_sync(consumer.stop)
-            client.close()
+            consumer.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.consumer = consumer

@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
-from shared.events.bus import Client, connect, diagnose
+from shared.events.bus import ERRORS, Client, connect, diagnose
 
 from .settings import AggregatorSettings, SettingsError
 from .times import ArgumentError, TimePoint, parse_time
@@ -66,17 +64,19 @@ def guarded(body: Body) -> Callable[[argparse.Namespace], int]:
             )
         except SettingsError as exc:
             return fail(str(exc), EXIT_USAGE)
-        client = connect(settings.redis, "tool")
+        client: Client | None = None
         try:
+            client = connect(settings.redis, "tool")
             return body(args, settings, client)
-        except (UsageError, ArgumentError) as exc:
+        except (UsageError, ArgumentError, SettingsError) as exc:
             return fail(str(exc), EXIT_USAGE)
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             return fail(str(diagnose(exc, settings.redis)), EXIT_BUS)
         except BrokenPipeError:  # `| head`
             return 0
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
     run.__doc__ = body.__doc__
     return run

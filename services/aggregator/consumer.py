@@ -5,6 +5,11 @@ crash at any instant followed by a restart gives exactly the metrics of a run th
 the state comes back from the checkpoint and the unacknowledged entries are read again. What an
 entry does to the state is :mod:`.ingest`'s job; what a checkpoint holds is :mod:`.checkpoint`'s.
 
+On a Redis Cluster every partition's keys share one slot (the ``{p}`` hash tag) but partitions do not:
+reads and inspections run as one transaction per partition there (one for all partitions on a single
+Redis, where nothing is gained by splitting them), and the wait for new entries watches one partition
+at a time.
+
 Loss accounting (see docs/reliability.md): a jump in a source's ``seq`` is counted in
 ``events_lost_total``. When the consumer sees entries of its unread range disappear (trimmed or
 deleted before it read them, :mod:`.retention`), it opens a *trim window* for the partition: the first
@@ -18,12 +23,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
+from redis.typing import StreamIdT
 
-from shared.events.bus import BusProblem, Client, diagnose
-from shared.events.replies import PendingSummary, RawEntry, StreamInfo, find_group, read_reply
+from shared.events import bounded
+from shared.events.bus import ERRORS, BusProblem, Client, diagnose, is_cluster
+from shared.events.codec import ENTRY_FIELD, MAX_ENTRY_BYTES
+from shared.events.replies import (
+    PendingSummary,
+    RawEntry,
+    StreamInfo,
+    as_map,
+    fields_map,
+    find_group,
+    read_reply,
+)
 from shared.events.streams import checkpoint_key, dead_letter_key, format_id, parse_id, stream_key
 
 from . import checkpoint
@@ -31,7 +48,7 @@ from .fold import State
 from .ingest import DeadLetter, Outcome, PartitionIngest
 from .metrics import PartitionReading
 from .retention import RedisClock, removed_unread, trim_by_age
-from .settings import AggregatorSettings
+from .settings import AggregatorSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +56,63 @@ T = TypeVar("T")
 
 #: Dead letters kept per partition (approximate trim), each at most ~4.6 KiB: see docs/reliability.md.
 DEAD_LETTER_MAXLEN = 10_000
-#: Upper bound on raw bytes asked for in one XREADGROUP (entries hold up to 1 MiB each).
+#: Raw bytes one read asks for at most, at the size of the entries read before (entries hold up to
+#: 1 MiB each); shared by the partitions of one read.
 READ_BYTES_BUDGET = 8 << 20
+#: While a stream's first or last entry is too large to hold, XINFO STREAM (which shows both) is read
+#: this often, not at every read: trim detection may then lag by as much (see docs/reliability.md).
+BOUNDED_INSPECT_S = 30.0
+#: A partition whose reads fail while entries wait for it (Redis answers, the consumer cannot get on) is
+#: reported by /readyz once it has made no progress for this long (its self-metric shows it at once).
+STALL_REPORT_S = 10.0
 #: How often the streams are trimmed by age (approximate MINID trims are cheap but not free).
 TRIM_INTERVAL_S = 60.0
 #: How often Redis' clock is read again.
 MAINTENANCE_INTERVAL_S = 2.0
+#: Shortest wait on one partition when a cluster's partitions are watched in turn.
+MIN_WAIT_MS = 10
+#: Pending entries of other consumers taken over per XCLAIM.
+CLAIM_BATCH = 1000
+
+#: Failures of the bus (and of its sockets) that the consumer loop waits out and retries.
+_TRANSIENT: tuple[type[Exception], ...] = (*ERRORS, OSError)
+#: Error replies of a bus in transition (a failover, a slot moving, a restart): waited out, not a stall.
+_IN_TRANSITION: tuple[type[Exception], ...] = (
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+)
+
+#: Builds the client when the consumer first needs it (the bus may not be up when the process starts).
+Connector = Callable[[], Client]
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A partition without progress while entries wait: since when (unix seconds), and why."""
+
+    partition: int
+    since: float
+    seconds: float
+    why: str
+
+
+def _end_too_large(info: object, left_out: frozenset[bytes]) -> bool:
+    """Whether an XINFO STREAM reply's first or last entry holds more than an entry may (read whole, or
+    ``left_out`` by a bounded read)."""
+    reply = as_map(info)
+    for end in ("first-entry", "last-entry"):
+        entry = reply.get(end)
+        if not entry:
+            continue
+        values = (fields_map(entry[1]) or {}).values()
+        if entry[0] in left_out or sum(len(v) for v in values if isinstance(v, bytes)) > MAX_ENTRY_BYTES:
+            return True
+    return False
 
 
 class PartitionConsumer:
@@ -65,6 +133,25 @@ class PartitionConsumer:
         self.stream_last: tuple[int, int] = (0, 0)
         #: Entries seen deleted while they were pending, or detected trimmed unread (log summaries).
         self.trims_detected = 0
+        #: Read with :mod:`shared.events.bounded` (values longer than an entry may be are skipped on the
+        #: wire, not held): after a read ran out of memory or met such an entry, for as long as one is in
+        #: reach of the partition's reads (XINFO STREAM shows the first and last entries too).
+        self.bounded = False
+        #: While its stream's first or last entry is too large to hold: when to inspect the stream again.
+        self.inspect_after = 0.0
+        #: When the partition last made progress (monotonic): it folded entries, or found none waiting.
+        self.progress_at = time.monotonic()
+        #: Why its reads fail while entries wait (Redis answers, but the consumer cannot get on); None
+        #: while they succeed.
+        self.stalled: str | None = None
+
+    def progressed(self, now: float) -> None:
+        self.progress_at = now
+        self.stalled = None
+
+    def stalled_s(self, now: float) -> float:
+        """Seconds without progress while entries waited (0 while the partition reads)."""
+        return max(0.0, now - self.progress_at) if self.stalled is not None else 0.0
 
     def restore(
         self, state: State, restored: checkpoint.Restored | None, *, complete_next: bool = False
@@ -116,13 +203,21 @@ class Consumer:
     """Consumes this shard's partitions with a consumer group and keeps their metric state.
 
     Parameters:
-        client: a client from :func:`shared.events.bus.connect` (binary replies).
+        client: a client from :func:`shared.events.bus.connect` (binary replies), or a function that
+            builds one: it is then called from the consumer's retry loop until the bus answers.
         settings: aggregator settings (partitions, group, checkpoint cadence ...).
         rebuild: ignore existing checkpoints and fold again from the start of the retained stream.
     """
 
-    def __init__(self, client: Client, settings: AggregatorSettings, rebuild: bool = False) -> None:
-        self.client = client
+    def __init__(
+        self, client: Client | Connector, settings: AggregatorSettings, rebuild: bool = False
+    ) -> None:
+        self._client: Client | None = None
+        self._connector: Connector | None = None
+        if callable(client) and not isinstance(client, redis.Redis | redis.RedisCluster):
+            self._connector = client
+        else:
+            self._client = client
         self.settings = settings
         self.parts = {p: PartitionConsumer(p, settings) for p in settings.my_partitions}
         self.lock = threading.Lock()
@@ -144,6 +239,31 @@ class Consumer:
         self.clock = RedisClock()
         self._next_maintenance = 0.0
         self._next_trim = time.monotonic() + min(TRIM_INTERVAL_S, settings.retention_s / 4)
+        self._wait_turn = 0
+
+    @property
+    def client(self) -> Client:
+        """The bus client, built on first use when the consumer was given a connector."""
+        if self._client is None:
+            assert self._connector is not None
+            self._client = self._connector()
+        return self._client
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _read_sets(self) -> list[list[PartitionConsumer]]:
+        """The partitions read (and inspected) together in one transaction: all of them on a single
+        Redis; each on its own on a cluster, where a transaction's keys must share one slot."""
+        parts = list(self.parts.values())
+        if is_cluster(self.client):
+            return [[pc] for pc in parts]
+        return [parts]
 
     # ---- state access ---------------------------------------------------------------------------
 
@@ -163,15 +283,32 @@ class Consumer:
         out: dict[int, PartitionReading] = {}
         for p, pc in self.parts.items():
             lag = pending = None
-            try:
-                group = find_group(self.client.xinfo_groups(pc.stream), self.settings.group)
-            except redis.RedisError:
-                group = None
+            group = None
+            if self._client is not None:
+                try:
+                    group = find_group(self._client.xinfo_groups(pc.stream), self.settings.group)
+                except ERRORS:
+                    group = None
             if group is not None:
                 lag, pending = group.lag, group.pending
             out[p] = PartitionReading(
-                lag, pending, now - pc.last_checkpoint, pc.checkpoints, pc.checkpoint_bytes
+                lag,
+                pending,
+                now - pc.last_checkpoint,
+                pc.checkpoints,
+                pc.checkpoint_bytes,
+                stalled_s=pc.stalled_s(now),
             )
+        return out
+
+    def stalls(self, at_least_s: float = STALL_REPORT_S) -> list[Stall]:
+        """Partitions that have made no progress for ``at_least_s`` while entries waited (for /readyz)."""
+        now, wall = time.monotonic(), time.time()
+        out = []
+        for p, pc in sorted(self.parts.items()):
+            why, seconds = pc.stalled, pc.stalled_s(now)
+            if why is not None and seconds >= at_least_s:
+                out.append(Stall(p, wall - seconds, seconds, why))
         return out
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -191,7 +328,7 @@ class Consumer:
             return  # nothing restored: a checkpoint now would overwrite the saved state with an empty one
         try:
             self.checkpoint_all(force=True)
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             logger.warning("final checkpoint failed: %s", exc)
 
     def _run(self) -> None:
@@ -212,7 +349,7 @@ class Consumer:
                 if self.bus_problem is not None:
                     logger.info("event bus usable again (after: %s)", self.bus_problem)
                     self.bus_problem = None
-            except checkpoint.CheckpointError as exc:
+            except (checkpoint.CheckpointError, SettingsError) as exc:
                 self.error = exc
                 logger.error("%s", exc)
                 return
@@ -224,16 +361,46 @@ class Consumer:
                     self._resetup()
                 else:
                     self._bus_failed(exc, backoff)
+                    if not isinstance(exc, _IN_TRANSITION):
+                        self._note_stall(exc)  # Redis answers, and refuses (a permission taken away ...)
                     self._stop.wait(backoff)
                     backoff = min(5.0, backoff * 2)
-            except (redis.RedisError, OSError) as exc:
+            except _TRANSIENT as exc:
                 self._bus_failed(exc, backoff)
                 self._redrain = True
                 self._stop.wait(backoff)
                 backoff = min(5.0, backoff * 2)
-            except Exception:
+            except Exception as exc:
                 logger.exception("consumer loop failed; retrying")
+                self._note_stall(exc)
                 self._stop.wait(1.0)
+
+    def _note_stall(self, exc: BaseException) -> None:
+        """The loop failed although Redis answers: each partition with entries waiting has stalled (until
+        one of its reads succeeds); one with none waiting is merely caught up."""
+        why = f"{type(exc).__name__}: {exc}"[:300]
+        now = time.monotonic()
+        for pc in self.parts.values():
+            if self._entries_wait(pc) is False:
+                pc.progressed(now)
+            else:
+                pc.stalled = why
+
+    def _entries_wait(self, pc: PartitionConsumer) -> bool | None:
+        """Whether entries wait for the partition: undelivered ones (the group's lag), or pending ones
+        beyond what was folded. None when Redis cannot tell (or does not answer)."""
+        if self._client is None:
+            return None
+        try:
+            group = find_group(self._client.xinfo_groups(pc.stream), self.settings.group)
+            pending = PendingSummary.parse(self._client.xpending(pc.stream, self.settings.group))
+        except ERRORS:
+            return None
+        if pending.max_id is not None and pending.max_id > pc.position:
+            return True
+        if group is None or group.lag is None:
+            return None
+        return group.lag > 0
 
     def _bus_failed(self, exc: BaseException, retry_in_s: float) -> None:
         """Remember why the bus failed (``/readyz`` shows it) and log it once per distinct problem."""
@@ -253,7 +420,7 @@ class Consumer:
                 # Even with nothing to acknowledge, and complete: Redis may have lost the last one.
                 pc.complete_next = True
                 self._checkpoint(pc)
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             logger.warning("checkpoint before set-up failed: %s", exc)
             self._stop.wait(0.5)
             return
@@ -287,6 +454,8 @@ class Consumer:
                 self.client.xgroup_setid(pc.stream, self.settings.group, id="0")
                 pc.complete_next = True  # the old checkpoint's fields are not this fold's
                 logger.info("partition %d: rebuilding from the start of the stream", pc.partition)
+            if not self.rebuild:
+                self._take_over_pending(pc)  # after the restore: it may open the partition's trim window
         self.detect_trimmed()  # also learns where the stream ends (a trim window's backlog)
         if not self.rebuild:
             # Entries delivered to us before a crash but never acknowledged come first.
@@ -294,10 +463,50 @@ class Consumer:
         self.rebuild = False  # a later re-setup (group lost) restores our own checkpoint
         self.detect_trimmed()
 
+    def _take_over_pending(self, pc: PartitionConsumer) -> None:
+        """Make the partition's pending entries ours: entries delivered to another consumer of the group
+        and never acknowledged (a shard that stopped without checkpointing before the shard count
+        changed, so that the partition now belongs to us) are re-read from our pending list like our own.
+
+        Only one aggregator of a group may consume a partition at a time (docs/scaling.md says in which
+        order to restart when changing the shard count); the one that owned it before is gone.
+        """
+        me = self.settings.consumer_name
+        summary = PendingSummary.parse(self.client.xpending(pc.stream, self.settings.group))
+        for other, count in summary.consumers:
+            if other == me or not count:
+                continue
+            taken = gone = 0
+            while True:
+                rows = self.client.xpending_range(
+                    pc.stream, self.settings.group, min="-", max="+", count=CLAIM_BATCH, consumername=other
+                )
+                ids: list[StreamIdT] = [row["message_id"] for row in rows]
+                if not ids:
+                    break
+                claimed = self.client.xclaim(pc.stream, self.settings.group, me, 0, ids, justid=True)
+                taken += len(claimed)
+                gone += len(ids) - len(claimed)  # deleted while pending: XCLAIM drops them
+            logger.warning(
+                "partition %d: took over %d entries pending for consumer %r of group %r (it stopped "
+                "without acknowledging them, e.g. before the shard count changed)",
+                pc.partition,
+                taken,
+                other,
+                self.settings.group,
+            )
+            if gone:
+                with self.lock:
+                    pc.trim_detected(f"{gone} entries pending for {other!r} were deleted")
+
     # ---- reading --------------------------------------------------------------------------------
 
     def _drain_pending(self) -> None:
-        after = {pc.stream: "0" for pc in self.parts.values()}
+        for parts in self._read_sets():
+            self._drain_pending_of(parts)
+
+    def _drain_pending_of(self, parts: list[PartitionConsumer]) -> None:
+        after = {pc.stream: "0" for pc in parts}
         while after and not self._stop.is_set():
             got = self._read_from(after)
             done = set(after)
@@ -309,22 +518,58 @@ class Consumer:
                 del after[stream]
             if got:
                 self._apply_entries(got)
+        if not self._stop.is_set():
+            now = time.monotonic()
+            for pc in parts:  # nothing left pending beyond what was folded
+                pc.progressed(now)
 
     def _by_stream(self, reply: object) -> list[tuple[PartitionConsumer, list[RawEntry]]]:
         by_stream = {pc.stream: pc for pc in self.parts.values()}
         return [(by_stream[stream], entries) for stream, entries in read_reply(reply)]
 
     def _read_from(self, ids: dict[str, str]) -> list[tuple[PartitionConsumer, list[RawEntry]]]:
-        reply = self.client.xreadgroup(
-            self.settings.group,
-            self.settings.consumer_name,
-            ids,  # type: ignore[arg-type]  # redis-py types streams as dict[KeyT, StreamIdT]; str keys are fine
-            count=self._read_count(),
+        """Our pending entries after ``ids`` (stream -> id)."""
+        by_stream = {pc.stream: pc for pc in self.parts.values()}
+        parts = [by_stream[stream] for stream in ids]
+        count = self._read_count(len(ids))
+        if not any(pc.bounded for pc in parts):
+            try:
+                reply = self.client.xreadgroup(
+                    self.settings.group,
+                    self.settings.consumer_name,
+                    ids,  # type: ignore[arg-type]  # redis-py types streams as dict[KeyT, StreamIdT]; str keys are fine
+                    count=count,
+                )
+                return self._by_stream(reply)
+            except MemoryError:
+                self._out_of_memory(parts, "re-reading its pending entries")
+        read = ("XREADGROUP", "GROUP", self.settings.group, self.settings.consumer_name, "COUNT", count)
+        replies = bounded.execute(
+            self.client, parts[0].stream, [(*read, "STREAMS", *ids, *ids.values())], transaction=False
         )
-        return self._by_stream(reply)
+        if isinstance(replies.values[0], Exception):
+            raise replies.values[0]
+        return self._by_stream(replies.values[0])
 
-    def _read_count(self) -> int:
-        return max(1, min(self.settings.read_count, int(READ_BYTES_BUDGET / self._bytes_per_entry)))
+    def _read_count(self, streams: int = 1) -> int:
+        """Entries to ask of each stream of a read: as many as fit :data:`READ_BYTES_BUDGET` (shared by
+        the read's ``streams``) at the running average size of the entries read so far."""
+        per_stream = READ_BYTES_BUDGET / max(1, streams)
+        return max(1, min(self.settings.read_count, int(per_stream / self._bytes_per_entry)))
+
+    def _out_of_memory(self, parts: list[PartitionConsumer], doing: str) -> None:
+        """A read of ``parts`` ran out of memory: Redis sent it all the same (its entries are pending
+        now), so read those partitions with values too long to hold skipped on the wire from now on."""
+        for pc in parts:
+            if not pc.bounded:
+                logger.warning(
+                    "partition %d: out of memory %s (an entry too large to hold?); reading it with values "
+                    "over %d bytes skipped on the wire: such entries are dead-lettered as too_large by id",
+                    pc.partition,
+                    doing,
+                    MAX_ENTRY_BYTES,
+                )
+            pc.bounded = True
 
     def poll_once(self) -> int:
         """Read one round of new entries, fold them, checkpoint if due. Returns entries read."""
@@ -333,15 +578,37 @@ class Consumer:
             # Nothing waiting: wait for new entries with a plain XREAD (it takes nothing from the
             # group), then read them atomically with the inspection as above. A blocking XREADGROUP
             # would fold whatever follows a hole trimmed while we waited, before we could see the hole.
-            self.client.xread(
-                {pc.stream: format_id(pc.last_delivered) for pc in self.parts.values()},
-                count=1,
-                block=self.settings.block_ms,
-            )
+            self._wait_for_entries()
             got = self._inspect_and_read()
         n = self._apply_entries(got) if got else 0
+        now = time.monotonic()
+        for pc in self.parts.values():  # every partition read, and what waited folded
+            pc.progressed(now)
         self.checkpoint_all()
         return n
+
+    def _wait_for_entries(self) -> None:
+        """Block until a partition may have new entries, or ``block_ms`` passed.
+
+        One XREAD on all partitions on a single Redis. On a cluster an XREAD's streams must share a
+        slot, so each wait watches one partition, in turn, for ``block_ms`` divided among them (entries
+        of the others are then seen within that slice; under load nobody waits at all).
+        """
+        parts = list(self.parts.values())
+        block_ms = self.settings.block_ms
+        if len(parts) > 1 and is_cluster(self.client):
+            block_ms = max(MIN_WAIT_MS, block_ms // len(parts))
+            parts = [parts[self._wait_turn % len(parts)]]
+            self._wait_turn += 1
+        try:
+            self.client.xread(
+                {pc.stream: format_id(pc.last_delivered) for pc in parts},
+                count=1,
+                block=block_ms,
+            )
+        except MemoryError:
+            # The entry that arrived is too large to hold; the wait is over all the same.
+            self._out_of_memory(parts, "waiting for entries")
 
     def _inspect_and_read(self) -> list[tuple[PartitionConsumer, list[RawEntry]]]:
         """Stream and group info and a non-blocking read in one transaction: trim detection sees
@@ -350,34 +617,20 @@ class Consumer:
         The transaction also checks our pending list: an entry there beyond our position was
         delivered by a read whose reply never reached us (connection reset, timeout; redis-py may
         even have retried the command without telling us). Those come first, from the pending list.
+        One transaction per read set (:meth:`_read_sets`).
         """
-        pipe = self.client.pipeline(transaction=True)
-        parts = list(self.parts.values())
-        for pc in parts:
-            pipe.xinfo_stream(pc.stream)
-            pipe.xinfo_groups(pc.stream)
-            pipe.xpending(pc.stream, self.settings.group)
-        pipe.xreadgroup(
-            self.settings.group,
-            self.settings.consumer_name,
-            {pc.stream: ">" for pc in parts},
-            count=self._read_count(),
-        )
-        replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[-1], Exception):
-            raise replies[-1]
-        got = self._by_stream(replies[-1])
-        read = {pc.partition: entries for pc, entries in got}
+        got: list[tuple[PartitionConsumer, list[RawEntry]]] = []
         unseen = False
-        for i, pc in enumerate(parts):
-            info, groups, pending = replies[3 * i : 3 * i + 3]
-            if isinstance(info, Exception) or isinstance(groups, Exception):
-                continue
-            self._inspect(pc, StreamInfo.parse(info), groups, read.get(pc.partition, []))
-            if not isinstance(pending, Exception):
-                summary = PendingSummary.parse(pending)
-                if summary.count and summary.max_id is not None and summary.max_id > pc.position:
-                    unseen = True
+        for parts in self._read_sets():
+            try:
+                got_set, unseen_set = self._inspect_and_read_set(parts)
+            except ERRORS:
+                # Entries read from the other partitions are ours now (pending): fold them first.
+                if got:
+                    self._apply_entries(got)
+                raise
+            got += got_set
+            unseen = unseen or unseen_set
         if unseen:
             logger.warning(
                 "entries were delivered to us by a read whose reply was lost; re-reading them from the pending list"
@@ -386,16 +639,132 @@ class Consumer:
             return []
         return got
 
+    def _inspect_and_read_set(
+        self, parts: list[PartitionConsumer]
+    ) -> tuple[list[tuple[PartitionConsumer, list[RawEntry]]], bool]:
+        count = self._read_count(len(parts))
+        left_out: bounded.Replies | None = None  # a bounded read: what its replies left out
+        if any(pc.bounded for pc in parts):
+            left_out = self._inspect_and_read_bounded(parts, count)
+            replies = left_out.values
+        else:
+            pipe = self.client.pipeline(transaction=True)
+            for pc in parts:
+                pipe.xinfo_stream(pc.stream)
+                pipe.xinfo_groups(pc.stream)
+                pipe.xpending(pc.stream, self.settings.group)
+            pipe.xreadgroup(
+                self.settings.group,
+                self.settings.consumer_name,
+                {pc.stream: ">" for pc in parts},
+                count=count,
+            )
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except MemoryError:
+                # Redis executed the transaction: what it delivered is pending now, and re-read (bounded)
+                # from the pending list below.
+                self._out_of_memory(parts, "reading new entries")
+                left_out = self._inspect_and_read_bounded(parts, count)
+                replies = left_out.values
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        got = self._by_stream(replies[-1])
+        read = {pc.partition: entries for pc, entries in got}
+        unseen = False
+        inspected = True
+        for i, pc in enumerate(parts):
+            info, groups, pending = replies[3 * i : 3 * i + 3]
+            if isinstance(info, Exception) or isinstance(groups, Exception):
+                continue
+            stream_info = None
+            if info is None:  # left out of this read (bounded), see _inspect_and_read_bounded
+                inspected = False
+            else:
+                stream_info = StreamInfo.parse(info)
+                if _end_too_large(info, left_out.too_large if left_out else frozenset()):
+                    self._end_too_large(pc)
+                    inspected = False
+            self._inspect(pc, stream_info, groups, read.get(pc.partition, []))
+            if not isinstance(pending, Exception):
+                summary = PendingSummary.parse(pending)
+                if summary.count and summary.max_id is not None and summary.max_id > pc.position:
+                    unseen = True
+        if left_out is not None and not left_out.oversized and inspected and not unseen:
+            for pc in parts:
+                if pc.bounded:
+                    logger.info(
+                        "partition %d: no entry too large to hold in reach; reading as usual", pc.partition
+                    )
+                    pc.bounded = False
+        return got, unseen
+
+    def _end_too_large(self, pc: PartitionConsumer) -> None:
+        """XINFO STREAM showed an entry too large to hold as the stream's first or last: every inspection
+        would carry it (Redis builds and sends it, even when this process skips it), so the partition is
+        read bounded and inspected only every :data:`BOUNDED_INSPECT_S` while that lasts."""
+        if not pc.bounded or pc.inspect_after <= time.monotonic():
+            logger.warning(
+                "partition %d: the stream's first or last entry is too large to hold; inspecting the stream "
+                "every %.0fs (not at every read) while it is",
+                pc.partition,
+                BOUNDED_INSPECT_S,
+            )
+        pc.bounded = True
+        pc.inspect_after = time.monotonic() + BOUNDED_INSPECT_S
+
+    def _inspect_and_read_bounded(self, parts: list[PartitionConsumer], count: int) -> bounded.Replies:
+        """The transaction of :meth:`_inspect_and_read_set`, with values too long to hold skipped on the
+        wire (:mod:`shared.events.bounded`): its raw replies, in the same places (None for an XINFO STREAM
+        left out while the stream's first or last entry is too large: see :meth:`_end_too_large`)."""
+        group = self.settings.group
+        now = time.monotonic()
+        commands: list[tuple[str | int, ...]] = []
+        places: list[int | None] = []  # for each place of the normal layout, its command (None: left out)
+        for pc in parts:
+            if pc.inspect_after <= now:
+                places.append(len(commands))
+                commands.append(("XINFO", "STREAM", pc.stream))
+            else:
+                places.append(None)
+            places += [len(commands), len(commands) + 1]
+            commands += [("XINFO", "GROUPS", pc.stream), ("XPENDING", pc.stream, group)]
+        streams = [pc.stream for pc in parts]
+        read = ("XREADGROUP", "GROUP", group, self.settings.consumer_name, "COUNT", count)
+        places.append(len(commands))
+        commands.append((*read, "STREAMS", *streams, *(">" for _ in streams)))
+        got = bounded.execute(self.client, parts[0].stream, commands)
+        values = [None if at is None else got.values[at] for at in places]
+        return bounded.Replies(values, got.oversized, got.too_large)
+
     def _apply_entries(self, got: list[tuple[PartitionConsumer, list[RawEntry]]]) -> int:
         n = 0
         size = 0
+        now = time.monotonic()
         with self.lock:
             for pc, entries in got:
+                if entries:
+                    pc.progressed(now)
                 for entry_id, fields in entries:
                     n += 1
                     pc.to_ack.append(entry_id)
-                    payload = fields.get(b"b") if fields else None
-                    size += len(payload) if isinstance(payload, bytes) else 64
+                    payload = fields.get(ENTRY_FIELD) if fields else None
+                    if isinstance(payload, bytes):
+                        size += len(payload)
+                        if len(payload) > MAX_ENTRY_BYTES and not pc.bounded:
+                            # Until it is out of reach (XINFO STREAM shows it while first or last), do not
+                            # read it whole again.
+                            logger.warning(
+                                "partition %d: entry %s holds %d bytes; reading with values over %d bytes "
+                                "skipped on the wire while it is in reach",
+                                pc.partition,
+                                entry_id.decode(),
+                                len(payload),
+                                MAX_ENTRY_BYTES,
+                            )
+                            pc.bounded = True
+                    else:
+                        size += 64
                     events_before = pc.ingest.events
                     outcome = pc.ingest.entry(parse_id(entry_id), fields, pc.dead)
                     if outcome is Outcome.DELETED:  # trimmed or deleted while pending: its events are lost
@@ -496,24 +865,48 @@ class Consumer:
     def detect_trimmed(self) -> None:
         """Inspect each stream (outside a read) and open a trim window if unread entries were removed."""
         for pc in self.parts.values():
+            try:
+                info, groups = self._stream_and_groups(pc)
+            except redis.ResponseError:
+                continue  # no stream yet
+            self._inspect(pc, StreamInfo.parse(info), groups, [])
+
+    def _stream_and_groups(self, pc: PartitionConsumer) -> tuple[object, object]:
+        """``XINFO STREAM`` and ``XINFO GROUPS`` of the partition in one transaction; ``ResponseError``
+        when there is no stream. XINFO STREAM holds the first and last entries: bounded when needed."""
+        if not pc.bounded:
             pipe = self.client.pipeline(transaction=True)
             pipe.xinfo_stream(pc.stream)
             pipe.xinfo_groups(pc.stream)
             try:
                 info, groups = pipe.execute()
-            except redis.ResponseError:
-                continue  # no stream yet
-            self._inspect(pc, StreamInfo.parse(info), groups, [])
+            except MemoryError:
+                self._out_of_memory([pc], "inspecting its stream")
+            else:
+                if _end_too_large(info, frozenset()):
+                    self._end_too_large(pc)
+                return info, groups
+        commands = [("XINFO", "STREAM", pc.stream), ("XINFO", "GROUPS", pc.stream)]
+        got = bounded.execute(self.client, pc.stream, commands)
+        info, groups = got.values
+        for reply in (info, groups):
+            if isinstance(reply, Exception):
+                raise reply
+        if _end_too_large(info, got.too_large):
+            self._end_too_large(pc)
+        return info, groups
 
     def _inspect(
-        self, pc: PartitionConsumer, info: StreamInfo, groups: list[dict[str, object]], read: list[RawEntry]
+        self, pc: PartitionConsumer, info: StreamInfo | None, groups: object, read: list[RawEntry]
     ) -> None:
         """Note where the group and the stream stand, and act on entries removed unread
-        (:func:`.retention.removed_unread`)."""
+        (:func:`.retention.removed_unread`); without ``info`` (left out of a bounded read) only the former."""
         group = find_group(groups, self.settings.group)
         if group is None:
             return
         pc.last_delivered = parse_id(read[-1][0]) if read else group.last_delivered_id
+        if info is None:
+            return
         pc.stream_last = info.last_generated_id
         for removal in removed_unread(info, group, pc.ingest.trim.handled_deleted, len(read)):
             if removal.deleted is not None:
@@ -527,4 +920,4 @@ class Consumer:
                 )
 
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "Stall"]

@@ -10,9 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from shared.events.bus import Client
-from shared.events.replies import read_reply
 from shared.events.schema import EVENT_TYPES_BY_NAME
-from shared.events.streams import format_id
 
 from .commands import add_command, guarded, positive_int, window_args
 from .filters import EventFilter
@@ -199,13 +197,8 @@ def _tail(args: argparse.Namespace, settings: AggregatorSettings, client: Client
         return 0
     printer.header_now()
     out.flush()
-    by_key = {reader.key(p): p for p in reader.partitions}
     while True:
-        reply = client.xread(
-            {reader.key(p): format_id(last[p]) for p in reader.partitions}, count=PAGE_FOLLOW, block=1000
-        )
-        for key, rows in read_reply(reply):
-            p = by_key[key]
+        for p, rows in reader.read_after(last, PAGE_FOLLOW, block_ms=1000):
             for raw in rows:
                 entry = decode_entry(p, raw)
                 last[p] = entry.id

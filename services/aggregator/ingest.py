@@ -14,7 +14,7 @@ from enum import Enum
 
 import msgspec
 
-from shared.events.codec import ENTRY_FIELD, Batch, EventDecodeError, decode_batch
+from shared.events.codec import ENTRY_FIELD, Batch, EventDecodeError, Oversized, decode_batch
 from shared.events.replies import text
 from shared.events.streams import StreamId, format_id, parse_id
 
@@ -118,11 +118,12 @@ class PartitionIngest:
         except EventDecodeError as exc:
             record_dead_letter(state, exc.reason)
             if dead is not None:
-                raw = (
-                    payload
-                    if isinstance(payload, bytes)
-                    else _encode_rejected({text(k): v for k, v in fields.items()})
-                )
+                if isinstance(payload, bytes):
+                    raw = payload
+                elif isinstance(payload, Oversized):
+                    raw = b""  # never held (too large to read): dead-lettered by id, the detail says why
+                else:
+                    raw = _encode_rejected({text(k): v for k, v in fields.items()})
                 dead.append(DeadLetter(entry_id, exc.reason, exc.detail, raw))
             return Outcome.UNUSABLE
         self.trim.attribute(state, batch, sid)

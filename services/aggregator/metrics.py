@@ -107,6 +107,8 @@ class PartitionReading:
     #: Checkpoints this process wrote for the partition, and their bytes (what changed, see checkpoint.py).
     checkpoints: int = 0
     checkpoint_bytes: int = 0
+    #: Seconds without progress while entries waited for the partition (0 while it reads).
+    stalled_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,11 +260,6 @@ def _per_partition(reading: Callable[[PartitionReading], float | None]) -> Calla
         return out
 
     return read
-
-
-def _checkpoint_age(r: Readings) -> Series:
-    ages = [p.checkpoint_age_s for p in r.partitions.values() if p.checkpoint_age_s is not None]
-    return {(): max(ages)} if ages else {}
 
 
 METRICS: tuple[MetricDef, ...] = (
@@ -450,7 +447,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef(
         "events_dropped_total",
         Kind.COUNTER,
-        "Events producers dropped because their buffer was full while the bus was unreachable",
+        "Events producers dropped because their buffer was full while the bus was unreachable, or because one "
+        "was too large for an entry on its own",
         Group.PIPELINE,
         ("service",),
         drives=(Drive("events.dropped", "count", custom=True),),
@@ -540,8 +538,17 @@ METRICS: tuple[MetricDef, ...] = (
     _self(
         "aggregator_checkpoint_age_seconds",
         Kind.GAUGE,
-        "Seconds since the state was last checkpointed",
-        read=_checkpoint_age,
+        "Seconds since the partition's state was last checkpointed",
+        ("partition",),
+        read=_per_partition(lambda p: p.checkpoint_age_s),
+    ),
+    _self(
+        "aggregator_stalled_seconds",
+        Kind.GAUGE,
+        "Seconds the partition has made no progress while entries waited for it: its reads fail although "
+        "Redis answers (0 while it reads or is caught up)",
+        ("partition",),
+        read=_per_partition(lambda p: p.stalled_s),
     ),
     _self(
         "aggregator_checkpoints_total",

@@ -9,9 +9,10 @@ from typing import Any
 
 import redis
 
-from shared.events.bus import Client
+from shared.events import bounded
+from shared.events.bus import Client, is_cluster
 from shared.events.codec import ENTRY_FIELD, Batch, EventDecodeError, decode_batch
-from shared.events.replies import RawEntry, StreamInfo, entries
+from shared.events.replies import RawEntry, StreamInfo, entries, read_reply
 from shared.events.streams import DEFAULT_PREFIX, StreamId, format_id, parse_id, stream_key
 
 from .filters import EventFilter
@@ -19,7 +20,9 @@ from .fold import TrimWindow
 from .times import MAX_SEQ
 
 PAGE = 1000
-#: Entries of the first page read, and the bytes a page should hold at most.
+#: Entries of the first page read, and the bytes a page should hold: the next page holds as many entries
+#: as fit at the size of the largest of the previous page (entries hold up to 1 MiB; one too large to hold
+#: is read again with its payload skipped on the wire, see :func:`_page`).
 FIRST_PAGE = 16
 PAGE_BYTES = 8 << 20
 #: The id after every id.
@@ -60,6 +63,20 @@ def trim_window(info: StreamInfo | None) -> TrimWindow:
     return window
 
 
+def _page(client: Client, key: str, lo: str, hi: str, count: int, reverse: bool) -> list[RawEntry]:
+    """One XRANGE (XREVRANGE) page. A page holding an entry too large for this process's memory is read
+    again with values longer than an entry may be skipped on the wire: that entry comes with an
+    :class:`~shared.events.codec.Oversized` payload, which the ingest step dead-letters as ``too_large``
+    (as the live consumer does), instead of failing the read each time it is tried."""
+    try:
+        if reverse:
+            return entries(client.xrevrange(key, max=hi, min=lo, count=count))
+        return entries(client.xrange(key, min=lo, max=hi, count=count))
+    except MemoryError:
+        args = ("XREVRANGE", key, hi, lo) if reverse else ("XRANGE", key, lo, hi)
+        return entries(bounded.call(client, key, *args, "COUNT", count))
+
+
 def _partition_entries(
     client: Client, key: str, partition: int, start: StreamId, end: StreamId, page: int, reverse: bool = False
 ) -> Iterator[tuple[int, RawEntry]]:
@@ -68,17 +85,16 @@ def _partition_entries(
     lo, hi = format_id(start), format_id(end)
     count = min(page, FIRST_PAGE)
     while True:
-        if reverse:
-            rows = entries(client.xrevrange(key, max=hi, min=lo, count=count))
-        else:
-            rows = entries(client.xrange(key, min=lo, max=hi, count=count))
-        size = 0
+        rows = _page(client, key, lo, hi, count, reverse)
+        largest = 64
         for raw in rows:
-            size += len((raw[1] or {}).get(ENTRY_FIELD) or b"")
+            payload = (raw[1] or {}).get(ENTRY_FIELD)
+            if isinstance(payload, bytes):
+                largest = max(largest, len(payload))
             yield partition, raw
         if len(rows) < count:
             return
-        count = max(1, min(page, count * 4, PAGE_BYTES * len(rows) // max(size, 1)))
+        count = max(1, min(page, count * 4, PAGE_BYTES // largest))
         last = rows[-1][0].decode()
         if reverse:
             hi = "(" + last
@@ -102,6 +118,7 @@ class StreamReader:
         self.partitions = list(range(partitions))
         self.key_prefix = key_prefix
         self.page = page
+        self._turn = -1
 
     def key(self, partition: int) -> str:
         return stream_key(partition, self.key_prefix)
@@ -144,10 +161,49 @@ class StreamReader:
         found.sort(key=lambda x: x[0])
         return [(e, ev) for _, e, ev in found[-count:]] if count else []
 
+    def read_after(
+        self, after: dict[int, StreamId], count: int, block_ms: int
+    ) -> list[tuple[int, list[RawEntry]]]:
+        """Entries after ``after[p]`` of each partition, waiting up to ``block_ms`` when there are none.
+
+        One XREAD on a single Redis. On a cluster an XREAD's streams must share a slot: one non-blocking
+        XREAD per partition, and when all are empty a wait on one partition (in turn) for a slice.
+        """
+        by_key = {self.key(p): p for p in after}
+        if not is_cluster(self.client) or len(after) == 1:
+            reply = self._xread({self.key(p): format_id(sid) for p, sid in after.items()}, count, block_ms)
+            return [(by_key[key], rows) for key, rows in read_reply(reply)]
+        got = []
+        for p, sid in after.items():
+            for key, rows in read_reply(self._xread({self.key(p): format_id(sid)}, count, None)):
+                got.append((by_key[key], rows))
+        if got:
+            return got
+        self._turn = (self._turn + 1) % len(after)
+        p = sorted(after)[self._turn]
+        reply = self._xread({self.key(p): format_id(after[p])}, count, max(10, block_ms // len(after)))
+        return [(by_key[key], rows) for key, rows in read_reply(reply)]
+
+    def _xread(self, after: dict[str, str], count: int, block_ms: int | None) -> object:
+        """XREAD; read again with values too long to hold skipped on the wire if the reply ran out of
+        memory (as :func:`_page`)."""
+        try:
+            return self.client.xread(after, count=count, block=block_ms)  # type: ignore[arg-type]  # redis-py types streams as dict[KeyT, StreamIdT]; str keys are fine
+        except MemoryError:
+            block = ("BLOCK", block_ms) if block_ms is not None else ()
+            keys = list(after)
+            return bounded.call(
+                self.client, keys[0], "XREAD", "COUNT", count, *block, "STREAMS", *keys, *after.values()
+            )
+
     def info(self, partition: int) -> StreamInfo | None:
         """``XINFO STREAM`` of the partition's stream, or None if there is no such stream."""
+        key = self.key(partition)
         try:
-            return StreamInfo.parse(self.client.xinfo_stream(self.key(partition)))
+            try:
+                return StreamInfo.parse(self.client.xinfo_stream(key))
+            except MemoryError:  # it shows the first and last entries: one is too large to hold
+                return StreamInfo.parse(bounded.call(self.client, key, "XINFO", "STREAM", key))
         except redis.ResponseError:
             return None
 
@@ -159,7 +215,7 @@ class StreamReader:
         """Each partition's newest entry id ((0, 0) for an empty stream)."""
         out = {}
         for p in self.partitions:
-            newest = entries(self.client.xrevrange(self.key(p), count=1))
+            newest = _page(self.client, self.key(p), "-", "+", 1, reverse=True)
             out[p] = parse_id(newest[0][0]) if newest else (0, 0)
         return out
 
@@ -167,8 +223,8 @@ class StreamReader:
         """First and last ids over all partitions, or None if every stream is empty."""
         firsts, lasts = [], []
         for p in self.partitions:
-            head = entries(self.client.xrange(self.key(p), count=1))
-            tail = entries(self.client.xrevrange(self.key(p), count=1))
+            head = _page(self.client, self.key(p), "-", "+", 1, reverse=False)
+            tail = _page(self.client, self.key(p), "-", "+", 1, reverse=True)
             if head:
                 firsts.append(parse_id(head[0][0]))
                 lasts.append(parse_id(tail[0][0]))

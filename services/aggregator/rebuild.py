@@ -17,7 +17,7 @@ from typing import TextIO
 
 import redis
 
-from shared.events.bus import Client, connect
+from shared.events.bus import ERRORS, Client, connect
 from shared.events.streams import checkpoint_key, format_id, parse_id
 
 from . import checkpoint
@@ -25,7 +25,7 @@ from .fold import State, TrimWindow
 from .ingest import PartitionIngest
 from .progress import Progress
 from .reader import StreamReader
-from .settings import AggregatorSettings
+from .settings import AggregatorSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +119,17 @@ def rebuild_offline(settings: AggregatorSettings, show_progress: bool = True) ->
 
     An unreachable bus ends the process with a message (exit status 1), never a traceback.
     """
-    client = connect(settings.redis, "tool")
+    client: Client | None = None
     try:
+        client = connect(settings.redis, "tool")
         results = rebuild(client, settings, show_progress)
-    except redis.RedisError as exc:
+    except ERRORS as exc:
         raise SystemExit(f"boilerhouse: error: rebuild failed: {exc}") from None
+    except SettingsError as exc:
+        raise SystemExit(f"boilerhouse: error: {exc}") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     for r in results:
         print(
             f"rebuild: partition {r.partition}: {r.entries} entries, {r.events} events folded in "

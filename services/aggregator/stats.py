@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
+from redis.crc import key_slot
 
-from shared.events.bus import Client
+from shared.events.bus import ERRORS, Client, is_cluster, node_name
 from shared.events.replies import GroupInfo, RawEntry, entries, text
 from shared.events.streams import StreamId, dead_letter_key, format_id, parse_id
 
@@ -46,6 +47,19 @@ class DeadLetterRow:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a partition lives on a Redis Cluster: the master serving its slot, its length, each
+    consumer group's lag."""
+
+    partition: int
+    node: str
+    slot: int
+    length: int
+    last_id: StreamId | None
+    lags: dict[str, int | None]
+
+
 @dataclass
 class StreamStats:
     """Everything ``events stats`` reports."""
@@ -62,6 +76,8 @@ class StreamStats:
     dead_letters: int
     dead_by_reason: Counter[str]
     recent_dead: list[DeadLetterRow] = field(default_factory=list)
+    #: On a Redis Cluster, one row per partition (empty on a single Redis: everything is on one node).
+    placement: list[Placement] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -160,8 +176,32 @@ def collect_stats(
         except redis.ResponseError:  # no such stream
             groups = []
         stats.groups += [(p, GroupInfo.parse(g)) for g in groups]
+    if is_cluster(client):
+        stats.placement = _placement(client, reader, stats.groups)
     _dead_letters(client, stats, reader.partitions, settings.key_prefix, recent)
     return stats
+
+
+def _placement(client: Client, reader: StreamReader, groups: list[tuple[int, GroupInfo]]) -> list[Placement]:
+    rows = []
+    for p in reader.partitions:
+        key = reader.key(p)
+        info = reader.info(p)
+        try:
+            node = node_name(client, key)
+        except ERRORS:  # the slot is not served right now (a failover in progress)
+            node = "?"
+        rows.append(
+            Placement(
+                p,
+                node,
+                key_slot(key.encode()),
+                info.length if info else 0,
+                info.last_generated_id if info and info.length else None,
+                {g.name: g.lag for gp, g in groups if gp == p},
+            )
+        )
+    return rows
 
 
 def _dead_letters(
@@ -259,6 +299,24 @@ def render_stats(stats: StreamStats) -> list[str]:
     ]
     out += _table(["SOURCE", "SERVICE", "VERSION", "EVENTS", "LAST SEEN", "STATE"], prows, {3})
     out.append("")
+    if stats.placement:
+        names = sorted({name for row in stats.placement for name in row.lags})
+        nodes = len({row.node for row in stats.placement})
+        out.append(f"PARTITIONS (Redis Cluster: {nodes} node{'s' if nodes != 1 else ''} serve them)")
+        prow = [
+            [
+                str(r.partition),
+                r.node,
+                str(r.slot),
+                str(r.length),
+                _entry_time(format_id(r.last_id)) if r.last_id else "-",
+                *("-" if r.lags.get(n, None) is None else str(r.lags[n]) for n in names),
+            ]
+            for r in stats.placement
+        ]
+        headers = ["PARTITION", "NODE", "SLOT", "ENTRIES", "LAST ENTRY", *(f"LAG {n}" for n in names)]
+        out += _table(headers, prow, {0, 2, 3, *range(5, 5 + len(names))})
+        out.append("")
     out.append("CONSUMER GROUPS")
     grows = [
         [

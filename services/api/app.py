@@ -46,6 +46,8 @@ def make_publisher(settings: ApiSettings, service: str = "api") -> Publisher:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         buffer_size=settings.buffer_size,
         spool_dir=settings.spool_dir,
+        wait_replicas=settings.publish_wait_replicas,
+        wait_timeout_ms=settings.publish_wait_timeout_ms,
     )
 
 

@@ -62,6 +62,9 @@ SETTINGS: dict[str, tuple[str, Range]] = {
     "BOILERHOUSE_PARTITIONS": ("partitions", Range(1, 1024, integer=True)),
     "BOILERHOUSE_HEARTBEAT_INTERVAL_S": ("heartbeat_interval_s", Range(0.05, 300.0, unit="s")),
     "BOILERHOUSE_EVENT_BUFFER": ("buffer_size", Range(1, 10_000_000, integer=True)),
+    # Acknowledged writes that survive a failover of the bus' master: WAIT for this many replicas.
+    "BOILERHOUSE_PUBLISH_WAIT_REPLICAS": ("publish_wait_replicas", Range(0, 16, integer=True)),
+    "BOILERHOUSE_PUBLISH_WAIT_TIMEOUT_MS": ("publish_wait_timeout_ms", Range(1, 60_000, integer=True)),
     "BOILERHOUSE_AFFINITY_TIMEOUT_S": ("affinity_timeout_s", POOL_FIELDS["affinity_timeout_s"]),
     "BOILERHOUSE_ACQUIRE_TIMEOUT_S": ("acquire_timeout_s", POOL_FIELDS["acquire_timeout_s"]),
     "BOILERHOUSE_IDLE_TIMEOUT_S": ("idle_timeout_s", POOL_FIELDS["idle_timeout_s"]),

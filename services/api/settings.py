@@ -28,6 +28,9 @@ class ApiSettings:
     partitions: int = 1
     heartbeat_interval_s: float = 5.0
     buffer_size: int = 100_000
+    #: Replicas that must have each batch before it counts as written (WAIT); 0: do not wait.
+    publish_wait_replicas: int = 0
+    publish_wait_timeout_ms: int = 100
     spool_dir: str | None = None
     workloads_dir: str | None = None
     data_dir: str = ".boilerhouse/data"

@@ -25,6 +25,8 @@ from .schema import (
 
 #: The one field of a stream entry; its value is a msgpack-encoded batch.
 ENTRY_FIELD = b"b"
+#: Largest ``b`` value the aggregator decodes (larger ones are dead-lettered as ``too_large``); the
+#: publisher never writes a larger one (:func:`encode_entries`).
 MAX_ENTRY_BYTES = 1 << 20
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_SRC_LEN = 200
@@ -43,6 +45,14 @@ class EventDecodeError(Exception):
     def __str__(self) -> str:
         where = f" in entry {self.entry_id}" if self.entry_id else ""
         return f"{self.reason}{where}: {self.detail}" if self.detail else f"{self.reason}{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A reply value a reader left out because it was longer than it could afford to hold
+    (:mod:`shared.events.bounded`): only its length is known. As an entry's payload it is ``too_large``."""
+
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +83,63 @@ def encode_batch(src: str, events: Iterable[dict[str, Any]], first_seq: int | No
     return _encode({"v": 2, "src": src, "seq": first_seq, "events": events})
 
 
+def encode_entries(
+    src: str, events: list[dict[str, Any]], max_bytes: int = MAX_ENTRY_BYTES, first_seq: int | None = None
+) -> tuple[list[tuple[int, bytes]], list[dict[str, Any]]]:
+    """Encode numbered events as stream entries of at most ``max_bytes`` each.
+
+    Without ``first_seq`` the events carry consecutive ``seq`` s (version 1); with it they carry none and
+    are numbered from ``first_seq`` by their position, each entry's header holding its first number
+    (version 2, :func:`encode_batch`).
+
+    Returns ``(number of events, payload)`` per entry, in order, and the events left out because each
+    alone encodes larger than ``max_bytes``. The usual batch is one entry and one encoding; a larger one is
+    split where its events' sizes say. The events after a left-out one are numbered down to close the gap
+    (version 1: their ``seq`` is lowered), so the numbers count what is written: a dropped event is the
+    producer's to count (``events.dropped``), never a gap.
+    """
+    payload = encode_batch(src, events, first_seq)
+    if len(payload) <= max_bytes:
+        return [(len(events), payload)], []
+    # The envelope with an empty list (a 1-byte array header), plus the 5 bytes an array32 header takes;
+    # in version 2 with the largest first number any entry of this batch can have (as many bytes or more).
+    last_seq = None if first_seq is None else first_seq + len(events)
+    overhead = len(encode_batch(src, [], last_seq)) - 1 + 5
+    sizes = [len(_encode(ev)) for ev in events]  # a lowered seq encodes in as many bytes or fewer
+    dropped = [ev for ev, size in zip(events, sizes, strict=True) if overhead + size > max_bytes]
+    if dropped:
+        kept = [(ev, size) for ev, size in zip(events, sizes, strict=True) if overhead + size <= max_bytes]
+        if first_seq is None:
+            first = events[0]["seq"]
+            for i, (ev, _) in enumerate(kept):
+                ev["seq"] = first + i
+    else:
+        kept = list(zip(events, sizes, strict=True))
+    entries: list[tuple[int, bytes]] = []
+    chunk: list[dict[str, Any]] = []
+    used = overhead
+    next_seq = first_seq
+    for ev, size in kept:
+        if chunk and used + size > max_bytes:
+            entries.append((len(chunk), encode_batch(src, chunk, next_seq)))
+            if next_seq is not None:
+                next_seq += len(chunk)
+            chunk, used = [], overhead
+        chunk.append(ev)
+        used += size
+    if chunk:
+        entries.append((len(chunk), encode_batch(src, chunk, next_seq)))
+    return entries, dropped
+
+
 def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
     """Decode one entry payload; raises EventDecodeError with a reason token on any problem."""
+    if isinstance(payload, Oversized):
+        raise EventDecodeError(
+            "too_large",
+            f"{payload.length} bytes > {MAX_ENTRY_BYTES}; too large to read, left out of this dead letter",
+            entry_id,
+        )
     if not isinstance(payload, bytes | bytearray):
         raise EventDecodeError("missing_field", f"entry has no {ENTRY_FIELD.decode()!r} field", entry_id)
     if len(payload) > MAX_ENTRY_BYTES:

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import random
+import re
 import secrets
 import socket
 import threading
@@ -27,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import redis
 
-from .bus import Client, RedisSettings, connect
-from .codec import ENTRY_FIELD, encode_batch
+from shared.settings import SettingsError
+
+from .bus import ERRORS, Client, RedisSettings, connect
+from .codec import MAX_ENTRY_BYTES, MAX_EVENTS_PER_BATCH, encode_entries
 from .emit import Emit
 from .schema import EVENT_TYPES_BY_NAME, SCHEMA_VERSION
 from .streams import DEFAULT_PREFIX, partition_of, stream_key
+from .writer import StreamWriter
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,10 @@ _decode = msgspec.msgpack.Decoder().decode
 
 #: A pending batch: (number of events, encoded payload).
 _Pending = tuple[int, bytes]
+
+#: What makes the flusher keep its batches and try again later (a misconfigured URL included: it is
+#: logged, and the events wait in the buffer or spool rather than the producer failing).
+_SEND_ERRORS: tuple[type[Exception], ...] = (*ERRORS, OSError, SettingsError)
 
 
 class Declared:
@@ -91,6 +98,9 @@ class Publisher:
         stream_maxlen: approximate hard cap on the stream length (memory safety valve).
         spool_dir: if set, batches that do not fit in memory during an outage are written here and sent
             later, also by the next process life; nothing is dropped.
+        wait_replicas: with a replicated bus, a batch counts as written only once this many replicas
+            have it (``WAIT``), so a failover cannot lose it; 0 (the default) does not wait.
+        wait_timeout_ms: how long each ``WAIT`` may take before the batches are sent again.
         client: an already-built redis client (tests, shared connection pools); overrides ``bus``.
         schema_version: the batch format written: 2 (the default) numbers events by the batch header,
             1 (one ``seq`` per event) is for aggregators older than version 2 (docs/events.md).
@@ -115,22 +125,30 @@ class Publisher:
         heartbeat_interval_s: float = 5.0,
         stream_maxlen: int = 1_000_000,
         spool_dir: str | os.PathLike[str] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
         client: Client | None = None,
         src: str | None = None,
         schema_version: int = SCHEMA_VERSION,
     ) -> None:
         if schema_version not in (1, 2):
             raise ValueError(f"schema_version {schema_version} is not one this publisher writes (1, 2)")
+        if not 1 <= batch_size <= MAX_EVENTS_PER_BATCH:
+            # The aggregator dead-letters an entry of more events as too_large (docs/events.md, Entry size).
+            raise ValueError(
+                f"batch_size must be 1..{MAX_EVENTS_PER_BATCH} events per entry, not {batch_size}"
+            )
         self.service = service
         self.src = src or make_src(service)
         self.partition = partition_of(self.src, partitions)
         self.stream = stream_key(self.partition, prefix)
         self._partitions = partitions
         self._prefix = prefix
-        if client is None:
-            settings = bus if isinstance(bus, RedisSettings) else RedisSettings(bus or RedisSettings().url)
-            client = connect(settings, "publisher")
-        self._client = client
+        settings = bus if isinstance(bus, RedisSettings) else RedisSettings(bus or RedisSettings().url)
+        # Connected by the flusher on first send: whether the bus is up (and is a cluster) is its concern.
+        self._writer = StreamWriter(
+            lambda: connect(settings, "publisher"), stream_maxlen, wait_replicas, wait_timeout_ms, client
+        )
         self._cap = buffer_size
         self._batch_size = batch_size
         self._linger = linger_s
@@ -321,7 +339,7 @@ class Publisher:
                 "event flusher still blocked on the bus at the shutdown deadline; %d events not written",
                 self.buffered(),
             )
-        self._client.close()
+        self._writer.close()
 
     def _all_sent(self) -> bool:
         # Under the move lock: while the flusher moves events from the buffer into an encoded batch
@@ -436,9 +454,14 @@ class Publisher:
                 logger.info("publishing to %s as %s", self.stream, self.src)
             self._connected = True
             self._backoff = 0.0
-        except (redis.RedisError, OSError) as exc:
+        except _SEND_ERRORS as exc:
             if self._connected or self._backoff == 0.0:
-                logger.warning("event bus unreachable (%s); buffering up to %d events", exc, self._cap)
+                logger.warning(
+                    "event bus unreachable (%s: %s); buffering up to %d events",
+                    type(exc).__name__,
+                    exc,
+                    self._cap,
+                )
             self._connected = False
             self._backoff = min(5.0, max(0.05, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)  # noqa: S311  (jitter, not a secret)
@@ -465,7 +488,7 @@ class Publisher:
     def _drain_into_pending_locked(self) -> None:
         """Move buffered events into encoded batches, numbering them in emit order: version 2 batches
         carry the first number in their header, version 1 batches one per event."""
-        buf, pending, size, pop, src = self._buf, self._pending, self._batch_size, self._buf.popleft, self.src
+        buf, size, pop = self._buf, self._batch_size, self._buf.popleft
         while buf:
             n = min(len(buf), size)  # events emitted meanwhile go in the next batch
             events: list[dict[str, Any]] = []
@@ -485,17 +508,31 @@ class Publisher:
             if self._schema_version == 1:
                 for seq, ev in enumerate(events, first):
                     ev["seq"] = seq
-                payload = encode_batch(src, events)
+                self._queue_entries(events, None)
             else:
-                payload = encode_batch(src, events, first)
-            pending.append((n, payload))
-            self._pending_events += n
+                self._queue_entries(events, first)
+
+    def _queue_entries(self, events: list[dict[str, Any]], first_seq: int | None) -> None:
+        """Queue numbered events (version 2: from ``first_seq``; version 1: each its own ``seq``) as
+        entries of at most ``MAX_ENTRY_BYTES`` (the aggregator dead-letters larger ones): a batch that
+        encodes larger is split; an event too large on its own is dropped before it is written, counted
+        like any drop (``events.dropped``), and takes no ``seq``."""
+        entries, too_large = encode_entries(self.src, events, first_seq=first_seq)
+        if too_large:
+            self._seq -= len(too_large)
+            with self._drop_lock:
+                self._dropped += len(too_large)
+            logger.warning(
+                "dropped %d event(s) larger than a stream entry may be (%d bytes), e.g. a %s",
+                len(too_large),
+                MAX_ENTRY_BYTES,
+                too_large[0].get("type"),
+            )
+        self._pending.extend(entries)
+        self._pending_events += len(events) - len(too_large)
 
     def _send(self, batch: list[_Pending]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for _, payload in batch:
-            pipe.xadd(self.stream, {ENTRY_FIELD: payload}, maxlen=self._maxlen, approximate=True)
-        pipe.execute()
+        self._writer.add(self.stream, [payload for _, payload in batch])
         for _ in batch:
             n, _payload = self._pending.popleft()
             self._pending_events -= n
@@ -514,7 +551,9 @@ class Publisher:
         """
         n, payload = item
         assert self._spool is not None
-        name = f"{time.time_ns():020d}-{os.getpid()}-{n}.batch"
+        # The partition is part of the name: a later life with another partition count sends the
+        # batch where the source's earlier batches went (its dedupe and gap state live there).
+        name = f"{time.time_ns():020d}-{os.getpid()}-{n}-p{self.partition}.batch"
         tmp = self._spool / (name + ".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -591,13 +630,12 @@ class Publisher:
             files = files[64:]
             if not claimed:
                 continue
-            pipe = self._client.pipeline(transaction=False)
-            for _, _, payload in claimed:
-                pipe.xadd(
-                    self._stream_of(payload), {ENTRY_FIELD: payload}, maxlen=self._maxlen, approximate=True
-                )
+            by_stream: dict[str, list[bytes]] = {}  # in file order within each stream
+            for path, _, payload in claimed:
+                by_stream.setdefault(self._stream_of(path, payload), []).append(payload)
             try:
-                pipe.execute()
+                for stream, payloads in by_stream.items():
+                    self._writer.add(stream, payloads)
             except BaseException:
                 for path, target, _ in claimed:
                     target.rename(path)
@@ -608,8 +646,12 @@ class Publisher:
             self.sent_spooled_entries += len(claimed)
             self._spool_refused = False  # space was freed: a new refusal is a new episode, logged again
 
-    def _stream_of(self, payload: bytes) -> str:
-        """The stream a spooled batch belongs to: its own source's partition (maybe an earlier life's)."""
+    def _stream_of(self, path: Path, payload: bytes) -> str:
+        """The stream a spooled batch belongs to: its own source's partition (maybe an earlier life's),
+        as named in the file, or else computed from its source with this publisher's partition count."""
+        named = _SPOOLED_PARTITION.search(path.name)
+        if named is not None:
+            return stream_key(int(named.group(1)), self._prefix)
         if self._partitions <= 1:
             return self.stream
         try:
@@ -619,6 +661,10 @@ class Publisher:
         return (
             stream_key(partition_of(src, self._partitions), self._prefix) if type(src) is str else self.stream
         )
+
+
+#: ``…-p<partition>.batch``: the partition a spooled batch's source wrote to.
+_SPOOLED_PARTITION = re.compile(r"-p(\d+)\.batch$")
 
 
 def recover_spool(spool: Path) -> None:

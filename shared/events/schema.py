@@ -128,7 +128,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
     ),
     EventType(
         "events.dropped",
-        "The producer dropped events because its buffer was full while the bus was unreachable.",
+        "The producer dropped events: its buffer was full while the bus was unreachable, or an event was too "
+        "large for an entry on its own.",
         (_count("count", "Events dropped since the previous events.dropped of this source"),),
     ),
     # --- pool --------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def test_benchmarks_quick_run_produces_every_table() -> None:
         "## Analysis",
         "## Replay and rebuild",
         "## Exemplars",
+        "## Redis Cluster and shards",
     ):
         assert heading in out, heading
     assert "| `Counter.labels(a, b).inc()` |" in out and "| **producer CPU per event**" in out

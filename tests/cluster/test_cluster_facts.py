@@ -1,4 +1,5 @@
-"""What redis-py's RedisCluster does on a real cluster, pinned: the facts docs/notes-cluster.md relies on."""
+"""What redis-py's RedisCluster does on a real cluster, pinned: the facts the cluster bus relies on
+(docs/operations.md, "redis-py on a cluster")."""
 
 from __future__ import annotations
 

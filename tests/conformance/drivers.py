@@ -60,7 +60,7 @@ class PythonDriver:
             p._stop.set()
             p._wake()
             p._thread.join(FLUSH_TIMEOUT_S)
-            p._client.close()
+            p._writer.close()
             done.add(name)
 
         try:

@@ -28,6 +28,40 @@ SEED_EQUIVALENTS: dict[str, str] = {
 }
 
 
+#: The dashboard's queries, pair-safe (summed per consumer group, then the largest group: see
+#: docs/operations.md), and the plain query each one equals for one deployment (whose expectation applies).
+PAIR_SAFE: dict[str, str] = {
+    "max(count by (consumer_group) (sum by (pool_id, workload_id, consumer_group) (boilerhouse_pool_size)))": "count(boilerhouse_pool_size)",
+    "max(sum by (consumer_group) (boilerhouse_pool_size))": "sum(boilerhouse_pool_size)",
+    "max(sum by (consumer_group) (boilerhouse_pool_borrowed))": "sum(boilerhouse_pool_borrowed)",
+    "max(sum by (consumer_group) (boilerhouse_pool_available))": "sum(boilerhouse_pool_available)",
+    "max(sum by (consumer_group) (boilerhouse_sync_concurrent_operations))": "sum(boilerhouse_sync_concurrent_operations)",
+    "max(sum by (consumer_group) (increase(boilerhouse_sync_errors_total[1h])))": "sum(increase(boilerhouse_sync_errors_total[1h]))",
+    "max(sum by (consumer_group) (boilerhouse_pool_borrowed) / sum by (consumer_group) (boilerhouse_pool_size)) * 100": "sum(boilerhouse_pool_borrowed) / sum(boilerhouse_pool_size) * 100",
+    "max (histogram_quantile(0.5, sum by (le, consumer_group) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m]))))": "histogram_quantile(0.5, sum by (le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))",
+    "max(sum by (consumer_group) (rate(boilerhouse_http_requests_total[5m])))": "sum(rate(boilerhouse_http_requests_total[5m]))",
+    'max(sum by (consumer_group) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m])))': 'sum(rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))',
+    "max by (pool_id) (sum by (pool_id, consumer_group) (boilerhouse_pool_size))": "sum by (pool_id) (boilerhouse_pool_size)",
+    "max by (pool_id) (sum by (pool_id, consumer_group) (boilerhouse_pool_borrowed) / sum by (pool_id, consumer_group) (boilerhouse_pool_size)) * 100": "sum by (pool_id) (boilerhouse_pool_borrowed) / sum by (pool_id) (boilerhouse_pool_size) * 100",
+    "max by (pool_id) (histogram_quantile(0.5, sum by (pool_id, le, consumer_group) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m]))))": "histogram_quantile(0.5, sum by (pool_id, le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))",
+    "max by (pool_id) (histogram_quantile(0.95, sum by (pool_id, le, consumer_group) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m]))))": "histogram_quantile(0.95, sum by (pool_id, le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))",
+    "max by (pool_id) (histogram_quantile(0.99, sum by (pool_id, le, consumer_group) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m]))))": "histogram_quantile(0.99, sum by (pool_id, le) (rate(boilerhouse_container_acquire_duration_seconds_bucket[5m])))",
+    "max by (direction) (sum by (direction, consumer_group) (rate(boilerhouse_sync_operations_total[5m]))) * 60": "sum by (direction) (rate(boilerhouse_sync_operations_total[5m])) * 60",
+    "max by (le) (sum by (le, consumer_group) (rate(boilerhouse_sync_duration_seconds_bucket[5m])))": "sum by (le) (rate(boilerhouse_sync_duration_seconds_bucket[5m]))",
+    "max by (workload_id) (histogram_quantile(0.95, sum by (workload_id, le, consumer_group) (rate(boilerhouse_sync_duration_seconds_bucket[5m]))))": "histogram_quantile(0.95, sum by (workload_id, le) (rate(boilerhouse_sync_duration_seconds_bucket[5m])))",
+    "max by (error_type) (sum by (error_type, consumer_group) (rate(boilerhouse_sync_errors_total[5m])))": "sum by (error_type) (rate(boilerhouse_sync_errors_total[5m]))",
+    "max by (direction) (sum by (direction, consumer_group) (rate(boilerhouse_sync_bytes_transferred_total[5m])))": "sum by (direction) (rate(boilerhouse_sync_bytes_transferred_total[5m]))",
+    "max by (direction) (sum by (direction, consumer_group) (rate(boilerhouse_sync_files_transferred_total[5m])))": "sum by (direction) (rate(boilerhouse_sync_files_transferred_total[5m]))",
+    "max by (method, path) (sum by (method, path, consumer_group) (rate(boilerhouse_http_requests_total[5m])))": "sum by (method, path) (rate(boilerhouse_http_requests_total[5m]))",
+    "max by (le) (sum by (le, consumer_group) (rate(boilerhouse_http_request_duration_seconds_bucket[5m])))": "sum by (le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m]))",
+    "max by (path) (histogram_quantile(0.95, sum by (path, le, consumer_group) (rate(boilerhouse_http_request_duration_seconds_bucket[5m]))))": "histogram_quantile(0.95, sum by (path, le) (rate(boilerhouse_http_request_duration_seconds_bucket[5m])))",
+    'max by (path) (sum by (path, consumer_group) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m])))': 'sum by (path) (rate(boilerhouse_http_requests_total{status=~"5.."}[5m]))',
+    "max by (reason) (sum by (reason, consumer_group) (boilerhouse_events_lost_total))": "sum by (reason) (boilerhouse_events_lost_total)",
+    "max by (service) (sum by (service, consumer_group) (boilerhouse_events_dropped_total))": "sum by (service) (boilerhouse_events_dropped_total)",
+    "max by (reason) (sum by (reason, consumer_group) (boilerhouse_aggregator_dead_letters_total))": "sum by (reason) (boilerhouse_aggregator_dead_letters_total)",
+}
+
+
 def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD_JSON.read_text())  # type: ignore[no-any-return]
 

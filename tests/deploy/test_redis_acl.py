@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -31,6 +32,7 @@ from tests.aggregator.harness import aggregator, wait_for
 from tests.conftest import real_redis_binary
 from tests.deploy.queries import REPO
 from tests.support.expo import value
+from tests.support.page import parse_page
 
 ACL_DIR = REPO / "deploy" / "redis"
 ACL_FILE = ACL_DIR / "users.acl"
@@ -155,7 +157,6 @@ def test_a_producer_appends_events_and_can_do_nothing_else(url: str) -> None:
         ("KEYS", "*"),
         ("SCAN", "0"),
         ("EVAL", "return 1", "0"),
-        ("MULTI",),
     ]
     assert [c for c in forbidden if not refused(producer, *c)] == []
     assert admin.hget(CHECKPOINT, "meta") == b"the aggregator's state"
@@ -193,6 +194,15 @@ def test_the_aggregator_does_its_whole_job_with_its_user(url: str, caplog: pytes
         )
         assert admin.xlen(DEAD) == 1
         assert agg.app.state.consumer.bus_problem is None
+        # The landing page reads what it shows with the same user: XINFO GROUPS and XLEN of the
+        # events, XREVRANGE of the dead letters.
+        r = httpx.get(agg.url + "/", timeout=20)
+        assert r.status_code == 200
+        page = parse_page(r.text)
+        assert "bus-problem" not in page.text, page.text["bus-problem"]
+        assert page.column("dead-letters", "reason") == ["invalid_field"]
+        assert page.column("partitions", "length (entries)") == [f"{admin.xlen(EVENTS):,}"]
+        assert page.column("partitions", "pending") == ["0"]
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert problems == [], problems
 

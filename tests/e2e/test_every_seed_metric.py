@@ -623,7 +623,7 @@ def expected_after_stop(samples: Samples, running: Samples) -> Check:
     c.family("aggregator_live_sources", {lbl(): 0.0})
     c.family("aggregator_consumer_lag_entries", {lbl(partition="0"): 0.0})
     c.family("aggregator_pending_entries", {lbl(partition="0"): 0.0})
-    age = samples.get((P + "aggregator_checkpoint_age_seconds", frozenset()))
+    age = samples.get((P + "aggregator_checkpoint_age_seconds", frozenset({("partition", "0")})))
     c.families.add("aggregator_checkpoint_age_seconds")
     if age is None or not 0 <= age < 30:
         c.failures.append(f"aggregator_checkpoint_age_seconds: {age}")

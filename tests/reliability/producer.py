@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--buffer-size", type=int, default=100_000)
     p.add_argument("--spool-dir")
+    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--wait-replicas", type=int, default=0, help="WAIT for this many replicas per batch")
+    p.add_argument("--wait-timeout-ms", type=int, default=100)
+    p.add_argument("--src", action="append", default=[], help="source ids to use, in order (default: random)")
     p.add_argument("--service", default="torture")
     p.add_argument("--close-all", action="store_true", help="close every source at the end (source.stopped)")
     p.add_argument("--close-timeout", type=float, default=30.0)
@@ -181,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             flush_interval_s=0.02,
             linger_s=0.02,  # entries of ~20 ms of events each, as this workload was tuned with
             spool_dir=args.spool_dir,
+            partitions=args.partitions,
+            wait_replicas=args.wait_replicas,
+            wait_timeout_ms=args.wait_timeout_ms,
+            src=args.src[i] if i < len(args.src) else None,
         )
         for i in range(args.sources)
     ]
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             pub.flush(args.close_timeout)
     report = {
         "srcs": [pub.src for pub in pubs],
+        "partitions": [pub.partition for pub in pubs],
         "emitted": dict(emitted),
         "total": sum(emitted.values()),
         "dropped": sum(pub.dropped for pub in pubs),

@@ -33,6 +33,7 @@ RUNTIME_METRICS = frozenset(
         "aggregator_checkpoints_total",
         "aggregator_checkpoint_bytes_total",
         "aggregator_newest_event_age_seconds",
+        "aggregator_stalled_seconds",
     )
 )
 #: prometheus_client's process/GC/platform collectors.

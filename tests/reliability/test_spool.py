@@ -181,3 +181,35 @@ def test_a_full_spool_disk_at_shutdown_is_logged_as_lost_without_a_traceback(
     shutdown = [r.getMessage() for r in caplog.records if "at shutdown" in r.getMessage()]
     assert len(shutdown) == 1 and "lost, the spool refused them" in shutdown[0], shutdown
     assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+
+
+@pytest.mark.timeout(30)
+def test_spooled_batches_keep_their_partition_when_the_partition_count_grows(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A life that spooled with P = 4 and the next life running with P = 8: the spooled batches go
+    where their source's earlier batches went (the file names the partition), not where P = 8 puts it."""
+    spool = tmp_path / "spool"
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    writers = [
+        Publisher(down, f"svc{i}", partitions=4, heartbeat_interval_s=10**6, spool_dir=spool)
+        for i in range(8)
+    ]
+    for w in writers:
+        w.emit("container.health_check_failed", {"pool_id": "p"})
+        w.close(2)
+    moved = [w for w in writers if partition_of(w.src, 4) != partition_of(w.src, 8)]
+    assert moved, "no source would change partition: the test proves nothing"
+    named = {int(path.name.rsplit("-p", 1)[1].removesuffix(".batch")) for path in spool.glob("*.batch")}
+    assert named == {w.partition for w in writers}  # each file names its source's partition
+    sender = Publisher(redis_url, "sender", partitions=8, heartbeat_interval_s=10**6, spool_dir=spool)
+    try:
+        assert sender.flush(10)
+    finally:
+        sender.close(5)
+    for w in writers:
+        batches = [
+            decode_batch(f[ENTRY_FIELD])  # numbered as the aggregator numbers them (version 2: by the header)
+            for _, f in redis_client.xrange(stream_key(partition_of(w.src, 4)))
+        ]
+        assert [e["seq"] for b in batches if b.src == w.src for e in b.events] == [1, 2, 3], w.src

@@ -4,7 +4,7 @@
 // example of docs/events.md. Values are encoded by @msgpack/msgpack; only the map and array headers
 // that frame them are written here, so each value can get its own number encoding.
 import { Encoder } from "@msgpack/msgpack";
-import { EVENT_TYPES, SCHEMA_VERSION } from "./events.generated.js";
+import { EVENT_TYPES, LIMITS, SCHEMA_VERSION } from "./events.generated.js";
 
 /** The one field of a stream entry; its value is the encoded batch. */
 export const ENTRY_FIELD = "b";
@@ -80,4 +80,61 @@ export function encodeBatch(src: string, events: readonly WireEvent[], version: 
   ];
   for (const ev of events) encodeEvent(ev, parts);
   return Buffer.concat(parts);
+}
+
+/** Stream entries of numbered events, and the events left out (see encodeEntries). */
+export interface Entries {
+  /** (number of events, payload) per entry, in `seq` order. */
+  readonly entries: [events: number, payload: Buffer][];
+  /** Events left out because each alone encodes larger than the limit, in order. */
+  readonly dropped: WireEvent[];
+}
+
+/**
+ * Encode numbered events (consecutive `seq`) as stream entries of at most `maxBytes` each (the
+ * aggregator dead-letters larger ones as `too_large`; docs/events.md, "Entry size"), as
+ * shared/events/codec.py `encode_entries` does.
+ *
+ * The usual batch is one entry and one encoding; a larger one is split where its events' sizes say. An
+ * event that alone encodes larger than `maxBytes` is left out, and the `seq` of the events after it is
+ * lowered to close the gap (in new event objects; `events` is not changed), so `seq` numbers what is
+ * written: a dropped event is the producer's to count (`events.dropped`), never a gap.
+ * Throws (as encodeBatch does) when an event cannot be encoded at all.
+ */
+export function encodeEntries(
+  src: string,
+  events: readonly WireEvent[],
+  maxBytes: number = LIMITS.MAX_ENTRY_BYTES,
+): Entries {
+  const payload = encodeBatch(src, events);
+  if (payload.length <= maxBytes) return { entries: [[events.length, payload]], dropped: [] };
+  // The envelope with an empty list (a 1-byte array header), plus the 5 bytes an array32 header takes.
+  const overhead = encodeBatch(src, []).length - 1 + 5;
+  const sizes = events.map((ev) => {
+    const parts: Uint8Array[] = [];
+    encodeEvent(ev, parts);
+    return parts.reduce((n, part) => n + part.length, 0);
+  }); // a lowered seq encodes in as many bytes or fewer
+  const dropped: WireEvent[] = [];
+  const kept: [WireEvent, number][] = [];
+  const first = events[0]?.seq ?? 1;
+  events.forEach((ev, i) => {
+    const size = sizes[i]!;
+    if (overhead + size > maxBytes) dropped.push(ev);
+    else kept.push([dropped.length ? { ...ev, seq: first + kept.length } : ev, size]);
+  });
+  const entries: [number, Buffer][] = [];
+  let chunk: WireEvent[] = [];
+  let used = overhead;
+  for (const [ev, size] of kept) {
+    if (chunk.length && used + size > maxBytes) {
+      entries.push([chunk.length, encodeBatch(src, chunk)]);
+      chunk = [];
+      used = overhead;
+    }
+    chunk.push(ev);
+    used += size;
+  }
+  if (chunk.length) entries.push([chunk.length, encodeBatch(src, chunk)]);
+  return { entries, dropped };
 }

@@ -43,7 +43,7 @@ export type SourceHeartbeat = Record<string, never>;
 /** `source.stopped`: The source shut down cleanly; its gauge snapshots stop contributing at once. */
 export type SourceStopped = Record<string, never>;
 
-/** `events.dropped`: The producer dropped events because its buffer was full while the bus was unreachable. */
+/** `events.dropped`: The producer dropped events: its buffer was full while the bus was unreachable, or an event was too large for an entry on its own. */
 export interface EventsDropped {
   /** Events dropped since the previous events.dropped of this source; an integer; count; >= 0 */
   count: number;

@@ -2,14 +2,16 @@
 //
 // The same semantics as shared/events/publisher.py (the reference publisher): emit() does no I/O and
 // never throws; a background flusher assigns sequence numbers when it encodes a batch (so a dropped
-// event never takes one), writes up to 64 entries per round trip, retries a batch with the same
-// bytes until Redis answers, counts what the bounded buffer had to drop and reports it as
-// `events.dropped` once Redis is reachable, sends `source.heartbeat` (and registered snapshots) every
-// heartbeat interval, and close() publishes `source.stopped` and flushes within a deadline.
+// event never takes one), writes up to 64 entries per round trip, never an entry larger than
+// MAX_ENTRY_BYTES (a larger batch is split; an event too large on its own is dropped), retries a batch
+// with the same bytes until Redis answers, counts what it had to drop (the bounded buffer full, an
+// event too large or unencodable) and reports it as `events.dropped` once Redis is reachable, sends
+// `source.heartbeat` (and registered snapshots) every heartbeat interval, and close() publishes
+// `source.stopped` and flushes within a deadline.
 import { hostname } from "node:os";
 import { createClient } from "@redis/client";
-import { encodeBatch, ENTRY_FIELD, type WireEvent } from "./codec.js";
-import type { EventFields, EventType } from "./events.generated.js";
+import { type Entries, encodeBatch, encodeEntries, ENTRY_FIELD, type WireEvent } from "./codec.js";
+import { type EventFields, type EventType, LIMITS } from "./events.generated.js";
 import { DEFAULT_PREFIX, makeSrc, partitionOf, streamKey } from "./streams.js";
 
 /** Where the publisher reports trouble; it never throws at the caller. */
@@ -31,7 +33,7 @@ export interface PublisherOptions {
   prefix?: string;
   /** Events held in memory (queued plus encoded, not yet written) before emit() drops. Default 100000. */
   bufferSize?: number;
-  /** Events per stream entry. Default 500. */
+  /** Events per stream entry, at most LIMITS.MAX_EVENTS_PER_BATCH (10000; a larger value is lowered to it). Default 500. */
   batchSize?: number;
   /** How often the flusher drains the buffer, in ms. Default 50. */
   flushIntervalMs?: number;
@@ -135,7 +137,8 @@ export class Publisher {
     this.stream = streamKey(this.partition, options.prefix ?? DEFAULT_PREFIX);
     this.#redisUrl = options.redisUrl ?? "redis://127.0.0.1:6379/0";
     this.#cap = options.bufferSize ?? 100_000;
-    this.#batchSize = Math.max(1, options.batchSize ?? 500);
+    // At most MAX_EVENTS_PER_BATCH: the aggregator dead-letters an entry of more events as too_large.
+    this.#batchSize = Math.min(LIMITS.MAX_EVENTS_PER_BATCH, Math.max(1, options.batchSize ?? 500));
     this.#intervalMs = options.flushIntervalMs ?? 50;
     this.#heartbeatMs = options.heartbeatIntervalMs ?? 5000;
     this.#maxlen = String(options.streamMaxlen ?? 1_000_000);
@@ -178,7 +181,7 @@ export class Publisher {
     this.#snapshots.push(callback);
   }
 
-  /** Events dropped so far because the buffer was full. */
+  /** Events dropped so far: the buffer was full, or an event was too large for an entry (or unencodable). */
   get dropped(): number {
     return this.#dropped;
   }
@@ -347,9 +350,9 @@ export class Publisher {
     for (let i = 0; i < buf.length; i += this.#batchSize) {
       const chunk = buf.slice(i, i + this.#batchSize);
       let events = this.#numbered(chunk);
-      let payload: Buffer;
+      let encoded: Entries;
       try {
-        payload = encodeBatch(this.src, events);
+        encoded = encodeEntries(this.src, events);
       } catch {
         // An event msgpack cannot encode (a BigInt, a cycle): drop and count it, never stall on it.
         this.#seq -= events.length;
@@ -358,11 +361,29 @@ export class Publisher {
         this.#logger.warn(`dropped ${chunk.length - ok.length} events that cannot be encoded`);
         events = this.#numbered(ok);
         if (events.length === 0) continue;
-        payload = encodeBatch(this.src, events);
+        encoded = encodeEntries(this.src, events);
       }
-      this.#pending.push([events.length, payload]);
-      this.#pendingEvents += events.length;
+      this.#queueEntries(encoded, events.length);
     }
+  }
+
+  /**
+   * Queue encoded entries of at most MAX_ENTRY_BYTES (the aggregator dead-letters larger ones, and the
+   * shipped Redis refuses values over 2 MiB): a batch that encodes larger was split; an event too large
+   * on its own was left out before it is written, is counted like any drop (`events.dropped`), and
+   * takes no `seq` (encodeEntries lowered the seqs after it).
+   */
+  #queueEntries({ entries, dropped }: Entries, events: number): void {
+    if (dropped.length) {
+      this.#seq -= dropped.length;
+      this.#dropped += dropped.length;
+      this.#logger.warn(
+        `dropped ${dropped.length} event(s) larger than a stream entry may be ` +
+          `(${LIMITS.MAX_ENTRY_BYTES} bytes), e.g. a ${dropped[0]!.type}`,
+      );
+    }
+    for (const entry of entries) this.#pending.push(entry);
+    this.#pendingEvents += events - dropped.length;
   }
 
   #numbered(chunk: readonly Queued[]): WireEvent[] {
@@ -379,16 +400,14 @@ export class Publisher {
   }
 
   async #send(client: Client, batch: Pending[]): Promise<void> {
-    const options = { timeout: this.#timeoutMs };
-    // Issued in one tick: the client writes them as one pipeline, and Redis runs them in order.
-    await Promise.all(
-      batch.map(([, payload]) =>
-        client.sendCommand(
-          ["XADD", this.stream, "MAXLEN", "~", this.#maxlen, "*", ENTRY_FIELD, payload],
-          options,
-        ),
-      ),
-    );
+    // One MULTI/EXEC, written in one round trip: an error reply to one XADD (OOM, READONLY, MISCONF)
+    // aborts them all, so a retried entry can never land after its successor (where the aggregator
+    // would skip it as a duplicate). See "Pitfalls" in docs/events.md.
+    const multi = client.multi();
+    for (const [, payload] of batch) {
+      multi.addCommand(["XADD", this.stream, "MAXLEN", "~", this.#maxlen, "*", ENTRY_FIELD, payload]);
+    }
+    await withDeadline(multi.exec(), this.#timeoutMs, "writing a batch");
     for (const [n] of batch) {
       this.#pending.shift();
       this.#pendingEvents -= n;
