@@ -518,7 +518,7 @@ version 2 events so that dedupe, replay and dead letters see what they saw befor
 writes two keys into each event's dict instead of three, entries are ~5 % smaller. The dict form
 of `emit()` is at CPython's floor for a call that builds a 4-key dict (the dict alone is ~40 % of
 it). `Publisher.declare(type, *fields)` returns a generated positional emitter: the caller builds no
-dict (the flusher does, with `dict(zip(...))`), which halves the call; the total producer CPU stays
+dict (the flusher does, with a generated dict display), which halves the call; the total producer CPU stays
 about the same, since the dict is still built, on the flusher thread. Since main's change to write
 each round trip of entries in one `MULTI`/`EXEC` was merged, the flusher sends a `MULTI` and an `EXEC`
 around each round trip's `XADD`s; runs dated before 2026-12-01 22:20 UTC were measured without them.
