@@ -1,12 +1,16 @@
-"""Aggregator throughput from a real Redis stream: our design against the naive one, in the same run.
+"""Aggregator throughput from a real Redis stream: our design against the naive one, in the same run,
+and the two halves of the difference on their own.
 
-*Ours*: events batched 500 per stream entry (as the Publisher writes them); the real ``Consumer``
-reads them with XREADGROUP, decodes, validates, dedupes and folds them into plain-data state,
-checkpoints and acknowledges.
+*Ours*: events batched 500 per stream entry (version 2 batches, as the Publisher writes them); the
+real ``Consumer`` reads them with XREADGROUP, decodes, validates, dedupes and folds them into
+plain-data state, checkpoints and acknowledges.
 
 *Naive*: one event per stream entry (msgpack of the event map), read with XREADGROUP and applied by
 updating prometheus_client metric objects (``Counter.labels(...).inc()``, ``Histogram.labels(...)
 .observe()``, ``Gauge.labels(...).set()``) per event, then XACK. Same event mix, same Redis.
+
+*Batching alone*: the naive design reading our batched entries (500 events each, same decoder).
+*Fold alone*: our Consumer reading one event per entry (1000 entries per XREADGROUP, as the naive one).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.aggregator.consumer import Consumer
 from services.aggregator.metrics import METRICS, Group
 from services.aggregator.settings import AggregatorSettings
-from shared.events.codec import ENTRY_FIELD, encode_batch
+from shared.events.codec import ENTRY_FIELD, decode_batch, encode_batch
 
 from .workload import enveloped, make_events
 
@@ -46,6 +50,12 @@ class Run:
 class ThroughputResult:
     ours: list[Run]
     naive: list[Run]
+    batching_alone: list[Run]
+    fold_alone: list[Run]
+
+    @staticmethod
+    def best(runs: list[Run]) -> Run:
+        return max(runs, key=lambda r: r.rate)
 
     @property
     def best_ours(self) -> Run:
@@ -60,23 +70,27 @@ class ThroughputResult:
         return self.best_ours.rate / self.best_naive.rate
 
 
-def preload_batched(client: redis.Redis, stream: str, n: int) -> None:
-    """``n`` events from ``SOURCES`` sources, ``BATCH`` per entry, interleaved like live producers."""
+def preload_batched(client: redis.Redis, stream: str, n: int, batch: int = BATCH) -> None:
+    """``n`` events from ``SOURCES`` sources, ``batch`` per entry (version 2, as the Publisher writes
+    them), interleaved like live producers."""
     per_src = n // SOURCES
     sources = [
         (f"bench-{i}:host:{1000 + i}:cafe", enveloped(make_events(per_src, seed=i))) for i in range(SOURCES)
     ]
+    for _, events in sources:
+        for ev in events:
+            del ev["seq"]  # numbered by the batch header
     pipe = client.pipeline(transaction=False)
-    for start in range(0, per_src, BATCH):
+    for start in range(0, per_src, batch):
         for src, events in sources:
-            pipe.xadd(stream, {ENTRY_FIELD: encode_batch(src, events[start : start + BATCH])})
-        if len(pipe) >= 64:
+            pipe.xadd(stream, {ENTRY_FIELD: encode_batch(src, events[start : start + batch], start + 1)})
+        if len(pipe) >= 256:
             pipe.execute()
     pipe.execute()
 
 
-def run_ours(client: redis.Redis, redis_url: str, n: int, group: str) -> Run:
-    settings = AggregatorSettings(redis_url=redis_url, group=group, block_ms=10)
+def run_ours(client: redis.Redis, redis_url: str, n: int, group: str, read_count: int = 200) -> Run:
+    settings = AggregatorSettings(redis_url=redis_url, group=group, block_ms=10, read_count=read_count)
     consumer = Consumer(client, settings)
     consumer.setup()
     applied = consumer.parts[0].state.counters["aggregator_events_applied_total"]
@@ -202,20 +216,46 @@ def run_naive(client: redis.Redis, stream: str, n: int, group: str) -> Run:
     return Run(n, w1 - w0, c1 - c0)
 
 
+def run_batched_naive(client: redis.Redis, stream: str, n: int, group: str) -> Run:
+    """The naive design's prometheus_client objects, fed our batched entries (same decoder)."""
+    client.xgroup_create(stream, group, id="0", mkstream=True)
+    metrics = NaiveMetrics()
+    done = 0
+    w0, c0 = time.perf_counter(), time.process_time()
+    while done < n:
+        reply = client.xreadgroup(group, "naive", {stream: ">"}, count=200, block=10)
+        for _, entries in reply or []:
+            ids = []
+            for entry_id, fields in entries:
+                for ev in decode_batch(fields[ENTRY_FIELD]).events:
+                    metrics.apply(ev)
+                    done += 1
+                ids.append(entry_id)
+            client.xack(stream, group, *ids)
+    w1, c1 = time.perf_counter(), time.process_time()
+    return Run(n, w1 - w0, c1 - c0)
+
+
 def run(redis_url: str, n_ours: int = 1_000_000, n_naive: int = 200_000, reps: int = 3) -> ThroughputResult:
     client = redis.Redis.from_url(redis_url, protocol=2)
-    ours, naive = [], []
+    result = ThroughputResult([], [], [], [])
     try:
         stream = "boilerhouse:events:{0}"
         naive_stream = "naive:events"
         for i in range(reps):
             client.flushall()
             preload_batched(client, stream, n_ours)
-            ours.append(run_ours(client, redis_url, n_ours, f"bench-{i}"))
+            result.ours.append(run_ours(client, redis_url, n_ours, f"bench-{i}"))
             client.flushall()
             preload_naive(client, naive_stream, n_naive)
-            naive.append(run_naive(client, naive_stream, n_naive, f"naive-{i}"))
+            result.naive.append(run_naive(client, naive_stream, n_naive, f"naive-{i}"))
+            client.flushall()
+            preload_batched(client, stream, n_naive)
+            result.batching_alone.append(run_batched_naive(client, stream, n_naive, f"batched-{i}"))
+            client.flushall()
+            preload_batched(client, stream, n_naive, batch=1)
+            result.fold_alone.append(run_ours(client, redis_url, n_naive, f"single-{i}", read_count=1000))
         client.flushall()
     finally:
         client.close()
-    return ThroughputResult(ours, naive)
+    return result

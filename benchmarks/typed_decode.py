@@ -13,16 +13,19 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 
 from shared.events.codec import MAX_SRC_LEN, MAX_STR_LEN, encode_batch
-from shared.events.schema import EVENT_TYPES, ID_PATTERN, PATH_PATTERN, EventType, Field
+from shared.events.schema import EVENT_TYPES, ID_PATTERN, PATH_PATTERN, TRACE_ID_PATTERN, EventType, Field
 
 from .throughput import BATCH, SOURCES
 from .workload import enveloped, make_events
 
 
 def _annotation(f: Field) -> Any:
+    if f.kind == "trace_id":
+        t: Any = Annotated[str, msgspec.Meta(pattern=TRACE_ID_PATTERN.pattern)]
+        return t | None
     if f.kind in ("str", "id"):
         if f.choices is not None:
-            t: Any = Literal[tuple(sorted(f.choices))]  # type: ignore[misc]
+            t = Literal[tuple(sorted(f.choices))]  # type: ignore[misc]
         elif f.kind == "id":
             t = Annotated[str, msgspec.Meta(pattern=ID_PATTERN.pattern)]
         elif f.name == "path":

@@ -33,6 +33,8 @@ def valid_value(f: Field) -> Any:
         return min(f.choices)
     if f.kind == "id":
         return "pool-1"
+    if f.kind == "trace_id":
+        return "4bf92f3577b34da6a3ce929d0e0e4736"
     if f.name == "path":
         return "/api/v1/pools/{pool_id}"
     if f.kind == "str":
@@ -64,9 +66,32 @@ def reason_of(payload: Any) -> str:
 def test_round_trip_every_event_type() -> None:
     events = [valid_event(et, i + 1) for i, et in enumerate(EVENT_TYPES)]
     batch = decode_batch(encode_batch(SRC, events))
-    assert batch.src == SRC and batch.version == SCHEMA_VERSION
+    assert batch.src == SRC and batch.version == 1
     assert batch.events == events
     assert all(validate_event(ev) is None for ev in batch.events)
+
+
+def test_version_2_numbers_events_from_the_header_and_reads_as_version_1() -> None:
+    """The same events, version 2 (first seq in the header, none per event) and version 1: the
+    aggregator reads the same event maps."""
+    assert SCHEMA_VERSION == 2
+    v1 = [valid_event(et, 41 + i) for i, et in enumerate(EVENT_TYPES)]
+    v2 = [{k: v for k, v in ev.items() if k != "seq"} for ev in v1]
+    payload = encode_batch(SRC, [dict(ev) for ev in v2], 41)
+    assert msgpack.unpackb(payload) == {"v": 2, "src": SRC, "seq": 41, "events": v2}
+    assert b"\xa3seq" not in payload.split(b"\xa6events", 1)[1], "no seq key in the events"
+    batch = decode_batch(payload)
+    assert batch.version == 2 and batch.events == v1 == decode_batch(encode_batch(SRC, v1)).events
+    assert len(payload) < len(encode_batch(SRC, v1))
+
+
+def test_version_2_events_keep_their_place_whatever_they_hold() -> None:
+    """An element that is not a map still uses up its number; a seq written in an event is ignored."""
+    ev = {"type": "source.heartbeat", "ts": 1.0}
+    batch = decode_batch(
+        raw({"v": 2, "src": SRC, "seq": 7, "events": [dict(ev), "junk", [1], {**ev, "seq": 1}]})
+    )
+    assert batch.events == [{**ev, "seq": 7}, "junk", [1], {**ev, "seq": 10}]
 
 
 @pytest.mark.parametrize(
@@ -100,6 +125,10 @@ def test_round_trip_every_event_type() -> None:
         (raw({"v": 1, "src": SRC, "events": []}), "bad_envelope"),
         (raw({"v": 1, "src": SRC, "events": {"a": 1}}), "bad_envelope"),
         (raw({"v": 1, "src": SRC}), "bad_envelope"),
+        (raw({"v": 2, "src": SRC, "events": [{}]}), "bad_envelope"),  # version 2 without its seq
+        (raw({"v": 2, "src": SRC, "seq": 0, "events": [{}]}), "bad_envelope"),
+        (raw({"v": 2, "src": SRC, "seq": "1", "events": [{}]}), "bad_envelope"),
+        (raw({"v": 2, "src": SRC, "seq": 1.0, "events": [{}]}), "bad_envelope"),
     ],
 )
 def test_bad_entries_have_a_reason(payload: Any, reason: str) -> None:
@@ -171,8 +200,22 @@ def test_bad_envelope_keys(event: Any, reason: str) -> None:
 
 
 def _wrong_type(f: Field) -> Any:
-    return 12 if f.kind in ("str", "id") else "12"
+    return 12 if f.kind in ("str", "id", "trace_id") else "12"
 
+
+#: Strings that are not W3C trace ids: all zero, upper case, too short or long, not hex, a trailing
+#: newline (which ``$`` would accept), non-ASCII digits, the W3C invalid version's filler.
+BAD_TRACE_IDS = [
+    "0" * 32,
+    "4BF92F3577B34DA6A3CE929D0E0E4736",
+    "4bf92f3577b34da6a3ce929d0e0e473",
+    "4bf92f3577b34da6a3ce929d0e0e47360",
+    "4bf92f3577b34da6a3ce929d0e0e473g",
+    "4bf92f3577b34da6a3ce929d0e0e4736\n",
+    "4bf92f3577b34da6a3ce929d0e0e473\u0663",
+    "f" * 31 + "-",
+    "",
+]
 
 CASES: list[tuple[str, str, Any]] = []
 for _et in EVENT_TYPES:
@@ -180,8 +223,10 @@ for _et in EVENT_TYPES:
         if not _f.optional:
             CASES.append((_et.name, _f.name, None))  # missing
         CASES.append((_et.name, _f.name, _wrong_type(_f)))
-        if _f.kind in ("str", "id"):
+        if _f.kind in ("str", "id", "trace_id"):
             CASES.append((_et.name, _f.name, b"bytes are not str"))
+        if _f.kind == "trace_id":
+            CASES += [(_et.name, _f.name, bad) for bad in BAD_TRACE_IDS]
         if _f.choices is not None:
             CASES.append((_et.name, _f.name, "not-a-choice"))
         if _f.kind == "id":
@@ -262,6 +307,40 @@ def test_http_path_must_be_a_route_template(path: str, ok: bool) -> None:
     assert (problem is None) == ok, problem
 
 
+def test_trace_id_is_optional_on_exactly_the_events_that_measure_a_duration() -> None:
+    """An event with a duration may carry a valid trace id, or none (absent or nil); nothing else has one."""
+    traced = {et.name for et in EVENT_TYPES if any(f.name == "trace_id" for f in et.fields)}
+    timed = {et.name for et in EVENT_TYPES if any(f.name == "duration_s" for f in et.fields)}
+    assert (
+        traced
+        == timed
+        == {
+            "http.request",
+            "container.acquired",
+            "container.released",
+            "container.created",
+            "container.destroyed",
+            "container.wiped",
+            "sync.finished",
+        }
+    )
+    for et in EVENT_TYPES:
+        if et.name not in traced:
+            continue
+        ev = valid_event(et)
+        assert ev["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert validate_event(ev) is None
+        ev["trace_id"] = None
+        assert validate_event(ev) is None
+        del ev["trace_id"]
+        assert validate_event(ev) is None
+        for bad in BAD_TRACE_IDS:
+            ev["trace_id"] = bad
+            assert FAST_VALIDATORS[et.name](ev) is False
+            problem = explain_invalid(ev)
+            assert problem is not None and problem[0] == "invalid_field" and "trace_id" in problem[1], bad
+
+
 def _numbered(sizes: list[int], first_seq: int = 1) -> list[dict[str, Any]]:
     """``source.heartbeat`` events padded (an unknown field, ignored by the aggregator) to about ``sizes``."""
     return [
@@ -299,6 +378,50 @@ def test_an_event_too_large_alone_is_left_out_and_the_sequence_closes_over_it() 
         (42, 10),
         (43, 10),
     ]
+
+
+def _unnumbered(sizes: list[int]) -> list[dict[str, Any]]:
+    """As :func:`_numbered`, for version 2: the events carry no ``seq`` (the entry's header does)."""
+    return [{"type": "source.heartbeat", "ts": 1.0, "pad": "x" * size} for size in sizes]
+
+
+def test_version_2_a_batch_that_fits_is_one_entry_of_the_same_bytes() -> None:
+    events = _unnumbered([100] * 50)
+    entries, dropped = encode_entries(SRC, events, first_seq=9)
+    assert entries == [(50, encode_batch(SRC, events, 9))] and dropped == []
+
+
+def test_version_2_a_split_batch_numbers_each_entry_from_its_first_event() -> None:
+    events = _unnumbered([40_000] * 100)  # ~4 MB
+    entries, dropped = encode_entries(SRC, events, first_seq=7)
+    assert dropped == [] and len(entries) >= 4
+    assert all(len(payload) <= MAX_ENTRY_BYTES for _, payload in entries)
+    decoded = [decode_batch(payload) for _, payload in entries]
+    assert {b.version for b in decoded} == {2}
+    assert [n for n, _ in entries] == [len(b.events) for b in decoded]
+    assert [ev["seq"] for b in decoded for ev in b.events] == list(range(7, 107))
+
+
+def test_version_2_an_event_too_large_alone_is_left_out_and_the_numbers_close_over_it() -> None:
+    events = _unnumbered([10, MAX_ENTRY_BYTES, 10, MAX_ENTRY_BYTES * 3, 10])
+    huge = [events[1], events[3]]
+    entries, dropped = encode_entries(SRC, events, first_seq=41)
+    assert dropped == huge
+    assert len(entries) == 1 and len(entries[0][1]) <= MAX_ENTRY_BYTES
+    assert [(ev["seq"], len(ev["pad"])) for ev in decode_batch(entries[0][1]).events] == [
+        (41, 10),
+        (42, 10),
+        (43, 10),
+    ]
+
+
+def test_version_2_a_split_at_exactly_the_limit() -> None:
+    """The header's first number may grow a byte from one entry to the next: still within the limit."""
+    one = len(encode_batch(SRC, _unnumbered([1000]), 127))  # the largest 1-byte msgpack int
+    entries, dropped = encode_entries(SRC, _unnumbered([1000] * 3), max_bytes=one + 6, first_seq=127)
+    assert dropped == [] and [n for n, _ in entries] == [1, 1, 1]
+    assert all(len(p) <= one + 6 for _, p in entries)
+    assert [decode_batch(p).events[0]["seq"] for _, p in entries] == [127, 128, 129]
 
 
 def test_a_split_at_exactly_the_limit() -> None:

@@ -62,6 +62,8 @@ def valid_values(f: Field) -> st.SearchStrategy[Any]:
         return st.sampled_from(sorted(f.choices))
     if f.kind == "id":
         return st.sampled_from(["pool-1", "w", "a.b:c_d-9", "x" * 64])
+    if f.kind == "trace_id":
+        return st.none() | st.binary(min_size=16, max_size=16).filter(any).map(bytes.hex)
     if f.name == "path":
         return st.sampled_from(["/api/v1/pools/{pool_id}", "/x", UNMATCHED_PATH, "/"])
     if f.kind == "str":

@@ -117,17 +117,21 @@ def test_partition_rule_as_documented() -> None:
             assert partition_of(src, parts) == crc32_ieee(src.encode()) % parts
 
 
+@pytest.mark.parametrize(("version", "after"), [(1, "## Worked example"), (2, "In version 2 the same entry")])
 def test_worked_example_bytes_match_the_json_and_are_counted(
-    redis_url: str, redis_client: redis.Redis
+    redis_url: str, redis_client: redis.Redis, version: int, after: str
 ) -> None:
     text = EVENTS_MD.read_text()
-    doc = json.loads(code_block(text, "json", "## Worked example"))
-    payload = bytes.fromhex(code_block(text, "hex", "## Worked example").replace("\n", " "))
+    doc = json.loads(code_block(text, "json", after))
+    payload = bytes.fromhex(code_block(text, "hex", after).replace("\n", " "))
+    assert doc["v"] == version
     assert msgpack.unpackb(payload) == doc
     assert msgpack.packb(doc, use_bin_type=True) == payload, (
         "the hex in docs/events.md is not the JSON's msgpack"
     )
-    assert re.search(rf"these\s+{len(payload)}\s+bytes", text), "the byte count in docs/events.md is wrong"
+    assert re.search(rf"these\s+{len(payload)}\s+bytes", text[text.index(after) :]), (
+        "the byte count in docs/events.md is wrong"
+    )
 
     redis_client.execute_command(
         "XADD", "boilerhouse:events:{0}", "MAXLEN", "~", "1000000", "*", "b", payload

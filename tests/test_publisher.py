@@ -230,7 +230,11 @@ def test_a_batch_size_the_aggregator_would_refuse_is_a_clear_error(redis_url: st
 
 
 def test_the_largest_batch_size_is_read_whole(redis_url: str, redis_client: redis.Redis) -> None:
-    pub = Publisher(redis_url, "batcher", heartbeat_interval_s=3600, batch_size=MAX_EVENTS_PER_BATCH)
+    # The flusher lingers (until flush() below) while the events are emitted, so that full batches form:
+    # with the default 5 ms linger it takes whatever was emitted by then.
+    pub = Publisher(
+        redis_url, "batcher", heartbeat_interval_s=3600, batch_size=MAX_EVENTS_PER_BATCH, linger_s=5.0
+    )
     try:
         for _ in range(2 * MAX_EVENTS_PER_BATCH + 5):
             pub.emit("container.acquired", dict(ACQUIRED))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -9,28 +10,31 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import anyio
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from shared.events.bus import Client, connect
 
 from . import landing
 from .consumer import Consumer
 from .exposition import StateCollector
+from .render import Renderer
+from .scrape import Exposer, Reader, negotiate
 from .settings import AggregatorSettings
 
 logger = logging.getLogger(__name__)
 
 
 def make_registry(consumer: Consumer, settings: AggregatorSettings) -> CollectorRegistry:
+    """Everything /metrics shows, through prometheus_client (the renderer's fallback and reference)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         StateCollector(
@@ -41,11 +45,63 @@ def make_registry(consumer: Consumer, settings: AggregatorSettings) -> Collector
             clock=consumer.clock.now,
         )
     )
-    # The aggregator's own process metrics, from the library's standard collectors.
+    standard_collectors(registry)
+    return registry
+
+
+def standard_collectors(registry: CollectorRegistry) -> CollectorRegistry:
+    """The aggregator's own process metrics, from the library's standard collectors."""
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
+
+
+def make_exposer(consumer: Consumer, settings: AggregatorSettings) -> Exposer:
+    """The /metrics renderer: fold state written directly, then the standard collectors."""
+    return Exposer(
+        Renderer(settings.metrics_prefix, settings.source_ttl_s),
+        consumer.capture,
+        lambda: consumer.version,
+        consumer.readings,
+        standard_collectors(CollectorRegistry(auto_describe=False)),
+        make_registry(consumer, settings),
+        clock=consumer.clock.now,  # liveness and ages run on Redis' clock, as the fold's entry times
+    )
+
+
+async def _rendered_ahead(first: bytes, reader: Reader) -> AsyncIterator[bytes]:
+    """The chunks, each next one rendered in a worker thread while this one is being sent (socket
+    writes let go of the GIL: sending and rendering overlap)."""
+    loop = asyncio.get_running_loop()  # the app runs on asyncio (uvicorn)
+    chunk: bytes | None = first
+    following: asyncio.Future[bytes | None] | None = None
+    try:
+        while chunk is not None:
+            following = loop.run_in_executor(None, next, reader, None)
+            yield chunk
+            chunk = await following
+            following = None
+    finally:
+        if following is not None:  # the client went away: the render in flight is dropped (the
+            following.cancel()  # reader, closed by the response, takes nothing more from it)
+
+
+class _MetricsResponse(StreamingResponse):
+    """The exposition, streamed as it is rendered; ``done`` runs once it was sent, failed or the client
+    went away (it closes the reader and gives the scrape slot back)."""
+
+    def __init__(
+        self, first: bytes, reader: Reader, done: Callable[[], None], headers: dict[str, str]
+    ) -> None:
+        super().__init__(_rendered_ahead(first, reader), headers=headers)
+        self._done = done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._done()
 
 
 def _same(given: str, expected: str) -> bool:
@@ -107,7 +163,7 @@ def create_app(
         settings,
         rebuild=rebuild,
     )
-    registry = make_registry(consumer, settings)
+    exposer = make_exposer(consumer, settings)
     scrape_slots = threading.BoundedSemaphore(settings.max_concurrent_scrapes)
     started = time.monotonic()
 
@@ -135,11 +191,27 @@ def create_app(
                 headers={"Retry-After": "1"},
             )
         try:
-            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-            body = await anyio.to_thread.run_sync(encoder, registry)
-        finally:
+            fmt = negotiate(request.headers.get("accept", ""), request.headers.get("accept-encoding", ""))
+            reader = exposer.open(fmt)
+        except BaseException:
             scrape_slots.release()
-        return Response(body, headers={"Content-Type": content_type})
+            raise
+
+        def done() -> None:
+            reader.close()
+            scrape_slots.release()
+
+        try:
+            # The first chunk (and so the capture of the state) before the status line: a failure to
+            # render is still a 500, not a truncated 200.
+            first = await anyio.to_thread.run_sync(next, reader, b"")
+        except BaseException:
+            done()
+            raise
+        headers = {"Content-Type": fmt.content_type}
+        if fmt.gzip:
+            headers["Content-Encoding"] = "gzip"
+        return _MetricsResponse(first, reader, done, headers)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "uptime_s": round(time.monotonic() - started, 3)})
@@ -212,6 +284,6 @@ def create_app(
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.consumer = consumer
-    app.state.registry = registry
+    app.state.exposer = exposer
     app.state.settings = settings
     return app

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 from redis.typing import StreamIdT
@@ -50,6 +51,8 @@ from .retention import RedisClock, removed_unread, trim_by_age
 from .settings import AggregatorSettings, SettingsError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Dead letters kept per partition (approximate trim), each at most ~4.6 KiB: see docs/reliability.md.
 DEAD_LETTER_MAXLEN = 10_000
@@ -227,6 +230,9 @@ class Consumer:
         self.bus_problem: BusProblem | None = None
         self.applied_entries = 0
         self.checkpoints = 0
+        #: Changes (under the lock) whenever the fold state may have changed: scrapes of the same
+        #: version render the same state.
+        self.version = 0
         self._bytes_per_entry = 1024.0
         self._redrain = False
         #: Redis' clock on this process's monotonic clock: what liveness, staleness and retention use.
@@ -262,8 +268,14 @@ class Consumer:
     # ---- state access ---------------------------------------------------------------------------
 
     def snapshot(self) -> State:
+        """A copy of the whole state (all partitions merged)."""
         with self.lock:
             return State.merge([pc.state.copy() for pc in self.parts.values()])
+
+    def capture(self, take: Callable[[Sequence[State], int], T]) -> T:
+        """``take(states, version)`` under the lock: what a scrape copies, without copying the state."""
+        with self.lock:
+            return take([pc.state for pc in self.parts.values()], self.version)
 
     def readings(self) -> Mapping[int, PartitionReading]:
         """Lag and pending per partition (XINFO GROUPS) and checkpoint age, for the scrape."""
@@ -428,6 +440,7 @@ class Consumer:
             if restored is not None:
                 with self.lock:
                     pc.restore(restored.state, restored)
+                    self.version += 1
                 pc.last_checkpoint = time.monotonic() - max(0.0, time.time() - restored.saved_at)
                 logger.info(
                     "partition %d restored from checkpoint at %s (%d sources)",
@@ -757,6 +770,8 @@ class Consumer:
                     if outcome is Outcome.DELETED:  # trimmed or deleted while pending: its events are lost
                         pc.trim_detected(f"pending entry {entry_id.decode()} was deleted")
                     pc.events_since_checkpoint += pc.ingest.events - events_before
+            if n:
+                self.version += 1
         if n:
             self._bytes_per_entry = max(64.0, 0.5 * self._bytes_per_entry + 0.5 * size / n)
         self.applied_entries += n

@@ -24,6 +24,7 @@ from shared.events.schema import (
     MAX_PATH_LEN,
     PATH_PATTERN,
     SCHEMA_VERSION,
+    TRACE_ID_PATTERN,
     UNMATCHED_PATH,
     Field,
 )
@@ -169,7 +170,29 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         else:
             out.append(f"- driven by: {_driven_by(m)}")
         out.append("")
+    traced = [et.name for et in EVENT_TYPES if any(f.name == "trace_id" for f in et.fields)]
     out += [
+        "## Exemplars",
+        "",
+        "The events that measure a duration (" + ", ".join(f"`{t}`" for t in traced) + ") may carry the",
+        "`trace_id` of the request they served ([events.md](events.md#versioning); the API takes it from the",
+        "W3C `traceparent` header or starts a trace). The aggregator keeps, per histogram series and bucket,",
+        "the **latest** such event as an exemplar: `trace_id`, the observed value and the event's `ts`, on the",
+        "bucket the value fell in (the smallest `le` ≥ value). Memory: at most one exemplar per bucket of a",
+        "series that exists, so it is bounded by the series cap like the histogram itself.",
+        "",
+        "- **OpenMetrics only**: a scrape that accepts `application/openmetrics-text` gets",
+        f'  `{prefix}http_request_duration_seconds_bucket{{le="0.1",method="GET",path="/healthz",status="200"}} 3.0 '
+        '# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.07 1767225600.25`;',
+        "  the Prometheus text format has no exemplars and never shows them. Prometheus stores them with",
+        "  `--enable-feature=exemplar-storage` (it scrapes OpenMetrics by default) and serves them at",
+        "  `/api/v1/query_exemplars`; [operations.md](operations.md#exemplars-and-tracing) links them to traces.",
+        "- **Not checkpointed**: a checkpoint holds counts, not trace ids. After a restart (or an",
+        "  `aggregator --rebuild`, which writes a checkpoint), exemplars reappear as new traced events are",
+        "  folded. `replay --at T --format openmetrics` folds the events still in the stream, so it shows",
+        "  their latest exemplars; the backfill file of `replay --openmetrics FILE` carries none.",
+        "- A trace id is never a label: it adds no series.",
+        "",
         "## Process metrics of the aggregator",
         "",
         "The aggregator also serves prometheus_client's standard `process_*`, `python_gc_*` and",
@@ -183,6 +206,8 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
 def _field_type(f: Field) -> str:
     if f.kind == "id":
         return "string (identifier)"
+    if f.kind == "trace_id":
+        return "string (W3C trace id)"
     if f.kind == "str":
         return "string"
     if f.kind == "int":
@@ -196,6 +221,8 @@ def _field_values(f: Field) -> str:
         parts.append("one of " + ", ".join(f"`{c}`" for c in sorted(f.choices)))
     if f.kind == "id":
         parts.append("matches the identifier pattern")
+    if f.kind == "trace_id":
+        parts.append("32 lowercase hex digits, not all zero (the trace-id pattern)")
     if f.kind in ("int", "float") and f.minimum is not None:
         parts.append(f"≥ {f.minimum:g}")
     if f.name == "path":
@@ -237,6 +264,10 @@ def events_markdown() -> str:
         out.append("")
     out += [
         "Identifier pattern: `" + ID_PATTERN.pattern + "`.",
+        "",
+        "Trace-id pattern (the `trace_id` of the events that measure a duration): `"
+        + TRACE_ID_PATTERN.pattern
+        + "`.",
         "",
         "Route-template pattern (the `path` of `http.request`, at most "
         f"{MAX_PATH_LEN} characters): `" + PATH_PATTERN.pattern + "`.",

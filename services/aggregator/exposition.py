@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from .fold import State
 from .metrics import METRICS, Combine, Kind, MetricDef, PartitionReading, Readings
@@ -73,11 +74,18 @@ class StateCollector(Collector):
         if m.kind is Kind.HISTOGRAM:
             fam_h = HistogramMetricFamily(name, m.help, labels=labels)
             bounds = [_float_str(b) for b in (m.buckets or ())] + ["+Inf"]
+            exemplars = state.exemplars[m.name]
             for key, h in sorted(state.hists[m.name].items()):
-                cumulative, running = [], 0.0
-                for bound, count in zip(bounds, h[:-1], strict=True):
+                cumulative: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+                running = 0.0
+                row = exemplars.get(key)
+                for j, (bound, count) in enumerate(zip(bounds, h[:-1], strict=True)):
                     running += count
-                    cumulative.append((bound, running))
+                    e = row[j] if row is not None else None
+                    if e is None:
+                        cumulative.append((bound, running))
+                    else:  # the text format leaves exemplars out; OpenMetrics writes them
+                        cumulative.append((bound, running, Exemplar({"trace_id": e[0]}, e[1], e[2])))
                 fam_h.add_metric(list(key), cumulative, h[-1])
             return fam_h
         fam: CounterMetricFamily | GaugeMetricFamily

@@ -29,6 +29,10 @@ Event = dict[str, Any]
 LabelKey = tuple[str, ...]
 #: Histogram series: non-cumulative bucket counts, then the +Inf count, then the sum.
 HistSeries = list[float]
+#: An exemplar: (trace id, observed value, the event's ``ts``).
+Exemplar = tuple[str, float, float]
+#: A histogram series' exemplars: the latest per bucket (its buckets, then +Inf; None: none yet).
+ExemplarRow = list[Exemplar | None]
 
 
 @dataclass(slots=True)
@@ -79,12 +83,17 @@ class State:
     ``positions[partition]`` is the last stream id applied; ``newest_entry_s`` the time of the newest
     entry folded. ``dirty[name]`` holds the series changed since :meth:`take_dirty` (labels, or
     ``(labels, src)`` for gauges) and ``dirty_sources`` the sources, so a checkpoint writes only those.
+
+    ``exemplars[name][labels]`` is an :data:`ExemplarRow` for each histogram series that observed an
+    event carrying a ``trace_id``: the latest such event per bucket. At most one row per series of the
+    histogram (so bounded by the series cap), and never checkpointed (docs/metrics.md, *Exemplars*).
     """
 
     __slots__ = (
         "counters",
         "dirty",
         "dirty_sources",
+        "exemplars",
         "gauges",
         "hists",
         "limits",
@@ -98,6 +107,7 @@ class State:
         self.counters: dict[str, dict[LabelKey, float]] = {}
         self.hists: dict[str, dict[LabelKey, HistSeries]] = {}
         self.gauges: dict[str, dict[LabelKey, dict[str, float]]] = {}
+        self.exemplars: dict[str, dict[LabelKey, ExemplarRow]] = {}
         self.dirty: dict[str, set[Any]] = {}
         for m in METRICS:
             if not m.stateful:
@@ -107,6 +117,7 @@ class State:
                 self.gauges[m.name] = {}
             elif m.kind is Kind.HISTOGRAM:
                 self.hists[m.name] = {}
+                self.exemplars[m.name] = {}
             else:
                 self.counters[m.name] = {}
         self.dirty_sources: set[str] = set()
@@ -189,6 +200,7 @@ class State:
         new = State(limits=self.limits)
         new.counters = {n: dict(d) for n, d in self.counters.items()}
         new.hists = {n: {k: list(v) for k, v in d.items()} for n, d in self.hists.items()}
+        new.exemplars = {n: {k: list(v) for k, v in d.items()} for n, d in self.exemplars.items()}
         new.gauges = {n: {k: dict(v) for k, v in d.items()} for n, d in self.gauges.items()}
         new.sources = {
             s: Source(i.service, i.version, i.last_seen, i.last_seq, i.stopped)
@@ -214,6 +226,11 @@ class State:
                 for k, h in dh.items():
                     cur = target_h.get(k)
                     target_h[k] = list(h) if cur is None else [a + b for a, b in zip(cur, h, strict=True)]
+            for n, de in st.exemplars.items():
+                target_e = out.exemplars[n]
+                for k, row in de.items():
+                    cur_e = target_e.get(k)
+                    target_e[k] = list(row) if cur_e is None else merge_exemplars(cur_e, row)
             for n, dg in st.gauges.items():
                 target_g = out.gauges[n]
                 for k, per_src in dg.items():
@@ -256,7 +273,9 @@ def _series(
     return key, value
 
 
-def observe(state: State, name: str, key: LabelKey, value: float, buckets: tuple[float, ...]) -> None:
+def observe(state: State, name: str, key: LabelKey, value: float, buckets: tuple[float, ...]) -> LabelKey:
+    """Observe ``value`` in the series ``key`` of histogram ``name``; returns the key the series is
+    kept under (the overflow series' past the cap)."""
     table = state.hists[name]
     h = table.get(key)
     if h is None:
@@ -265,6 +284,12 @@ def observe(state: State, name: str, key: LabelKey, value: float, buckets: tuple
     h[bisect_left(buckets, value)] += 1
     h[-1] += value
     state.dirty[name].add(key)
+    return key
+
+
+def merge_exemplars(a: ExemplarRow, b: ExemplarRow) -> ExemplarRow:
+    """Two partitions' exemplars of one series: per bucket, the later by ``ts`` (``b`` on a tie)."""
+    return [x if y is None or (x is not None and x[2] > y[2]) else y for x, y in zip(a, b, strict=True)]
 
 
 def set_gauge(state: State, name: str, key: LabelKey, src: str, value: float) -> None:
@@ -333,6 +358,8 @@ LIFECYCLE: Mapping[str, Handler] = {"source.started": _source_started, "source.s
 
 #: The event field that becomes a label only through the route table: (event type, field).
 ROUTE_FIELD = ("http.request", "path")
+#: The optional event field whose value becomes a histogram exemplar, never a label.
+TRACE_FIELD = "trace_id"
 
 
 def route_label(state: State, path: str) -> str:
@@ -389,12 +416,24 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
             f"  h = state.hists[{m.name!r}].get(key)",
             f"  v = {value}",
             "  if h is None:",
-            f"    _observe(state, {m.name!r}, key, v, _b{n})",
+            f"    key = _observe(state, {m.name!r}, key, v, _b{n})",
             "  else:",
             f"    h[_bisect(_b{n}, v)] += 1",
             "    h[-1] += v",
             f"    dirty[{m.name!r}].add(key)",
         ]
+        if any(f.name == TRACE_FIELD for f in EVENT_TYPES_BY_NAME[d.event].fields):
+            # The event's trace id, if it carries one, becomes the exemplar of the bucket the value fell
+            # in (the smallest le >= value) of the series it was counted in: one row per existing series.
+            lines += [
+                f"  tid = ev.get({TRACE_FIELD!r})",
+                "  if tid is not None:",
+                f"    ex = state.exemplars[{m.name!r}]",
+                "    row = ex.get(key)",
+                "    if row is None:",
+                f"      row = ex[key] = [None] * {len(m.buckets or ()) + 1}",
+                f"    row[_bisect(_b{n}, v)] = (tid, v, ev['ts'])",
+            ]
     else:
         lines += [
             "  try:",

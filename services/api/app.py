@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from services import __version__
 from shared.events.publisher import Publisher
+from shared.events.trace import traced
 
 from .clock import Clock, SystemClock
 from .containers import ContainerManager
@@ -133,9 +134,11 @@ def create_app(
         data_dir = Path(settings.data_dir)
         the_clock = clock or SystemClock()
         rt = runtime if runtime is not None else make_runtime(settings.runtime, data_dir)
-        manager = ContainerManager(rt, pub.emit, data_dir / "containers", the_clock)
-        syncer = SyncCoordinator(pub.emit, rclone=settings.rclone, bisync_workdir=data_dir / "bisync")
-        platform = Boilerhouse(defs, pub.emit, manager, syncer, the_clock)
+        # Events emitted while a request is served carry its trace id (middleware.py sets it).
+        emit = traced(pub.emit)
+        manager = ContainerManager(rt, emit, data_dir / "containers", the_clock)
+        syncer = SyncCoordinator(emit, rclone=settings.rclone, bisync_workdir=data_dir / "bisync")
+        platform = Boilerhouse(defs, emit, manager, syncer, the_clock)
         driver: DemoDriver | None = None
         try:
             await platform.start()

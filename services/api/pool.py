@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 from shared.events.emit import Emit
+from shared.events.trace import untraced_context
 
 from .clock import Clock, SystemClock
 from .containers import AVAILABLE, BORROWED, PENDING, RESERVED, Container, ContainerManager
@@ -235,7 +236,10 @@ class ContainerPool:
         if errors:
             raise errors[0]
         if maintenance and self._maintenance is None:
-            self._maintenance = asyncio.create_task(self._run(), name=f"pool-{self.pool_id}-maintenance")
+            # Not part of the request that created the pool: no trace id (shared/events/trace.py).
+            self._maintenance = asyncio.get_running_loop().create_task(
+                self._run(), name=f"pool-{self.pool_id}-maintenance", context=untraced_context()
+            )
         logger.info("pool %s started: %s", self.pool_id, self.stats())
 
     async def close(self) -> None:
@@ -483,7 +487,8 @@ class ContainerPool:
             self._background(self._reconcile())
 
     def _background(self, job: Any) -> None:
-        task = asyncio.ensure_future(job)
+        # Work the pool does for itself after a change, not part of the request that made the change.
+        task = asyncio.get_running_loop().create_task(job, context=untraced_context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from shared.events.emit import Emit
 from shared.events.schema import DIRECTIONS
+from shared.events.trace import untraced_context
 
 from .clock import Clock, SystemClock
 from .rclone import (
@@ -629,7 +630,9 @@ class SyncCoordinator(TenantSync):
                 old.task.cancel()
         job = _PeriodicJob(workload_id, tenant_id, Path(local_dir))
         job.task = asyncio.get_running_loop().create_task(
-            self._periodic(job, spec.period_s), name=f"sync-periodic-{workload_id}"
+            self._periodic(job, spec.period_s),
+            name=f"sync-periodic-{workload_id}",
+            context=untraced_context(),
         )
         self._jobs[tenant_id] = job
         st = self._states[workload_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import count
 from typing import Any
 
 import msgspec
@@ -14,7 +15,9 @@ from .schema import (
     ID_PATTERN,
     MAX_PATH_LEN,
     PATH_PATTERN,
+    PER_EVENT_SEQ_VERSION,
     SCHEMA_VERSION,
+    TRACE_ID_PATTERN,
     UNMATCHED_PATH,
     EventType,
     Field,
@@ -67,49 +70,65 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
 
-def encode_batch(src: str, events: Iterable[dict[str, Any]]) -> bytes:
-    """Encode event maps (each already holding ``type``, ``seq``, ``ts`` and its fields)."""
+def encode_batch(src: str, events: Iterable[dict[str, Any]], first_seq: int | None = None) -> bytes:
+    """Encode event maps holding ``type``, ``ts`` and their fields.
+
+    With ``first_seq``: a version 2 batch, the events numbered from ``first_seq`` by their position.
+    Without: a version 1 batch, each event holding its own ``seq``.
+    """
     if not isinstance(events, list):
         events = list(events)
-    return _encode({"v": SCHEMA_VERSION, "src": src, "events": events})
+    if first_seq is None:
+        return _encode({"v": PER_EVENT_SEQ_VERSION, "src": src, "events": events})
+    return _encode({"v": 2, "src": src, "seq": first_seq, "events": events})
 
 
 def encode_entries(
-    src: str, events: list[dict[str, Any]], max_bytes: int = MAX_ENTRY_BYTES
+    src: str, events: list[dict[str, Any]], max_bytes: int = MAX_ENTRY_BYTES, first_seq: int | None = None
 ) -> tuple[list[tuple[int, bytes]], list[dict[str, Any]]]:
-    """Encode numbered events (consecutive ``seq``) as stream entries of at most ``max_bytes`` each.
+    """Encode numbered events as stream entries of at most ``max_bytes`` each.
+
+    Without ``first_seq`` the events carry consecutive ``seq`` s (version 1); with it they carry none and
+    are numbered from ``first_seq`` by their position, each entry's header holding its first number
+    (version 2, :func:`encode_batch`).
 
     Returns ``(number of events, payload)`` per entry, in order, and the events left out because each
     alone encodes larger than ``max_bytes``. The usual batch is one entry and one encoding; a larger one is
-    split where its events' sizes say. The ``seq`` of the events after a left-out one is lowered to close
-    the gap, so ``seq`` numbers what is written: a dropped event is the producer's to count
-    (``events.dropped``), never a gap.
+    split where its events' sizes say. The events after a left-out one are numbered down to close the gap
+    (version 1: their ``seq`` is lowered), so the numbers count what is written: a dropped event is the
+    producer's to count (``events.dropped``), never a gap.
     """
-    payload = encode_batch(src, events)
+    payload = encode_batch(src, events, first_seq)
     if len(payload) <= max_bytes:
         return [(len(events), payload)], []
-    # The envelope with an empty list (a 1-byte array header), plus the 5 bytes an array32 header takes.
-    overhead = len(encode_batch(src, [])) - 1 + 5
+    # The envelope with an empty list (a 1-byte array header), plus the 5 bytes an array32 header takes;
+    # in version 2 with the largest first number any entry of this batch can have (as many bytes or more).
+    last_seq = None if first_seq is None else first_seq + len(events)
+    overhead = len(encode_batch(src, [], last_seq)) - 1 + 5
     sizes = [len(_encode(ev)) for ev in events]  # a lowered seq encodes in as many bytes or fewer
     dropped = [ev for ev, size in zip(events, sizes, strict=True) if overhead + size > max_bytes]
     if dropped:
         kept = [(ev, size) for ev, size in zip(events, sizes, strict=True) if overhead + size <= max_bytes]
-        first = events[0]["seq"]
-        for i, (ev, _) in enumerate(kept):
-            ev["seq"] = first + i
+        if first_seq is None:
+            first = events[0]["seq"]
+            for i, (ev, _) in enumerate(kept):
+                ev["seq"] = first + i
     else:
         kept = list(zip(events, sizes, strict=True))
     entries: list[tuple[int, bytes]] = []
     chunk: list[dict[str, Any]] = []
     used = overhead
+    next_seq = first_seq
     for ev, size in kept:
         if chunk and used + size > max_bytes:
-            entries.append((len(chunk), encode_batch(src, chunk)))
+            entries.append((len(chunk), encode_batch(src, chunk, next_seq)))
+            if next_seq is not None:
+                next_seq += len(chunk)
             chunk, used = [], overhead
         chunk.append(ev)
         used += size
     if chunk:
-        entries.append((len(chunk), encode_batch(src, chunk)))
+        entries.append((len(chunk), encode_batch(src, chunk, next_seq)))
     return entries, dropped
 
 
@@ -151,7 +170,26 @@ def decode_batch(payload: Any, entry_id: str | None = None) -> Batch:
         raise EventDecodeError("bad_envelope", "events is not a non-empty list", entry_id)
     if len(events) > MAX_EVENTS_PER_BATCH:
         raise EventDecodeError("too_large", f"{len(events)} events > {MAX_EVENTS_PER_BATCH}", entry_id)
+    if version >= 2:
+        first = doc.get("seq")
+        if type(first) is not int or first < 1:
+            raise EventDecodeError("bad_envelope", f"seq {first!r:.60} is not a positive int", entry_id)
+        _number(events, first)
     return Batch(src, version, events)
+
+
+def _number(events: list[Any], first: int) -> None:
+    """Version 2: give each event the ``seq`` of its position (events read on as version 1 ones).
+
+    Every element takes a number, so one that is not a map still uses up its ``seq``.
+    """
+    try:
+        for ev, seq in zip(events, count(first)):
+            ev["seq"] = seq
+    except TypeError:  # an element that is not a map: the slow way, skipping it
+        for ev, seq in zip(events, count(first)):
+            if type(ev) is dict:
+                ev["seq"] = seq
 
 
 Validator = Callable[[dict[str, Any]], str | None]
@@ -159,6 +197,17 @@ Validator = Callable[[dict[str, Any]], str | None]
 
 def _field_check(f: Field) -> Callable[[Any], str | None]:
     name = f.name
+    if f.kind == "trace_id":
+        trace_ok = TRACE_ID_PATTERN.match
+
+        def check_trace_id(v: Any) -> str | None:
+            if type(v) is not str:
+                return f"{name} must be a string, got {type(v).__name__}"
+            if trace_ok(v) is None:
+                return f"{name}={v[:40]!r} is not a W3C trace id (32 lowercase hex digits, not all zero)"
+            return None
+
+        return check_trace_id
     if f.kind in ("str", "id"):
         choices, is_id = f.choices, f.kind == "id"
 
@@ -259,6 +308,7 @@ def _generate_fast(et: EventType) -> Callable[[dict[str, Any]], bool]:
         "_path_ok": _path_ok,
         "_isfinite": math.isfinite,
         "_MAX_STR": MAX_STR_LEN,
+        "_trace_ok": TRACE_ID_PATTERN.match,
     }
     # Required fields are read with ev[...] (a missing one raises KeyError: invalid); a nil value fails
     # the type test, so no separate None check is needed.
@@ -279,7 +329,9 @@ def _generate_fast(et: EventType) -> Callable[[dict[str, Any]], bool]:
             indent = "      "
         else:
             lines.append(f"    v = ev[{f.name!r}]")
-        if f.kind in ("str", "id"):
+        if f.kind == "trace_id":
+            lines.append(f"{indent}if type(v) is not str or _trace_ok(v) is None: return False")
+        elif f.kind in ("str", "id"):
             if f.choices is not None:
                 env[f"_c{i}"] = frozenset(f.choices)
                 bad = f"v not in _c{i}"

@@ -10,7 +10,12 @@ import re
 from dataclasses import dataclass
 
 #: Bumped when a change would make an older aggregator misread events (see docs/events.md).
-SCHEMA_VERSION = 1
+#: 2: the batch header carries the first event's ``seq`` and events carry none (version 1 batches,
+#: one ``seq`` per event, are still read).
+SCHEMA_VERSION = 2
+#: The version whose events each carry their own ``seq``: what producers written for version 1 (the
+#: TypeScript client) write, and what every aggregator reads.
+PER_EVENT_SEQ_VERSION = 1
 
 #: Keys every event map carries besides its own fields.
 ENVELOPE_KEYS = ("type", "seq", "ts")
@@ -29,6 +34,10 @@ PATH_PATTERN = re.compile(f"^/(?:{_SEGMENT}(?:/{_SEGMENT}){{0,15}}/?)?\\Z")
 MAX_PATH_LEN = 128
 #: The ``path`` label value shared by every request that matched no route.
 UNMATCHED_PATH = "<unmatched>"
+#: A W3C Trace Context trace id (https://www.w3.org/TR/trace-context/#trace-id): 32 lowercase hex
+#: characters, not all zero. The ``trace_id`` of the events that measure a duration; the aggregator
+#: keeps the latest per histogram bucket as an exemplar (docs/metrics.md, *Exemplars*).
+TRACE_ID_PATTERN = re.compile(r"^(?!0{32})[0-9a-f]{32}\Z")
 
 STATUSES = frozenset({"success", "failure", "timeout"})
 OPERATION_STATUSES = frozenset({"success", "failure"})
@@ -43,8 +52,9 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 class Field:
     """One field of an event.
 
-    ``kind`` is ``"str"``, ``"int"``, ``"float"`` (ints are accepted for floats) or ``"id"``
-    (a string matching :data:`ID_PATTERN`). ``choices`` restricts string values; ``unit`` names the
+    ``kind`` is ``"str"``, ``"int"``, ``"float"`` (ints are accepted for floats), ``"id"``
+    (a string matching :data:`ID_PATTERN`) or ``"trace_id"`` (a string matching
+    :data:`TRACE_ID_PATTERN`). ``choices`` restricts string values; ``unit`` names the
     unit of a number; ``optional`` fields may be absent or nil.
     """
 
@@ -74,6 +84,16 @@ def _id(name: str, doc: str) -> Field:
 
 def _duration() -> Field:
     return Field("duration_s", "float", "Duration measured by the producer with a monotonic clock", "seconds")
+
+
+def _trace_id() -> Field:
+    return Field(
+        "trace_id",
+        "trace_id",
+        "W3C trace id of the request this operation served (becomes an exemplar, never a label); "
+        "nil or absent outside a trace",
+        optional=True,
+    )
 
 
 def _count(name: str, doc: str) -> Field:
@@ -144,27 +164,34 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("status", "str", "Outcome", choices=STATUSES),
             _duration(),
             Field("affinity", "str", "hit: the tenant's reserved container was reused", choices=AFFINITY),
+            _trace_id(),
         ),
     ),
     EventType(
         "container.released",
         "A tenant release finished (sync out, wipe, return or destroy).",
-        (POOL_ID, Field("status", "str", "Outcome", choices=STATUSES), _duration()),
+        (POOL_ID, Field("status", "str", "Outcome", choices=STATUSES), _duration(), _trace_id()),
     ),
     EventType(
         "container.created",
         "The container manager finished creating a container.",
-        (POOL_ID, WORKLOAD_ID, Field("status", "str", "Outcome", choices=OPERATION_STATUSES), _duration()),
+        (
+            POOL_ID,
+            WORKLOAD_ID,
+            Field("status", "str", "Outcome", choices=OPERATION_STATUSES),
+            _duration(),
+            _trace_id(),
+        ),
     ),
     EventType(
         "container.destroyed",
         "The container manager finished destroying a container.",
-        (POOL_ID, Field("status", "str", "Outcome", choices=OPERATION_STATUSES), _duration()),
+        (POOL_ID, Field("status", "str", "Outcome", choices=OPERATION_STATUSES), _duration(), _trace_id()),
     ),
     EventType(
         "container.wiped",
         "A container's tenant state was wiped.",
-        (POOL_ID, Field("status", "str", "Outcome", choices=OPERATION_STATUSES), _duration()),
+        (POOL_ID, Field("status", "str", "Outcome", choices=OPERATION_STATUSES), _duration(), _trace_id()),
     ),
     EventType(
         "container.health_check_failed",
@@ -196,6 +223,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
                 choices=SYNC_ERROR_TYPES,
                 optional=True,
             ),
+            _trace_id(),
         ),
     ),
     EventType(
@@ -223,6 +251,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
             Field("path", "str", f"Route template, never the raw path; {UNMATCHED_PATH} if no route matched"),
             Field("status", "int", "HTTP status code", minimum=100),
             _duration(),
+            _trace_id(),
         ),
     ),
 )

@@ -1,8 +1,8 @@
 """Writing encoded batches to a partition stream: the publisher's only contact with Redis.
 
-Each call sends its ``XADD`` s in one pipeline on the connection of the master that serves the stream
+Each call sends its ``XADD`` s in one ``MULTI``/``EXEC`` (one round trip) on the connection of the master that serves the stream
 (on a cluster: that node's plain client, not ``RedisCluster``'s pipeline machinery, which costs about
-twice as much per command). With ``wait_replicas`` the pipeline ends with ``WAIT``: the batches count
+twice as much per command). With ``wait_replicas`` the round trip ends with ``WAIT``: the batches count
 as written only once that many replicas have them, so a failover cannot lose them. ``WAIT`` counts the
 writes of its own connection, which is why it must share the ``XADD`` s' one (through
 ``RedisCluster`` it would go to an arbitrary node and mean nothing).

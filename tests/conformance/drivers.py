@@ -58,7 +58,7 @@ class PythonDriver:
             assert p.flush(FLUSH_TIMEOUT_S), f"source {name}: flush timed out"
             # Stop like a crashed process after its last write: no source.stopped.
             p._stop.set()
-            p._wake.set()
+            p._wake()
             p._thread.join(FLUSH_TIMEOUT_S)
             p._writer.close()
             done.add(name)
@@ -88,7 +88,7 @@ class PythonDriver:
         finally:
             for p in pubs.values():
                 p._stop.set()
-                p._wake.set()
+                p._wake()
 
 
 class TypeScriptDriver:

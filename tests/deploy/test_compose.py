@@ -114,6 +114,7 @@ def test_prometheus_scrapes_the_aggregator_with_the_rules(config: dict[str, Any]
     assert etc.resolve() == (REPO / "deploy" / "prometheus").resolve()
     flags = prom["command"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in flags
+    assert "--enable-feature=exemplar-storage" in flags, "the latency panels show exemplars"
     # The rule files the config names are inside the mounted directory.
     for rule_file in prom_config["rule_files"]:
         assert (etc / rule_file).is_file(), rule_file

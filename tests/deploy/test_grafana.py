@@ -125,6 +125,25 @@ def test_panels_are_well_formed() -> None:
             assert all("_bucket[" in t["expr"] and "by (le)" in t["expr"] for t in p["targets"])
 
 
+def test_latency_histogram_panels_show_exemplars() -> None:
+    """Every graph of a latency histogram (a timeseries or heatmap over a ``_duration_seconds_bucket``)
+    asks for exemplars; nothing else does (stat panels cannot show them, other metrics have none)."""
+    latency = []
+    for p in dashboard()["panels"]:
+        for t in p.get("targets", []):
+            graph = p["type"] in ("timeseries", "heatmap") and "_duration_seconds_bucket[" in t["expr"]
+            assert t.get("exemplar", False) is graph, (p["title"], t["expr"])
+            if graph:
+                latency.append(p["title"])
+    assert {
+        "Container acquisition latency",
+        "Sync duration",
+        "Sync duration p95 by workload",
+        "Request latency",
+        "Request latency p95 by endpoint",
+    } == set(latency)
+
+
 def test_every_metric_name_in_dashboards_and_alerts_is_in_the_mapping() -> None:
     known = known_series_names()
     for where, expr in all_queries().items():

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             buffer_size=args.buffer_size,
             heartbeat_interval_s=10**6,
             flush_interval_s=0.02,
+            linger_s=0.02,  # entries of ~20 ms of events each, as this workload was tuned with
             spool_dir=args.spool_dir,
             partitions=args.partitions,
             wait_replicas=args.wait_replicas,

@@ -15,6 +15,7 @@ import redis
 
 from services.aggregator.consumer import DEAD_LETTER_MAXLEN
 from shared.events.codec import ENTRY_FIELD
+from shared.events.schema import SCHEMA_VERSION
 from shared.events.streams import dead_letter_key
 from tests.reliability.support import (
     PREFIX,
@@ -61,7 +62,7 @@ def hostile_entries(rng: random.Random) -> Iterator[Hostile]:
         )
         yield _entry({"v": 1, "src": f"h:{i}", "events": rng.choice([{}, [], "events", 3])}), "bad_envelope"
         # future schema versions
-        yield _batch(i, _event(), v=rng.randrange(2, 1000)), "future_version"
+        yield _batch(i, _event(), v=rng.randrange(SCHEMA_VERSION + 1, 1000)), "future_version"
         # no payload field at all
         yield {b"x": rng.randbytes(20)}, "missing_field"
         # events that are not maps, unknown types, bad envelopes of events

@@ -8,10 +8,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from services.embedded import free_port
+from shared.events.codec import decode_batch
 from shared.events.publisher import Publisher
 from tests.support.wait import wait_until
 
@@ -46,7 +46,7 @@ def blackhole() -> Iterator[str]:
 def _spooled_events(spool: Path) -> list[dict]:
     events = []
     for path in sorted(spool.glob("*.batch")):
-        events += msgpack.unpackb(path.read_bytes(), raw=False)["events"]
+        events += decode_batch(path.read_bytes()).events  # numbered as the aggregator numbers them
     return events
 
 

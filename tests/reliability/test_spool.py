@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from services.embedded import EmbeddedRedis, free_port
-from shared.events.codec import ENTRY_FIELD, encode_batch
+from shared.events.codec import ENTRY_FIELD, decode_batch, encode_batch
 from shared.events.publisher import Publisher
 from shared.events.streams import partition_of, stream_key
 from tests.aggregator.harness import aggregator, wait_for
@@ -79,10 +79,10 @@ def test_spooled_batches_go_to_their_own_sources_partition(
         sender.close(5)
     for w in writers:
         batches = [
-            msgpack.unpackb(f[ENTRY_FIELD], raw=False)
+            decode_batch(f[ENTRY_FIELD])  # numbered as the aggregator numbers them
             for _, f in redis_client.xrange(stream_key(partition_of(w.src, partitions)))
         ]
-        seqs = [e["seq"] for b in batches if b["src"] == w.src for e in b["events"]]
+        seqs = [e["seq"] for b in batches if b.src == w.src for e in b.events]
         assert seqs == [1, 2, 3], (w.src, seqs)  # started, the event, stopped: in its own partition, in order
 
 
@@ -209,7 +209,7 @@ def test_spooled_batches_keep_their_partition_when_the_partition_count_grows(
         sender.close(5)
     for w in writers:
         batches = [
-            msgpack.unpackb(f[ENTRY_FIELD], raw=False)
+            decode_batch(f[ENTRY_FIELD])  # numbered as the aggregator numbers them (version 2: by the header)
             for _, f in redis_client.xrange(stream_key(partition_of(w.src, 4)))
         ]
-        assert [e["seq"] for b in batches if b["src"] == w.src for e in b["events"]] == [1, 2, 3], w.src
+        assert [e["seq"] for b in batches if b.src == w.src for e in b.events] == [1, 2, 3], w.src

@@ -442,6 +442,7 @@ class LocalRedisCluster:
         live = self.live_nodes()
         live_ids = {n.node_id for n in live}
         maps = set()
+        roles = set()
         for node in live:
             try:
                 info = node.cluster_info()
@@ -463,6 +464,15 @@ class LocalRedisCluster:
             maps.add(
                 tuple(sorted((v.node_id, v.slots) for v in views if v.is_master and v.slots and not v.failed))
             )
+            # Each live node's role and master as this node sees it: a restarted old master turns into
+            # a replica of its successor in its own view first, and the others learn it by gossip.
+            roles.add(
+                tuple(
+                    sorted(
+                        (v.node_id, v.is_master, v.master_id or "") for v in views if v.node_id in live_ids
+                    )
+                )
+            )
             if repl.get("role") == "slave":
                 if repl.get("master_link_status") != "up" or repl.get("master_sync_in_progress"):
                     problems.append(f"{node.port}: replica link {repl.get('master_link_status')}")
@@ -480,6 +490,8 @@ class LocalRedisCluster:
                 followers = [v for v in views if v.master_id == master.node_id and not v.failed]
                 if len(followers) != replicas_each:
                     problems.append(f"{master.port} has {len(followers)} replicas, not {replicas_each}")
+        if len(roles) > 1:
+            problems.append(f"nodes disagree on which node is whose replica ({len(roles)} versions)")
         if len(maps) > 1:
             problems.append(f"nodes disagree on the slot map ({len(maps)} versions)")
         elif maps:

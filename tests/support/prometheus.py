@@ -83,6 +83,7 @@ class Prometheus:
         scrape_interval: also the rule evaluation interval and scrape timeout.
         rule_files: rule files to load (the shipped alerts by default).
         auth: extra scrape settings for the aggregator job (basic auth, bearer token).
+        flags: extra command-line flags (``--enable-feature=exemplar-storage``).
     """
 
     def __init__(
@@ -93,8 +94,10 @@ class Prometheus:
         scrape_interval: str = "1s",
         rule_files: list[Path] | None = None,
         auth: dict[str, Any] | None = None,
+        flags: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
+        self.flags = flags
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -122,6 +125,7 @@ class Prometheus:
             f"--web.listen-address={self.address}",
             "--storage.tsdb.retention.time=1h",
             "--log.level=info",
+            *self.flags,
         ]
         self.proc = Proc(args, self.workdir, "prometheus")
         try:
@@ -174,6 +178,10 @@ class Prometheus:
         if len(result) > 1:
             raise AssertionError(f"{expr}: expected one sample, got {result}")
         return result[0].value if result else None
+
+    def exemplars(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        """``/api/v1/query_exemplars``: per series, its labels and the exemplars stored in [start, end]."""
+        return list(self._get("/api/v1/query_exemplars", query=expr, start=start, end=end))
 
     def targets(self) -> list[dict[str, Any]]:
         return list(self._get("/api/v1/targets")["activeTargets"])

@@ -33,13 +33,15 @@ def _interface_name(type_name: str) -> str:
 def _ts_type(f: schema.Field) -> str:
     if f.choices is not None:
         return " | ".join(json.dumps(c) for c in sorted(f.choices))
-    return "string" if f.kind in ("str", "id") else "number"
+    return "string" if f.kind in ("str", "id", "trace_id") else "number"
 
 
 def _doc(f: schema.Field) -> str:
     parts = [f.doc]
     if f.kind == "id":
         parts.append("an identifier matching ID_PATTERN")
+    if f.kind == "trace_id":
+        parts.append("a W3C trace id matching TRACE_ID_PATTERN")
     if f.kind == "int":
         parts.append("an integer")
     if f.unit:
@@ -53,12 +55,17 @@ def render() -> str:
     """The whole generated TypeScript module."""
     out = [HEADER]
     out.append("/** Schema version a producer writes as `v` (docs/events.md, *Versioning*). */")
-    out.append(f"export const SCHEMA_VERSION = {schema.SCHEMA_VERSION};\n")
+    # This client writes version 1 batches (a seq per event); version 2 moved seq to the batch header.
+    out.append(f"export const SCHEMA_VERSION = {schema.PER_EVENT_SEQ_VERSION};\n")
     out.append("/** Label values (`pool_id`, `workload_id`, `service`) must match this. */")
     out.append(f"export const ID_PATTERN = {_js_regex(schema.ID_PATTERN.pattern)};")
     out.append("/** HTTP `path` values are route templates matching this, or UNMATCHED_PATH. */")
     out.append(f"export const PATH_PATTERN = {_js_regex(schema.PATH_PATTERN.pattern)};")
-    out.append(f"export const UNMATCHED_PATH = {json.dumps(schema.UNMATCHED_PATH)};\n")
+    out.append(f"export const UNMATCHED_PATH = {json.dumps(schema.UNMATCHED_PATH)};")
+    out.append(
+        "/** `trace_id` values (W3C Trace Context trace ids: 32 lowercase hex digits, not all zero). */"
+    )
+    out.append(f"export const TRACE_ID_PATTERN = {_js_regex(schema.TRACE_ID_PATTERN.pattern)};\n")
     out.append("/** Limits the aggregator enforces (shared/events/codec.py). */")
     out.append("export const LIMITS = {")
     limits = ("MAX_ENTRY_BYTES", "MAX_EVENTS_PER_BATCH", "MAX_SRC_LEN", "MAX_STR_LEN")
@@ -87,7 +94,7 @@ def render() -> str:
     out.append("export type EventType = keyof EventFields;\n")
 
     out.append("/** How a field is encoded and checked: `float` fields are written as msgpack float64. */")
-    out.append('export type FieldKind = "str" | "id" | "int" | "float";\n')
+    out.append('export type FieldKind = "str" | "id" | "trace_id" | "int" | "float";\n')
     out.append("export interface FieldInfo {")
     out.append("  readonly name: string;")
     out.append("  readonly kind: FieldKind;")

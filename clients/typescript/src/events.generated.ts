@@ -9,6 +9,8 @@ export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
 /** HTTP `path` values are route templates matching this, or UNMATCHED_PATH. */
 export const PATH_PATTERN = /^\/(?:(?:(?!\.\.?(?:\/|$))[A-Za-z0-9._~-]{1,64}|\{[A-Za-z_][A-Za-z0-9_]{0,31}(?::[A-Za-z_][A-Za-z0-9_]{0,31})?\})(?:\/(?:(?!\.\.?(?:\/|$))[A-Za-z0-9._~-]{1,64}|\{[A-Za-z_][A-Za-z0-9_]{0,31}(?::[A-Za-z_][A-Za-z0-9_]{0,31})?\})){0,15}\/?)?$/;
 export const UNMATCHED_PATH = "<unmatched>";
+/** `trace_id` values (W3C Trace Context trace ids: 32 lowercase hex digits, not all zero). */
+export const TRACE_ID_PATTERN = /^(?!0{32})[0-9a-f]{32}$/;
 
 /** Limits the aggregator enforces (shared/events/codec.py). */
 export const LIMITS = {
@@ -89,6 +91,8 @@ export interface ContainerAcquired {
   duration_s: number;
   /** hit: the tenant's reserved container was reused */
   affinity: "hit" | "miss";
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** `container.released`: A tenant release finished (sync out, wipe, return or destroy). */
@@ -99,6 +103,8 @@ export interface ContainerReleased {
   status: "failure" | "success" | "timeout";
   /** Duration measured by the producer with a monotonic clock; seconds; >= 0 */
   duration_s: number;
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** `container.created`: The container manager finished creating a container. */
@@ -111,6 +117,8 @@ export interface ContainerCreated {
   status: "failure" | "success";
   /** Duration measured by the producer with a monotonic clock; seconds; >= 0 */
   duration_s: number;
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** `container.destroyed`: The container manager finished destroying a container. */
@@ -121,6 +129,8 @@ export interface ContainerDestroyed {
   status: "failure" | "success";
   /** Duration measured by the producer with a monotonic clock; seconds; >= 0 */
   duration_s: number;
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** `container.wiped`: A container's tenant state was wiped. */
@@ -131,6 +141,8 @@ export interface ContainerWiped {
   status: "failure" | "success";
   /** Duration measured by the producer with a monotonic clock; seconds; >= 0 */
   duration_s: number;
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** `container.health_check_failed`: A container failed its health check (it is then destroyed and replaced). */
@@ -163,6 +175,8 @@ export interface SyncFinished {
   files: number;
   /** Failure class; nil on success */
   error_type?: "network_error" | "permission_denied" | "rclone_error" | "timeout" | null;
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** `sync.resynced`: bisync had to fall back to a --resync run (first run or lost listings). */
@@ -193,6 +207,8 @@ export interface HttpRequest {
   status: number;
   /** Duration measured by the producer with a monotonic clock; seconds; >= 0 */
   duration_s: number;
+  /** W3C trace id of the request this operation served (becomes an exemplar, never a label); nil or absent outside a trace; a W3C trace id matching TRACE_ID_PATTERN */
+  trace_id?: string | null;
 }
 
 /** The fields of each event type, by type name. */
@@ -219,7 +235,7 @@ export interface EventFields {
 export type EventType = keyof EventFields;
 
 /** How a field is encoded and checked: `float` fields are written as msgpack float64. */
-export type FieldKind = "str" | "id" | "int" | "float";
+export type FieldKind = "str" | "id" | "trace_id" | "int" | "float";
 
 export interface FieldInfo {
   readonly name: string;
@@ -298,6 +314,7 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "status", kind: "str", unit: "", optional: false, choices: ["failure", "success", "timeout"], minimum: null },
       { name: "duration_s", kind: "float", unit: "seconds", optional: false, choices: null, minimum: 0 },
       { name: "affinity", kind: "str", unit: "", optional: false, choices: ["hit", "miss"], minimum: null },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
   "container.released": {
@@ -307,6 +324,7 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "pool_id", kind: "id", unit: "", optional: false, choices: null, minimum: null },
       { name: "status", kind: "str", unit: "", optional: false, choices: ["failure", "success", "timeout"], minimum: null },
       { name: "duration_s", kind: "float", unit: "seconds", optional: false, choices: null, minimum: 0 },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
   "container.created": {
@@ -317,6 +335,7 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "workload_id", kind: "id", unit: "", optional: false, choices: null, minimum: null },
       { name: "status", kind: "str", unit: "", optional: false, choices: ["failure", "success"], minimum: null },
       { name: "duration_s", kind: "float", unit: "seconds", optional: false, choices: null, minimum: 0 },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
   "container.destroyed": {
@@ -326,6 +345,7 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "pool_id", kind: "id", unit: "", optional: false, choices: null, minimum: null },
       { name: "status", kind: "str", unit: "", optional: false, choices: ["failure", "success"], minimum: null },
       { name: "duration_s", kind: "float", unit: "seconds", optional: false, choices: null, minimum: 0 },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
   "container.wiped": {
@@ -335,6 +355,7 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "pool_id", kind: "id", unit: "", optional: false, choices: null, minimum: null },
       { name: "status", kind: "str", unit: "", optional: false, choices: ["failure", "success"], minimum: null },
       { name: "duration_s", kind: "float", unit: "seconds", optional: false, choices: null, minimum: 0 },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
   "container.health_check_failed": {
@@ -363,6 +384,7 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "bytes", kind: "int", unit: "bytes", optional: false, choices: null, minimum: 0 },
       { name: "files", kind: "int", unit: "count", optional: false, choices: null, minimum: 0 },
       { name: "error_type", kind: "str", unit: "", optional: true, choices: ["network_error", "permission_denied", "rclone_error", "timeout"], minimum: null },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
   "sync.resynced": {
@@ -390,6 +412,7 @@ export const EVENT_TYPES: { readonly [T in EventType]: EventTypeInfo } = {
       { name: "path", kind: "str", unit: "", optional: false, choices: null, minimum: null },
       { name: "status", kind: "int", unit: "", optional: false, choices: null, minimum: 100 },
       { name: "duration_s", kind: "float", unit: "seconds", optional: false, choices: null, minimum: 0 },
+      { name: "trace_id", kind: "trace_id", unit: "", optional: true, choices: null, minimum: null },
     ],
   },
 };

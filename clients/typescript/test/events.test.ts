@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { test } from "node:test";
-import { EVENT_TYPES, type EventFields, Publisher } from "../src/index.js";
+import { EVENT_TYPES, type EventFields, Publisher, TRACE_ID_PATTERN } from "../src/index.js";
 import { PACKAGE, PYTHON, REPO } from "./support.js";
 
 test("src/events.generated.ts is what scripts/generate_events.py writes from the Python catalogue", () => {
@@ -52,6 +52,28 @@ test("the catalogue metadata agrees with the field types the compiler checks", (
   }
 });
 
+test("trace_id: an optional W3C trace id on exactly the events that measure a duration", () => {
+  const traced = Object.values(EVENT_TYPES)
+    .filter((t) => t.fields.some((f) => f.name === "trace_id"))
+    .map((t) => t.name)
+    .sort();
+  const timed = Object.values(EVENT_TYPES)
+    .filter((t) => t.fields.some((f) => f.name === "duration_s"))
+    .map((t) => t.name)
+    .sort();
+  assert.deepEqual(traced, timed);
+  for (const name of traced) {
+    const f = EVENT_TYPES[name].fields.find((x) => x.name === "trace_id");
+    assert.equal(f?.kind, "trace_id", name);
+    assert.equal(f?.optional, true, name);
+  }
+  assert.ok(TRACE_ID_PATTERN.test("4bf92f3577b34da6a3ce929d0e0e4736"));
+  for (const bad of ["0".repeat(32), "4BF92F3577B34DA6A3CE929D0E0E4736", "4bf92f3577b34da6a3ce929d0e0e473",
+    "4bf92f3577b34da6a3ce929d0e0e47360", "4bf92f3577b34da6a3ce929d0e0e473g", "4bf92f3577b34da6a3ce929d0e0e4736\n"]) {
+    assert.equal(TRACE_ID_PATTERN.test(bad), false, JSON.stringify(bad));
+  }
+});
+
 /** Never called: each line must fail to compile (tsc runs before the tests and fails on an unused directive). */
 export function typeErrors(pub: Publisher): void {
   // @ts-expect-error unknown event type
@@ -67,6 +89,10 @@ export function typeErrors(pub: Publisher): void {
   // @ts-expect-error a type without fields takes none
   pub.emit("source.heartbeat", { pool_id: "p" });
   pub.emit("source.heartbeat");
+  pub.emit("http.request", { method: "GET", path: "/x", status: 200, duration_s: 1,
+    trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" });
+  // @ts-expect-error trace_id is a string
+  pub.emit("container.wiped", { pool_id: "p", status: "success", duration_s: 1, trace_id: 7 });
   pub.emit("sync.finished", { workload_id: "w", direction: "upload", mode: "sync", status: "failure",
     duration_s: 1, bytes: 0, files: 0, error_type: null });
 }
