@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 
 from .fold import State
@@ -60,8 +60,37 @@ class Format:
         return self.content_type, self.gzip
 
 
+def gzip_accepted(accept_encoding: str) -> bool:
+    """Whether ``Accept-Encoding`` asks for gzip (RFC 9110, 12.5.3): ``gzip`` (or ``x-gzip``) with a
+    quality above 0, or else ``*`` above 0. prometheus_client's helper of the same name takes
+    ``gzip;q=0`` (gzip refused) as a yes; a bad quality value counts as refused."""
+    gzip_q: float | None = None
+    star_q: float | None = None
+    for part in accept_encoding.split(","):
+        coding, *params = (x.strip() for x in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # also NaN
+                    q = 0.0
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            gzip_q = q if gzip_q is None else max(gzip_q, q)
+        elif coding == "*":
+            star_q = q
+    if gzip_q is not None:
+        return gzip_q > 0
+    return star_q is not None and star_q > 0
+
+
 def negotiate(accept: str, accept_encoding: str = "") -> Format:
-    """The format for these request headers, exactly as prometheus_client chooses it."""
+    """The format for these request headers: the content type exactly as prometheus_client chooses it;
+    gzip when :func:`gzip_accepted` says so."""
     encoder, content_type = choose_encoder(accept)
     escaping = UNDERSCORES
     if isinstance(encoder, partial):

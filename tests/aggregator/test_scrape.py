@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -16,7 +17,7 @@ from services.aggregator.app import standard_collectors
 from services.aggregator.exposition import StateCollector
 from services.aggregator.fold import HANDLERS, State
 from services.aggregator.render import Renderer
-from services.aggregator.scrape import Exposer, negotiate
+from services.aggregator.scrape import Exposer, gzip_accepted, negotiate
 from tests.aggregator.harness import aggregator, publisher, wait_applied
 from tests.support.expo import parse
 from tests.support.wait import wait_until
@@ -72,6 +73,41 @@ def test_metrics_are_the_librarys_samples_in_both_formats_and_gzipped(redis_url:
             assert zipped.headers["content-type"] == plain.headers["content-type"]
             assert stable(zipped.text) == stable(plain.text)  # httpx decompressed it
             assert zipped.num_bytes_downloaded * 5 < len(plain.content)
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),
+        ("GZIP;q=0.5", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("br;q=1, *;q=0.1", True),
+        ("", False),
+        ("identity", False),
+        ("br, deflate", False),
+        ("gzip;q=0", False),  # refused: prometheus_client's gzip_accepted says yes
+        ("gzip;q=0.000", False),
+        ("gzip; q=0, identity", False),
+        ("*;q=0", False),
+        ("*, gzip;q=0", False),  # the explicit refusal wins over the wildcard
+        ("gzip;q=nan", False),
+        ("gzip;q=2", False),
+        ("gzip;q=abc", False),
+        (";;,,;", False),
+    ],
+)
+def test_gzip_only_when_the_client_accepts_it(header: str, gzip: bool) -> None:
+    assert gzip_accepted(header) is gzip
+    assert negotiate("", header).gzip is gzip
+
+
+def test_a_client_refusing_gzip_gets_identity(redis_url: str) -> None:
+    with aggregator(redis_url) as agg:
+        r = httpx.get(agg.url + "/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"})
+        assert r.status_code == 200 and "content-encoding" not in r.headers
+        assert r.num_bytes_downloaded == len(r.content) and "# TYPE" in r.text
 
 
 def test_an_escaping_the_renderer_does_not_write_gets_the_librarys_output(redis_url: str) -> None:
