@@ -83,6 +83,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refusing a repeated name: JSON leaves duplicates' meaning open (RFC 8259,
+    4), and a proxy or validator that keeps the first could see another request than the API."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_show(key)}")
+            seen.add(key)
+    return obj
+
+
 def _depth(value: Any) -> int:
     """How deep arrays and objects nest in ``value`` (a scalar is 0), computed without recursion."""
     deepest, stack = 0, [(value, 1)]
@@ -106,7 +119,7 @@ async def json_body(request: Request, *, required: bool) -> dict[str, Any]:
         return {}
     _check_media_type(request)
     try:
-        body = json.loads(raw, parse_constant=_no_constants)
+        body = json.loads(raw, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise BadRequest(
             f"body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels", error="invalid_json"

@@ -106,6 +106,8 @@ def assert_error(r: httpx.Response, status: int, error: str) -> dict[str, Any]:
         (b'{"min_size": ' + b"9" * 5000 + b"}", "not valid JSON"),  # int longer than Python converts
         (b'{"min_size": NaN}', "not valid JSON"),
         (b'{"acquire_timeout_s": Infinity}', "not valid JSON"),
+        (b'{"pool_id": "a", "pool_id": "b"}', "duplicate key 'pool_id'"),  # which one would a proxy check?
+        (b'{"x": {"k": 1, "k": 1}}', "duplicate key 'k'"),  # at any depth, even with equal values
     ],
 )
 async def test_bodies_that_break_a_parser_are_400(api: Api, path: str, raw: bytes, what: str) -> None:
