@@ -179,7 +179,10 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         "W3C `traceparent` header or starts a trace). The aggregator keeps, per histogram series and bucket,",
         "the **latest** such event as an exemplar: `trace_id`, the observed value and the event's `ts`, on the",
         "bucket the value fell in (the smallest `le` ≥ value). Memory: at most one exemplar per bucket of a",
-        "series that exists, so it is bounded by the series cap like the histogram itself.",
+        "series that exists, so it is bounded by the series cap like the histogram itself. An event whose",
+        "`ts` is further from its entry's time than `BOILERHOUSE_MAX_CLOCK_SKEW_S` (a skewed producer clock)",
+        "gets the entry's time instead: Prometheus drops an exemplar older than the series' last one, so a",
+        "timestamp days ahead would hide every later exemplar of the series.",
         "",
         "- **OpenMetrics only**: a scrape that accepts `application/openmetrics-text` gets",
         f'  `{prefix}http_request_duration_seconds_bucket{{le="0.1",method="GET",path="/healthz",status="200"}} 3.0 '

@@ -93,6 +93,7 @@ class State:
         "counters",
         "dirty",
         "dirty_sources",
+        "entry_s",
         "exemplars",
         "gauges",
         "hists",
@@ -124,6 +125,9 @@ class State:
         self.sources: dict[str, Source] = {}
         self.positions: dict[int, str] = {}
         self.newest_entry_s = 0.0
+        #: The time of the entry being folded (its id): an exemplar's timestamp when the event's own
+        #: ``ts`` is further from it than the clock-skew limit.
+        self.entry_s = 0.0
 
     @property
     def series_cap(self) -> int:
@@ -432,7 +436,10 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
                 "    row = ex.get(key)",
                 "    if row is None:",
                 f"      row = ex[key] = [None] * {len(m.buckets or ()) + 1}",
-                f"    row[_bisect(_b{n}, v)] = (tid, v, ev['ts'])",
+                "    ts = ev['ts']",
+                "    if abs(ts - state.entry_s) > state.limits.clock_skew_s:",
+                "      ts = state.entry_s  # a skewed clock: Prometheus drops out-of-order exemplars",
+                f"    row[_bisect(_b{n}, v)] = (tid, v, ts)",
             ]
     else:
         lines += [
@@ -534,8 +541,10 @@ def apply_batch(state: State, batch: Batch, entry_s: float) -> list[Rejected]:
     is counted in ``events_lost_total{reason="seq_gap"}``, unless it is larger than the source could
     have sent since its previous entry (:class:`Limits`): such an event is rejected as ``seq_jump`` and
     the source's position does not move. An event whose ``ts`` is far from ``entry_s`` is applied and
-    counted as clock skew; ``ts`` drives nothing else.
+    counted as clock skew; ``ts`` drives nothing else (an exemplar of such an event carries
+    ``entry_s`` instead of it).
     """
+    state.entry_s = entry_s
     src = batch.src
     info = state.sources.get(src)
     last = info.last_seq if info is not None else 0

@@ -19,9 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from prometheus_client.utils import floatToGoString
 
 from services.aggregator.exposition import StateCollector
-from services.aggregator.fold import HANDLERS, Source, State
+from services.aggregator.fold import HANDLERS, Source, State, apply_batch
 from services.aggregator.metrics import METRICS, Kind, PartitionReading
 from services.aggregator.render import Renderer, go_float
+from shared.events.codec import Batch
 
 NOW = 1_767_225_600.0
 TTL = 30.0
@@ -246,6 +247,7 @@ def _request(state: State, duration: float, trace_id: str | None, ts: float = NO
     ev: dict[str, Any] = {"method": "GET", "path": "/x", "status": 200, "duration_s": duration, "ts": ts}
     if trace_id is not None:
         ev["trace_id"] = trace_id
+    state.entry_s = NOW  # what apply_batch sets: the entry's time
     HANDLERS["http.request"](state, "a:h:1:00", ev)
 
 
@@ -274,8 +276,30 @@ def test_exemplars_go_on_their_bucket_line_in_openmetrics_only() -> None:
     ] == [("0.1", {"trace_id": TRACE}, 0.07, NOW - 0.5)]
 
 
+def test_an_exemplar_of_a_skewed_clock_carries_the_entrys_time() -> None:
+    """Prometheus drops an exemplar older than the series' last one: one timestamp days ahead would hide
+    the series' exemplars until then. Beyond the clock-skew limit the entry's time stands in."""
+    state = State()
+    base = {"type": "http.request", "method": "GET", "path": "/x", "status": 200}
+    skew = state.limits.clock_skew_s
+    events = [
+        {**base, "seq": 1, "ts": NOW + 2 * 86_400, "duration_s": 0.001, "trace_id": TRACE},  # 2 days ahead
+        {**base, "seq": 2, "ts": NOW - 2 * 86_400, "duration_s": 0.03, "trace_id": OTHER},  # 2 days behind
+        {**base, "seq": 3, "ts": NOW - skew + 1, "duration_s": 0.07, "trace_id": TRACE},  # within the limit
+    ]
+    assert apply_batch(state, Batch("a:h:1:00", 1, events), NOW) == []
+    row = state.exemplars["http_request_duration_seconds"][("GET", "/x", "200")]
+    assert [e for e in row if e is not None] == [
+        (TRACE, 0.001, NOW),
+        (OTHER, 0.03, NOW),
+        (TRACE, 0.07, NOW - skew + 1),
+    ]
+    assert state.counters["aggregator_clock_skew_events_total"] == {("ahead",): 1, ("behind",): 1}
+
+
 def test_exemplars_are_kept_per_bucket_per_series_and_bounded_by_the_series_cap() -> None:
     state = State(series_cap=3)
+    state.entry_s = NOW
     for i in range(10):
         HANDLERS["http.request"](
             state,
