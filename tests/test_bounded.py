@@ -73,3 +73,14 @@ def test_a_refused_transaction_raises_what_redis_py_would(redis_client: redis.Re
     with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
         bounded.execute(redis_client, KEY, [("XLEN", KEY), ("XRANGE", KEY)], limit=LIMIT)
     assert redis_client.ping()
+
+
+def test_only_a_reply_that_did_not_fit_counts_as_out_of_memory() -> None:
+    # hiredis reports its C reader failing to grow the buffer as a protocol error: redis-py's
+    # InvalidResponse("Out of memory"), where Python's parser raises MemoryError.
+    for oom in (MemoryError(), redis.InvalidResponse("Out of memory")):
+        assert isinstance(oom, bounded.OUT_OF_MEMORY)
+        bounded.reraise_unless_out_of_memory(oom)  # returns: the caller reads bounded instead
+    other = redis.InvalidResponse("Protocol error: invalid bulk length")
+    with pytest.raises(redis.InvalidResponse, match="invalid bulk length"):
+        bounded.reraise_unless_out_of_memory(other)

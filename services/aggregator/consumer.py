@@ -541,7 +541,8 @@ class Consumer:
                     count=count,
                 )
                 return self._by_stream(reply)
-            except MemoryError:
+            except bounded.OUT_OF_MEMORY as exc:
+                bounded.reraise_unless_out_of_memory(exc)
                 self._out_of_memory(parts, "re-reading its pending entries")
         read = ("XREADGROUP", "GROUP", self.settings.group, self.settings.consumer_name, "COUNT", count)
         replies = bounded.execute(
@@ -606,7 +607,8 @@ class Consumer:
                 count=1,
                 block=block_ms,
             )
-        except MemoryError:
+        except bounded.OUT_OF_MEMORY as exc:
+            bounded.reraise_unless_out_of_memory(exc)
             # The entry that arrived is too large to hold; the wait is over all the same.
             self._out_of_memory(parts, "waiting for entries")
 
@@ -661,7 +663,8 @@ class Consumer:
             )
             try:
                 replies = pipe.execute(raise_on_error=False)
-            except MemoryError:
+            except bounded.OUT_OF_MEMORY as exc:
+                bounded.reraise_unless_out_of_memory(exc)
                 # Redis executed the transaction: what it delivered is pending now, and re-read (bounded)
                 # from the pending list below.
                 self._out_of_memory(parts, "reading new entries")
@@ -880,7 +883,8 @@ class Consumer:
             pipe.xinfo_groups(pc.stream)
             try:
                 info, groups = pipe.execute()
-            except MemoryError:
+            except bounded.OUT_OF_MEMORY as exc:
+                bounded.reraise_unless_out_of_memory(exc)
                 self._out_of_memory([pc], "inspecting its stream")
             else:
                 if _end_too_large(info, frozenset()):

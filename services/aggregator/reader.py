@@ -72,7 +72,8 @@ def _page(client: Client, key: str, lo: str, hi: str, count: int, reverse: bool)
         if reverse:
             return entries(client.xrevrange(key, max=hi, min=lo, count=count))
         return entries(client.xrange(key, min=lo, max=hi, count=count))
-    except MemoryError:
+    except bounded.OUT_OF_MEMORY as exc:
+        bounded.reraise_unless_out_of_memory(exc)
         args = ("XREVRANGE", key, hi, lo) if reverse else ("XRANGE", key, lo, hi)
         return entries(bounded.call(client, key, *args, "COUNT", count))
 
@@ -189,7 +190,8 @@ class StreamReader:
         memory (as :func:`_page`)."""
         try:
             return self.client.xread(after, count=count, block=block_ms)  # type: ignore[arg-type]  # redis-py types streams as dict[KeyT, StreamIdT]; str keys are fine
-        except MemoryError:
+        except bounded.OUT_OF_MEMORY as exc:
+            bounded.reraise_unless_out_of_memory(exc)
             block = ("BLOCK", block_ms) if block_ms is not None else ()
             keys = list(after)
             return bounded.call(
@@ -202,7 +204,10 @@ class StreamReader:
         try:
             try:
                 return StreamInfo.parse(self.client.xinfo_stream(key))
-            except MemoryError:  # it shows the first and last entries: one is too large to hold
+            except (
+                bounded.OUT_OF_MEMORY
+            ) as exc:  # it shows the first and last entries: one is too large to hold
+                bounded.reraise_unless_out_of_memory(exc)
                 return StreamInfo.parse(bounded.call(self.client, key, "XINFO", "STREAM", key))
         except redis.ResponseError:
             return None

@@ -43,6 +43,18 @@ _CHUNK = 1 << 16
 _SKIP_CHUNK = 1 << 20
 
 
+#: What a read whose reply is too large to hold raises: Python's ``MemoryError``, or, when hiredis' C
+#: reader fails to grow its buffer first, redis-py's ``InvalidResponse("Out of memory")`` (hiredis reports
+#: it as a protocol error). Catch these, then call :func:`reraise_unless_out_of_memory`.
+OUT_OF_MEMORY: tuple[type[Exception], ...] = (MemoryError, redis.InvalidResponse)
+
+
+def reraise_unless_out_of_memory(exc: Exception) -> None:
+    """Re-raise ``exc`` (caught as one of :data:`OUT_OF_MEMORY`) unless it says the reply did not fit."""
+    if isinstance(exc, redis.InvalidResponse) and "out of memory" not in str(exc).lower():
+        raise exc
+
+
 @dataclass(frozen=True, slots=True)
 class Replies:
     """The replies of :func:`execute`, in order (an error reply as its exception, not raised); how many
