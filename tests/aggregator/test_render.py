@@ -386,16 +386,18 @@ def assert_scrape(renderer: Renderer, states: list[State]) -> None:
 
 
 #: The same number written otherwise: an equal float for an int, the other zero for a zero.
-def _retyped(v: Any) -> Any:
-    if v == 0:
+def _retyped(v: Any, zeros: bool = True) -> Any:
+    if v == 0 and zeros:
         return -0.0 if math.copysign(1.0, v) > 0 else 0
     return float(v) if type(v) is int else v
 
 
 @st.composite
-def changes(draw: Any, state: State) -> None:
+def changes(draw: Any, state: State, zeros: bool = True) -> None:
     """Change, remove or add a few series of ``state`` in place (as the fold, a restore or a test would);
-    or nothing."""
+    or nothing. ``zeros``: also flip zeros to ``-0.0`` and back (not for partitions: merged, a -0.0 from
+    one partition is written as ``State.merge`` makes it, which no fold state has; see
+    test_series_lines_kept_between_scrapes_tell_the_zeros_apart)."""
     for _ in range(draw(st.integers(0, 4))):
         m = draw(st.sampled_from([m for m in METRICS if m.stateful]))
         kind = draw(st.sampled_from(["change", "retype", "remove", "add", "exemplar", "liveness"]))
@@ -433,7 +435,7 @@ def changes(draw: Any, state: State) -> None:
             per_src = table[key]
             src = draw(st.sampled_from(sorted(SOURCES)))
             old = per_src.get(src, 0)
-            per_src[src] = _retyped(old) if kind == "retype" else draw(numbers)
+            per_src[src] = _retyped(old, zeros) if kind == "retype" else draw(numbers)
         elif m.kind is Kind.HISTOGRAM:
             h = table[key]
             if kind == "exemplar":
@@ -449,13 +451,13 @@ def changes(draw: Any, state: State) -> None:
                     rows[key] = draw(exemplar_rows(len(h) - 1))
             elif kind == "retype":  # equal counts as floats (written alike), the sum's zero flipped
                 h[:-1] = [float(c) for c in h[:-1]]
-                h[-1] = _retyped(h[-1])
+                h[-1] = _retyped(h[-1], zeros)
             else:
                 j = draw(st.integers(0, len(h) - 2))
                 h[j] += 1
                 h[-1] = draw(numbers)
         else:
-            table[key] = _retyped(table[key]) if kind == "retype" else draw(numbers)
+            table[key] = _retyped(table[key], zeros) if kind == "retype" else draw(numbers)
 
 
 @settings(max_examples=60, deadline=None)
@@ -484,7 +486,7 @@ def test_series_lines_kept_between_scrapes_of_partitions(a: State, b: State, dat
     renderer = Renderer("boilerhouse_", TTL)
     assert_scrape(renderer, [a, b])
     for _ in range(3):
-        data.draw(changes(a))
+        data.draw(changes(a, zeros=False))
         assert_scrape(renderer, [a, b])
 
 
