@@ -243,10 +243,14 @@ def render(
         "(the aggregator's collector until now) and by the `Exposer` the app serves (capture under the",
         "consumer's lock, render, the standard process/GC collectors; identity and gzip). CPU time of the",
         "scraping thread, median (best). Both write the same bytes (tests/aggregator/test_render.py).",
+        'Ours keeps each series\' lines from one scrape to the next: "ours" columns are scrapes with',
+        "no series changed since the previous one, except *1 % changed* and *all changed* (an observation",
+        "in that many series between scrapes: another bucket count and sum, and `_count`).",
         "",
         "| series | prometheus_client text | prometheus_client OpenMetrics | ours text | ours OpenMetrics "
-        "| ours text, gzip | ours / library | first scrape (label strings built) | body | gzip body |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ours text, gzip | ours / library | ours text, 1 % changed | ours text, all changed "
+        "| first scrape (label strings and lines built) | body | gzip body |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(
             f"| {s.series:,} | {_times(s.library_text)} | {_times(s.library_om)} | {_times(s.ours_text)} "
             f"| {_times(s.ours_om)} | {_times(s.ours_gzip)} | "
@@ -255,6 +259,7 @@ def render(
                 if s.library_text is not None and s.library_om is not None
                 else "—"
             )
+            + f" | {_times(s.ours_text_1pct)} | {_times(s.ours_text_all)}"
             + f" | {ms(s.cold_text)} | {mb(s.bytes_text)} | {mb(s.bytes_gzip)} |"
             for s in sc.sizes
         ),

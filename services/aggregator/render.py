@@ -47,6 +47,7 @@ _SMALL_LINES = [f"{i}.0\n" for i in range(_SMALL)]
 _INF = float("inf")
 #: The ``rendered`` entries of a histogram's series that have exemplars (OpenMetrics).
 _WITH_EXEMPLARS = "#exemplars"
+_SKIP = object()
 
 
 def go_float(v: float) -> str:
@@ -313,6 +314,8 @@ class Renderer:
         ``readings`` are the scrape-time inputs (lag, pending ...); by default those of ``cap`` alone.
         """
         readings = readings or cap.readings()
+        #: Per histogram written so far: each series' entry that its values were found equal to.
+        checked: dict[str, list[Any]] = {}
         for fam in self.families:
             m = fam.m
             head = fam.om_header if openmetrics else fam.text_header
@@ -334,16 +337,20 @@ class Renderer:
                 with_rows = None
                 if rows:
                     with_rows = self._order(m.name, keys, fam.histogram_text, m.name + _WITH_EXEMPLARS)[2]
-                yield from _histogram_chunks(fam, order, texts, values, keys, rows, cache, plain, with_rows)
+                checked[m.name] = found_h = [None] * len(keys)
+                yield from _histogram_chunks(
+                    fam, order, texts, values, keys, rows, cache, plain, with_rows, found_h
+                )
             elif m.count_of is not None:
                 hist = self._families[m.count_of]
                 yield head
+                found = checked.get(m.count_of)  # the histogram's, if written before from this capture
                 if hist.le_first:  # the histogram's label strings serve: "name{" + 'a="x"} '
                     order, texts, done = self._order(m.count_of, keys, hist.histogram_text, m.name)
-                    yield from _count_chunks(fam.sample + "{", order, texts, values, hist.width, done)
+                    yield from _count_chunks(fam.sample + "{", order, texts, values, hist.width, done, found)
                 else:
                     order, texts, done = self._order(m.name, keys, fam.line_head, m.name)
-                    yield from _count_chunks("", order, texts, values, hist.width, done)
+                    yield from _count_chunks("", order, texts, values, hist.width, done, found)
             else:
                 order, texts, done = self._order(m.name, keys, fam.line_head, m.name)
                 yield head
@@ -444,24 +451,45 @@ def _value_chunks(
 
 
 def _count_chunks(
-    head: str, order: list[int], texts: list[str], flat: list[Any], width: int, done: list[Any] | None = None
+    head: str,
+    order: list[int],
+    texts: list[str],
+    flat: list[Any],
+    width: int,
+    done: list[Any] | None = None,
+    checked: list[Any] | None = None,
 ) -> Iterator[str]:
     """A counter that is a histogram's ``_count`` (the sum of its buckets), from the histogram's values:
-    each line is ``head``, the series' text and the number. ``done`` as for :func:`_value_chunks`."""
+    each line is ``head``, the series' text and the number.
+
+    ``checked`` (when the histogram was written before, from the same capture): per series, the
+    histogram's entry that this scrape found its values equal to (see :func:`_histogram_chunks`), or
+    None. ``done[i]`` is then ``(entry, line)``, the line reused while the histogram's entry is the
+    same object: equal int counts, the same total. Without ``checked``, ``(total, line)`` as for
+    :func:`_value_chunks`."""
     if done is None:
         done = [None] * (len(flat) // width)
     out: list[str] = []
     append, small = out.append, _SMALL_LINES
     for n, i in enumerate(order, 1):
-        a = i * width
-        total = sum(flat[a : a + width - 1])
         e = done[i]
-        if e is not None and (e[0] is total or (total and e[0] == total)):
-            append(e[1])
-        else:
+        if checked is not None:
+            key = checked[i]
+            if key is not None and e is not None and e[0] is key:
+                append(e[1])
+                key = _SKIP
+        a = i * width
+        if checked is None:
+            total = sum(flat[a : a + width - 1])
+            key = total
+            if e is not None and (e[0] is total or (total and e[0] == total)):
+                append(e[1])
+                key = _SKIP
+        if key is not _SKIP:
+            total = sum(flat[a : a + width - 1])
             number = small[total] if type(total) is int and total < _SMALL else _number_line(float(total))
             line = f"{head}{texts[i]}{number}"
-            done[i] = (total, line)
+            done[i] = None if key is None else (key, line)
             append(line)
         if n % (CHUNK_SERIES * 8) == 0:
             yield "".join(out)
@@ -480,6 +508,7 @@ def _histogram_chunks(
     cache: dict[LabelKey, list[tuple[Exemplar, str] | None]] | None = None,
     plain: list[Any] | None = None,
     with_rows: list[Any] | None = None,
+    checked: list[Any] | None = None,
 ) -> Iterator[str]:
     """Bucket lines (cumulative counts), then ``_count`` and ``_sum``, per series.
 
@@ -506,6 +535,8 @@ def _histogram_chunks(
         plain = [None] * (len(flat) // width)
     if with_rows is None and exemplars:
         with_rows = [None] * (len(flat) // width)
+    if checked is None:
+        checked = [None] * (len(flat) // width)
     join, pieces = "".join, chain.from_iterable
     small = _SMALL_LINES.__getitem__
     heads, les, le_first = fam.heads, fam.les, fam.le_first
@@ -526,11 +557,12 @@ def _histogram_chunks(
         if e is None:  # new: keep it
             keep = True
         elif (
-            e[0] == b
-            and (e[1] is s or (s and e[1] == s))
+            (e[1] is s or (s and e[1] == s))  # the sum first: it changes with every observation
+            and e[0] == b
             and type(sum(b)) is int
             and (row is None or all(map(is_, row, e[3])))
         ):
+            checked[i] = e
             if e[2] is not None:
                 append(e[2])
                 continue
@@ -572,9 +604,9 @@ def _histogram_chunks(
             series = join(parts)
             append(series)
         if type(count) is int:  # all counts ints: see above
-            done[i] = (b, s, series) if row is None else (b, s, series, row)
+            done[i] = checked[i] = (b, s, series) if row is None else (b, s, series, row)
         else:
-            done[i] = None
+            done[i] = checked[i] = None
     if out:
         yield join(out)
 
