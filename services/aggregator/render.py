@@ -47,7 +47,6 @@ _SMALL_LINES = [f"{i}.0\n" for i in range(_SMALL)]
 _INF = float("inf")
 #: The ``rendered`` entries of a histogram's series that have exemplars (OpenMetrics).
 _WITH_EXEMPLARS = "#exemplars"
-_SKIP = object()
 
 
 def go_float(v: float) -> str:
@@ -463,37 +462,46 @@ def _count_chunks(
     each line is ``head``, the series' text and the number.
 
     ``checked`` (when the histogram was written before, from the same capture): per series, the
-    histogram's entry that this scrape found its values equal to (see :func:`_histogram_chunks`), or
-    None. ``done[i]`` is then ``(entry, line)``, the line reused while the histogram's entry is the
-    same object: equal int counts, the same total. Without ``checked``, ``(total, line)`` as for
-    :func:`_value_chunks`."""
+    histogram's entry that this scrape found its values equal to, if they did not change since the last
+    scrape (see :func:`_histogram_chunks`), else None. ``done[i]`` is then ``(entry, line)``, the line
+    reused while the histogram's entry is the same object (equal int counts: the same total); a series
+    that changed is written as pieces, as the histogram's are. Without ``checked``, ``(total, line)``
+    as for :func:`_value_chunks`."""
     if done is None:
         done = [None] * (len(flat) // width)
     out: list[str] = []
-    append, small = out.append, _SMALL_LINES
-    for n, i in enumerate(order, 1):
-        e = done[i]
-        if checked is not None:
-            key = checked[i]
-            if key is not None and e is not None and e[0] is key:
-                append(e[1])
-                key = _SKIP
-        a = i * width
-        if checked is None:
-            total = sum(flat[a : a + width - 1])
-            key = total
-            if e is not None and (e[0] is total or (total and e[0] == total)):
-                append(e[1])
-                key = _SKIP
-        if key is not _SKIP:
-            total = sum(flat[a : a + width - 1])
-            number = small[total] if type(total) is int and total < _SMALL else _number_line(float(total))
-            line = f"{head}{texts[i]}{number}"
-            done[i] = None if key is None else (key, line)
-            append(line)
-        if n % (CHUNK_SERIES * 8) == 0:
+    append, extend, small = out.append, out.extend, _SMALL_LINES
+    for n, i in enumerate(order):
+        if n and n % (CHUNK_SERIES * 8) == 0:
             yield "".join(out)
             out.clear()
+        e = done[i]
+        a = i * width
+        if checked is not None:
+            key = checked[i]
+            if key is None:  # changed (or new): written, not kept
+                total = sum(flat[a : a + width - 1])
+                extend(
+                    (
+                        head,
+                        texts[i],
+                        small[total] if type(total) is int and total < _SMALL else _number_line(float(total)),
+                    )
+                )
+                continue
+            if e is not None and e[0] is key:
+                append(e[1])
+                continue
+            total = sum(flat[a : a + width - 1])
+        else:
+            total = key = sum(flat[a : a + width - 1])
+            if e is not None and (e[0] is total or (total and e[0] == total)):
+                append(e[1])
+                continue
+        number = small[total] if type(total) is int and total < _SMALL else _number_line(float(total))
+        line = f"{head}{texts[i]}{number}"
+        done[i] = (key, line)
+        append(line)
     if out:
         yield "".join(out)
 
@@ -604,9 +612,11 @@ def _histogram_chunks(
             series = join(parts)
             append(series)
         if type(count) is int:  # all counts ints: see above
-            done[i] = checked[i] = (b, s, series) if row is None else (b, s, series, row)
+            done[i] = entry = (b, s, series) if row is None else (b, s, series, row)
+            if keep and e is not None:  # unchanged since the last scrape: its _count line may be kept
+                checked[i] = entry
         else:
-            done[i] = checked[i] = None
+            done[i] = None
     if out:
         yield join(out)
 
