@@ -3,7 +3,9 @@
 prometheus_client builds sample objects per scrape, validates and escapes every label name of every
 sample, and sorts labels per sample. Here each family's fixed parts (names, ``HELP``/``TYPE`` lines,
 bucket bounds) are derived once from its :class:`~.metrics.MetricDef`, and each series' escaped label
-string once per series (cached until the series is gone); a scrape only formats numbers. The output
+string once per series (cached until the series is gone). Each series' rendered lines are kept too,
+reused while the numbers captured for it are those they were written from: a scrape formats only the
+series that changed since the previous one and joins the others' strings. The output
 is byte for byte what prometheus_client writes for :class:`~.exposition.StateCollector` on the same
 state (tests compare them), so both formats stay what the library's parser and ``promtool`` read.
 
@@ -11,8 +13,9 @@ A scrape is two steps, so that the consumer's lock is held only for the first:
 
 1. :meth:`Renderer.capture` (under the consumer's lock): flat copies of the series tables, the live
    sources' gauge values. O(series) pointer copies, no formatting.
-2. :meth:`Renderer.lines` (no lock): sort order and label strings from the caches, then the text, in
-   chunks, so a scrape never holds more than a chunk of text.
+2. :meth:`Renderer.lines` (no lock): sort order, label strings and kept lines from the caches, then
+   the text, in chunks (the kept lines are ~the size of the exposition; the chunks are what a scrape
+   holds besides them).
 """
 
 from __future__ import annotations
