@@ -443,10 +443,9 @@ def changes(draw: Any, state: State, zeros: bool = True) -> None:
                 if key in rows and draw(st.booleans()):
                     row = rows[key]
                     j = draw(st.integers(0, len(row) - 1))
-                    e = row[j]  # an equal tuple is still a new exemplar object; or a new one; or none
-                    row[j] = draw(st.sampled_from([None, tuple(e) if e else None]) | exemplars)
-                    if e is not None and row[j] is not None and draw(st.booleans()):
-                        row[j] = tuple(list(e))
+                    e = row[j]
+                    equal = None if e is None else (e[0], e[1], e[2])  # an equal tuple, another object
+                    row[j] = draw(st.sampled_from([None, e, equal]) | exemplars)
                 else:
                     rows[key] = draw(exemplar_rows(len(h) - 1))
             elif kind == "retype":  # equal counts as floats (written alike), the sum's zero flipped
