@@ -500,9 +500,10 @@ changed 1.18x text, 1.10x gzip (best runs 1.12x / 0.98x; at 10 000: 1.08x / 0.95
 the worst case and is not shown to be free: the old renderer's identical scrapes varied from 916
 to 1,249 ms in that run, and an in-process render alone measured even, but keeping a changed
 series' numbers touches memory last used a scrape ago. A GET of 100 000 unchanged series from an
-aggregator process now takes ~0.5 s identity and ~0.95 s gzip (the 1 s target is met for a
-scrape that finds the series unchanged; one that finds them all changed costs what it did before,
-~1.3-1.6 s identity). What is left of an unchanged scrape is per-series bookkeeping in Python
+aggregator process now takes ~0.5 s identity and ~0.95 s gzip: the 1 s target is met for a
+scrape that finds the series unchanged, gzip only just (0.89-1.08 s over 5 scrapes); a scrape that
+finds them all changed was not measured over HTTP (in process it costs 1.0-1.2x what it did, so
+expect the 1.5-2.2 s of before). What is left of an unchanged scrape is per-series bookkeeping in Python
 (slice, compare, append: ~1.5-2 µs per histogram series with its `_count` line) and copying 148 MB:
 joining the kept strings into chunks, encoding them, sending them. gzip runs in a worker thread
 while the next chunk renders (zlib releases the GIL) and is now most of a gzipped scrape's wall time.

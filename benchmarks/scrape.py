@@ -3,7 +3,9 @@
 In process, on the same state (HTTP histogram series, the largest family): prometheus_client's
 ``generate_latest`` over :class:`StateCollector` (the aggregator's collector before render.py), and the
 :class:`Exposer` the app serves (capture under a lock, render, standard collectors; identity and gzip).
-Times are CPU time of the scraping thread (``time.thread_time``; gzip runs in the same thread). Also:
+Times are CPU time of the scraping thread (``time.thread_time``; gzip runs in the same thread). The
+renderer keeps series' lines between scrapes: scrapes are timed with nothing changed since the previous
+one, and with 1 % and all of the series changed in between (:func:`change`, outside the timing). Also:
 what the consumer's lock is held for per scrape (the capture, against the full state copy it replaced),
 the checkpoint's pack (which the consumer does under the same lock), and snapshot gauges from many
 sources against prometheus_client's multiprocess mode.
