@@ -243,10 +243,14 @@ def render(
         "(the aggregator's collector until now) and by the `Exposer` the app serves (capture under the",
         "consumer's lock, render, the standard process/GC collectors; identity and gzip). CPU time of the",
         "scraping thread, median (best). Both write the same bytes (tests/aggregator/test_render.py).",
+        'Ours keeps each series\' lines from one scrape to the next: "ours" columns are scrapes with',
+        "no series changed since the previous one, except *1 % changed* and *all changed* (an observation",
+        "in that many series between scrapes: another bucket count and sum, and `_count`).",
         "",
         "| series | prometheus_client text | prometheus_client OpenMetrics | ours text | ours OpenMetrics "
-        "| ours text, gzip | ours / library | first scrape (label strings built) | body | gzip body |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ours text, gzip | ours / library | ours text, 1 % changed | ours text, all changed "
+        "| first scrape (label strings and lines built) | body | gzip body |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(
             f"| {s.series:,} | {_times(s.library_text)} | {_times(s.library_om)} | {_times(s.ours_text)} "
             f"| {_times(s.ours_om)} | {_times(s.ours_gzip)} | "
@@ -255,6 +259,7 @@ def render(
                 if s.library_text is not None and s.library_om is not None
                 else "—"
             )
+            + f" | {_times(s.ours_text_1pct)} | {_times(s.ours_text_all)}"
             + f" | {ms(s.cold_text)} | {mb(s.bytes_text)} | {mb(s.bytes_gzip)} |"
             for s in sc.sizes
         ),
@@ -277,13 +282,14 @@ def render(
         f"### GET /metrics of an aggregator process with {http.series:,} series",
         "",
         "A real `boilerhouse aggregator` process folds the series from Redis; an HTTP client reads",
-        "`/metrics` to the last byte. Memory is the process's RSS from `/proc` (`VmHWM`, reset before",
-        "each phase, for the peaks).",
+        "`/metrics` to the last byte. Nothing changes between the scrapes (the stream is folded first):",
+        "every scrape after the first reuses the series' kept lines. Memory is the process's RSS from",
+        "`/proc` (`VmHWM`, reset before each phase, for the peaks).",
         "",
         "| | time to last byte | body | peak RSS |",
         "| --- | ---: | ---: | ---: |",
         f"| RSS before any scrape (state folded) | | | {mb(http.rss_before_first)} |",
-        f"| first scrape (builds the label strings) | {http.first_s:.2f} s | | {mb(http.first_peak)} |",
+        f"| first scrape (builds the label strings and lines) | {http.first_s:.2f} s | | {mb(http.first_peak)} |",
         f"| steady RSS after it | | | {mb(http.steady_rss)} |",
         f"| scrape, identity: median (best) of {len(http.identity_s)} | {http.identity_median:.2f} s "
         f"({min(http.identity_s):.2f} s) | {mb(http.identity_bytes)} | {mb(http.identity_peak)} |",
@@ -471,26 +477,48 @@ sorted order of the series from one scrape to the next (a few new series are ins
 re-sort; a restored state starts again), and per scrape only formats numbers (a table of strings for
 small integer counts; `repr` for floats below 1e6, Go's exponent form through the library beyond)
 and joins pieces. The output is byte for byte the library's (tests compare both formats on
-hypothesis-generated states, partitions and series added between scrapes), so `promtool` and the
-library's parsers read it as before: 25-50x less CPU than prometheus_client at 10 000 series. What
-is left is CPython's floor for assembling ~12 lines per histogram series from cached pieces plus
-its `_count` counter line: ~8-12 µs per series on this machine under its usual load, so a scrape of
-100 000 histogram series takes over a second of one core, and a GET of it from an aggregator
-process 1.3-1.6 s (the 1 s target is missed). A column-at-a-time variant (map/zip passes over
-chunks of series) was measured 1.4-4x slower and not kept. gzip runs in a worker thread while the
-next chunk renders (zlib releases the GIL); on this loaded machine it still adds ~0.5 s at 100 000
-series (148 MB of text). Going further means not re-rendering unchanged series: keeping each
-series' rendered lines costs as much memory as the exposition (~1.4 KB per histogram series),
-which the memory target rules out.
+hypothesis-generated states, partitions, series added between scrapes, and sequences of scrapes by
+one renderer with series changed, removed, added and exemplars replaced), so `promtool` and the
+library's parsers read it as before. Writing a series costs CPython's floor for assembling ~12
+lines per histogram series from cached pieces plus its `_count` counter line: ~8-12 µs per series
+on this machine under its usual load (a column-at-a-time variant, map/zip passes over chunks of
+series, was measured 1.4-4x slower and not kept). So each series' rendered text is kept as well,
+one string per histogram series (bucket lines, `_count`, `_sum`) and per counter or gauge line,
+reused while the numbers the scrape captured for it are those it was written from: equal int
+bucket counts, the same or an equal non-zero sum or value (`0`, `0.0` and `-0.0` compare equal and
+are written differently), and in OpenMetrics each bucket's exemplar the same object (a series with
+exemplars is kept apart from its text-format lines). A series that changed since the previous
+scrape is written as pieces straight into the chunk, as before, keeping only its numbers; its
+string is kept at the first scrape that finds it unchanged (keeping a string per series at every
+scrape cost ~20 % more when every series changes). A series gone from the state loses its
+entries, so they never outnumber the series (the series cap bounds them). A scrape costs O(changed
+series) formatting plus joining the kept strings. `python -m benchmarks.scrape_cache` measures it
+against the renderer before (c9c81c4), alternating in one process on the same states (CPU of the
+scraping thread, medians of 5; 2026-12-01 23:29 UTC): at 100 000 series, nothing changed 0.38x
+(text; 471 against 1,249 ms), 0.37x OpenMetrics, 0.34x gzip; 1 % changed 0.42x; every series
+changed 1.18x text, 1.10x gzip (best runs 1.12x / 0.98x; at 10 000: 1.08x / 0.95x). The last is
+the worst case and is not shown to be free: the old renderer's identical scrapes varied from 916
+to 1,249 ms in that run, and an in-process render alone measured even, but keeping a changed
+series' numbers touches memory last used a scrape ago. A GET of 100 000 unchanged series from an
+aggregator process now takes ~0.5 s identity and ~0.95 s gzip: the 1 s target is met for a
+scrape that finds the series unchanged, gzip only just (0.89-1.08 s over 5 scrapes); a scrape that
+finds them all changed was not measured over HTTP (in process it costs 1.0-1.2x what it did, so
+expect the 1.5-2.2 s of before). What is left of an unchanged scrape is per-series bookkeeping in Python
+(slice, compare, append: ~1.5-2 µs per histogram series with its `_count` line) and copying 148 MB:
+joining the kept strings into chunks, encoding them, sending them. gzip runs in a worker thread
+while the next chunk renders (zlib releases the GIL) and is now most of a gzipped scrape's wall time.
 
 Memory: the scrape copies only flat lists of the state's numbers under the consumer's lock (one
 list of keys and one of values per family: no object per series, so the garbage collector is not
 triggered into walking the whole state under the lock), renders chunks of ~512 series and streams
 them (the next chunk renders while the current one is sent), so it holds O(chunk) of text;
 concurrent scrapes of the same state share one rendering, keeping at most 16 MiB of it for late
-joiners. The label strings kept between scrapes are the steady cost (~17 MB at 100 000 series); on
-top of that glibc's malloc keeps some of the freed chunk memory, so the RSS between scrapes is
-higher than before the first one and varies (bounded) from scrape to scrape. Fixing glibc's mmap
+joiners. What is kept between scrapes is the steady cost: the label strings (~17 MB at 100 000
+series) and the series' lines, as much as the exposition itself (~1.5 KB per histogram series with
+its numbers and `_count` line: the aggregator's RSS once scraped goes from ~160 MB to ~340 MB at
+100 000 series; the peak during scrapes is 1.18x that, but 2.46x the RSS before the first scrape,
+where it was 1.66x). On top of that glibc's malloc keeps some of the freed chunk memory, so the RSS
+between scrapes is higher than before the first one and varies (bounded) from scrape to scrape. Fixing glibc's mmap
 threshold (so that big blocks go back to the system) removed that variation but made a 100 000
 series scrape ~50 % slower (page faults on every fresh block); not kept.
 

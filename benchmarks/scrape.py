@@ -3,7 +3,9 @@
 In process, on the same state (HTTP histogram series, the largest family): prometheus_client's
 ``generate_latest`` over :class:`StateCollector` (the aggregator's collector before render.py), and the
 :class:`Exposer` the app serves (capture under a lock, render, standard collectors; identity and gzip).
-Times are CPU time of the scraping thread (``time.thread_time``; gzip runs in the same thread). Also:
+Times are CPU time of the scraping thread (``time.thread_time``; gzip runs in the same thread). The
+renderer keeps series' lines between scrapes: scrapes are timed with nothing changed since the previous
+one, and with 1 % and all of the series changed in between (:func:`change`, outside the timing). Also:
 what the consumer's lock is held for per scrape (the capture, against the full state copy it replaced),
 the checkpoint's pack (which the consumer does under the same lock), and snapshot gauges from many
 sources against prometheus_client's multiprocess mode.
@@ -65,9 +67,22 @@ class Timing:
         return statistics.median(self.runs)
 
 
-def timed(fn: Any, reps: int) -> Timing:
+def change(state: State, every: int, rep: int) -> None:
+    """An observation in every ``every``-th HTTP series (another set each repetition): a bucket and the
+    sum, so also the series' ``_count`` counter line."""
+    hists = state.hists["http_request_duration_seconds"]
+    for n, h in enumerate(hists.values()):
+        if (n + rep) % every == 0:
+            h[3] += 1
+            h[-1] += 0.07
+
+
+def timed(fn: Any, reps: int, between: Any = None) -> Timing:
+    """``between(rep)``, if given, runs before each repetition, outside the timing."""
     t = Timing()
-    for _ in range(reps):
+    for rep in range(reps):
+        if between is not None:
+            between(rep)
         t0 = time.thread_time()
         fn()
         t.runs.append(time.thread_time() - t0)
@@ -79,10 +94,12 @@ class SizeResult:
     series: int
     library_text: Timing | None
     library_om: Timing | None
-    ours_text: Timing
+    ours_text: Timing  # steady: no series changed since the previous scrape
+    ours_text_1pct: Timing  # 1 % of the series changed since the previous scrape
+    ours_text_all: Timing  # every series changed since the previous scrape
     ours_om: Timing
     ours_gzip: Timing
-    cold_text: float  # first scrape: every label string built
+    cold_text: float  # first scrape: every label string and series' lines built
     bytes_text: int
     bytes_gzip: int
     lock_capture: Timing  # what the consumer's lock is held for per scrape now
@@ -130,6 +147,8 @@ def measure_size(series: int, reps: int, library: bool) -> SizeResult:
         library_text=timed(lambda: generate_latest(registry), reps) if library else None,
         library_om=timed(lambda: generate_openmetrics(registry), reps) if library else None,
         ours_text=timed(lambda: ex.render(text), reps),
+        ours_text_1pct=timed(lambda: ex.render(text), reps, lambda rep: change(state, 100, rep)),
+        ours_text_all=timed(lambda: ex.render(text), reps, lambda rep: change(state, 1, rep)),
         ours_om=timed(lambda: ex.render(om), reps),
         ours_gzip=timed(lambda: ex.render(zipped), reps),
         cold_text=cold,

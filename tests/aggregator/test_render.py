@@ -390,3 +390,189 @@ def test_exemplar_texts_kept_between_scrapes_follow_every_change() -> None:
     _request(restored, 0.07, TRACE, NOW - 1)
     assert_same([restored], renderer)
     assert ours(renderer, [restored], True).count("trace_id") == 1
+
+
+# ---- rendered lines kept between scrapes ---------------------------------------------------------------
+
+
+def _fresh(states: list[State], openmetrics: bool) -> str:
+    return ours(Renderer("boilerhouse_", TTL), states, openmetrics)
+
+
+def assert_scrape(renderer: Renderer, states: list[State]) -> None:
+    """What ``renderer`` (which kept series' lines from earlier scrapes) writes now is what a fresh
+    renderer and prometheus_client write on the same state."""
+    merged = State.merge([s.copy() for s in states]) if len(states) > 1 else states[0]
+    for openmetrics in (False, True):
+        mine = ours(renderer, states, openmetrics)
+        assert mine == _fresh(states, openmetrics)
+        assert mine == library(merged, openmetrics)
+
+
+#: The same number written otherwise: an equal float for an int, the other zero for a zero.
+def _retyped(v: Any, zeros: bool = True) -> Any:
+    if v == 0 and zeros:
+        return -0.0 if math.copysign(1.0, v) > 0 else 0
+    return float(v) if type(v) is int else v
+
+
+@st.composite
+def changes(draw: Any, state: State, zeros: bool = True) -> None:
+    """Change, remove or add a few series of ``state`` in place (as the fold, a restore or a test would);
+    or nothing. ``zeros``: also flip zeros to ``-0.0`` and back (not for partitions: merged, a -0.0 from
+    one partition is written as ``State.merge`` makes it, which no fold state has; see
+    test_series_lines_kept_between_scrapes_tell_the_zeros_apart)."""
+    for _ in range(draw(st.integers(0, 4))):
+        m = draw(st.sampled_from([m for m in METRICS if m.stateful]))
+        kind = draw(st.sampled_from(["change", "retype", "remove", "add", "exemplar", "liveness"]))
+        if m.snapshot:
+            table: dict[Any, Any] = state.gauges[m.name]
+        elif m.kind is Kind.HISTOGRAM:
+            table = state.hists[m.name]
+        else:
+            table = state.counters[m.name]
+        keys = sorted(table)
+        if kind == "liveness":
+            src = draw(st.sampled_from(sorted(state.sources)))
+            state.sources[src].last_seen = draw(st.sampled_from([NOW - 1.0, NOW - 31.0]))
+            continue
+        if kind == "add" or not keys:
+            key = draw(st.tuples(*[label_values] * len(m.labels)))
+            if m.snapshot:
+                table[key] = {draw(st.sampled_from(sorted(SOURCES))): draw(numbers)}
+            elif m.kind is Kind.HISTOGRAM:
+                table[key] = [
+                    *draw(
+                        st.lists(counts, min_size=len(m.buckets or ()) + 1, max_size=len(m.buckets or ()) + 1)
+                    ),
+                    draw(numbers),
+                ]
+            else:
+                table[key] = draw(numbers)
+            continue
+        key = draw(st.sampled_from(keys))
+        if kind == "remove":
+            del table[key]
+            if m.kind is Kind.HISTOGRAM:
+                state.exemplars[m.name].pop(key, None)
+        elif m.snapshot:
+            per_src = table[key]
+            src = draw(st.sampled_from(sorted(SOURCES)))
+            old = per_src.get(src, 0)
+            per_src[src] = _retyped(old, zeros) if kind == "retype" else draw(numbers)
+        elif m.kind is Kind.HISTOGRAM:
+            h = table[key]
+            if kind == "exemplar":
+                rows = state.exemplars[m.name]
+                if key in rows and draw(st.booleans()):
+                    row = rows[key]
+                    j = draw(st.integers(0, len(row) - 1))
+                    e = row[j]
+                    equal = None if e is None else (e[0], e[1], e[2])  # an equal tuple, another object
+                    row[j] = draw(st.sampled_from([None, e, equal]) | exemplars)
+                else:
+                    rows[key] = draw(exemplar_rows(len(h) - 1))
+            elif kind == "retype":  # equal counts as floats (written alike), the sum's zero flipped
+                h[:-1] = [float(c) for c in h[:-1]]
+                h[-1] = _retyped(h[-1], zeros)
+            else:
+                j = draw(st.integers(0, len(h) - 2))
+                h[j] += 1
+                h[-1] = draw(numbers)
+        else:
+            table[key] = _retyped(table[key], zeros) if kind == "retype" else draw(numbers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(states(), st.data())
+def test_series_lines_kept_between_scrapes_follow_every_change(state: State, data: Any) -> None:
+    """A sequence of scrapes by one renderer, some series changed, retyped (equal numbers, other zeros),
+    removed or added, exemplars replaced (also by equal tuples) in between: every scrape is what a fresh
+    renderer and the library write."""
+    renderer = Renderer("boilerhouse_", TTL)
+    assert_scrape(renderer, [state])
+    for _ in range(4):
+        data.draw(changes(state))
+        assert_scrape(renderer, [state])
+    restored = state.copy()  # equal keys and numbers, other objects
+    data.draw(changes(restored))
+    assert_scrape(renderer, [restored])
+
+
+@settings(max_examples=20, deadline=None)
+@given(states(), states(), st.data())
+def test_series_lines_kept_between_scrapes_of_partitions(a: State, b: State, data: Any) -> None:
+    b.sources = {}
+    for per_labels in b.gauges.values():
+        for per_src in per_labels.values():
+            per_src.clear()
+    renderer = Renderer("boilerhouse_", TTL)
+    assert_scrape(renderer, [a, b])
+    for _ in range(3):
+        data.draw(changes(a, zeros=False))
+        assert_scrape(renderer, [a, b])
+
+
+def test_series_lines_are_reused_while_unchanged_and_bounded_by_the_series() -> None:
+    """A scrape with nothing changed writes no series anew; a changed series is written anew, a removed
+    one forgotten: the kept lines never outnumber the series."""
+    state = folded()
+    _request(state, 0.07, TRACE, NOW - 3)
+    renderer = Renderer("boilerhouse_", TTL)
+    assert_scrape(renderer, [state])
+    name = "http_request_duration_seconds"
+    order = renderer._orders[name]
+    kept, with_rows = list(order.rendered[name]), list(order.rendered[name + "#exemplars"])
+    assert all(e is not None for e in kept) and len(kept) == len(state.hists[name])
+    x = order.keys.index(("GET", "/x", "200"))
+    assert [n for n, e in enumerate(with_rows) if e is not None] == [x], "OpenMetrics: kept apart"
+    assert_scrape(renderer, [state])
+    assert all(a is b for a, b in zip(kept, order.rendered[name], strict=True)), "nothing changed"
+    assert all(a is b for a, b in zip(with_rows, order.rendered[name + "#exemplars"], strict=True))
+    _request(state, 0.07, OTHER, NOW - 2)  # that series: new count, new exemplar
+    assert_scrape(renderer, [state])
+    changed = [n for n, (a, b) in enumerate(zip(kept, order.rendered[name], strict=True)) if a is not b]
+    assert changed == [x]
+    state.exemplars[name][("GET", "/x", "200")][3] = (OTHER, 0.07, NOW - 2)  # an equal exemplar, new tuple
+    assert_scrape(renderer, [state])
+    table = state.hists[name]
+    for key in list(table)[:3]:
+        del table[key]
+    state.exemplars[name].clear()
+    assert_scrape(renderer, [state])
+    assert renderer._orders[name].keys == list(table)
+    assert all(len(entries) == len(table) for entries in renderer._orders[name].rendered.values())
+
+
+def test_series_lines_kept_between_scrapes_tell_the_zeros_apart() -> None:
+    """Equal numbers are written alike, but for the zeros: ``0.0`` and ``-0.0`` (and int 0) compare
+    equal and are written differently, so a kept line is reused for a zero only if it is the same
+    object."""
+    renderer = Renderer("boilerhouse_", TTL)
+    state = State()
+    state.sources = {"live:h:1:00": Source("api", "1.0", NOW - 1.0)}
+    hist = "container_acquire_duration_seconds"
+    width = len(next(m for m in METRICS if m.name == hist).buckets or ()) + 2
+    state.hists[hist][("p", "success")] = [0] * (width - 1) + [0.0]
+    state.hists[hist][("q", "success")] = [0] * width
+    state.counters["affinity_hits_total"][("p",)] = 0.0
+    state.gauges["pool_size"][("p", "echo")] = {"live:h:1:00": 0.0}
+    assert_scrape(renderer, [state])
+    state.hists[hist][("p", "success")][-1] = -0.0
+    state.hists[hist][("q", "success")][-1] = -0.0
+    state.counters["affinity_hits_total"][("p",)] = -0.0
+    state.gauges["pool_size"][("p", "echo")]["live:h:1:00"] = -0.0
+    assert_scrape(renderer, [state])
+    text = ours(renderer, [state], False)
+    assert text.count(" -0.0\n") >= 3, text
+    for h in state.hists[hist].values():
+        h[-1] = 0
+    state.counters["affinity_hits_total"][("p",)] = 0
+    assert_scrape(renderer, [state])
+    # Float counts: equal to the ints, but a -0.0 count is written as itself. (The library adds the
+    # counts up from 0.0 and writes 0.0 there: such a state is no fold's, so only a fresh renderer is
+    # the reference here.)
+    state.hists[hist][("p", "success")][:-1] = [-0.0] + [0.0] * (width - 2)
+    for openmetrics in (False, True):
+        assert ours(renderer, [state], openmetrics) == _fresh([state], openmetrics)
+    assert "-0.0" in ours(renderer, [state], False)
