@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -17,7 +16,8 @@ import pytest
 import yaml
 
 from tests.deploy.queries import REPO
-from tests.support.prometheus import AGGREGATOR_JOB, PROMETHEUS_YML, tool
+from tests.support.compose import compose_config
+from tests.support.prometheus import AGGREGATOR_JOB, PROMETHEUS_YML
 
 SERVICES = {"redis", "api", "aggregator", "prometheus", "grafana"}
 #: Secrets read with shared.settings.env_secret, which also takes ``NAME_FILE``.
@@ -26,22 +26,6 @@ SECRET_VARIABLES = (
     "BOILERHOUSE_METRICS_BEARER_TOKEN",
     "BOILERHOUSE_REDIS_PASSWORD",
 )
-
-
-def compose_config() -> dict[str, Any]:
-    docker = tool("docker")
-    result = subprocess.run(
-        [docker, "compose", "-f", str(REPO / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
-    if "is not a docker command" in result.stderr or "unknown command" in result.stderr:
-        pytest.fail("docker compose plugin missing: run ./scripts/install-system-deps.sh (make test does)")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ promtool, and its redis-server arguments by a real redis-server."""
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -20,6 +19,7 @@ from services.embedded import stop_pid, wait_for_port
 from shared.events.bus import seed_urls
 from tests.deploy.queries import REPO
 from tests.support.cluster import free_cluster_port, release_port
+from tests.support.compose import compose_config
 from tests.support.prometheus import AGGREGATOR_JOB, tool
 
 COMPOSE = REPO / "deploy" / "compose-cluster.yaml"
@@ -28,16 +28,7 @@ PROMETHEUS_CLUSTER_YML = REPO / "deploy" / "prometheus" / "prometheus-cluster.ym
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    result = subprocess.run(
-        [tool("docker"), "compose", "-f", str(COMPOSE), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return compose_config(COMPOSE)
 
 
 def _named(config: dict[str, Any], prefix: str) -> dict[str, dict[str, Any]]:

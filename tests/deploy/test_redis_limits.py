@@ -9,13 +9,10 @@ entry limit. ``boilerhouse up``'s own Redis: tests/test_embedded.py.
 
 from __future__ import annotations
 
-import json
 import random
 import shlex
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -25,23 +22,10 @@ from shared.events.codec import ENTRY_FIELD, MAX_ENTRY_BYTES
 from shared.events.streams import stream_key
 from tests.conftest import real_redis_binary
 from tests.deploy.queries import REPO
-from tests.support.prometheus import tool
+from tests.support.compose import compose_config
 
 ACL_DIR = REPO / "deploy" / "redis"
 SHIPPED_LIMIT = 2 * MAX_ENTRY_BYTES
-
-
-def compose(path: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [tool("docker"), "compose", "-f", str(path), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 def secret(role: str) -> str:
@@ -62,7 +46,7 @@ def keys(server: EmbeddedRedis) -> list[bytes]:
 @pytest.fixture
 def compose_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     """A real redis-server with the arguments compose.yaml gives its Redis (the ACL file from the repo)."""
-    command = compose(REPO / "compose.yaml")["services"]["redis"]["command"]
+    command = compose_config(REPO / "compose.yaml")["services"]["redis"]["command"]
     assert command[0] == "redis-server"
     args = [str(ACL_DIR / "users.acl") if a == "/etc/redis/users.acl" else a for a in command[1:]]
     assert args[args.index("--proto-max-bulk-len") + 1] == PROTO_MAX_BULK_LEN
@@ -97,7 +81,7 @@ def test_the_compose_redis_refuses_a_value_longer_than_2_mib(compose_redis: Embe
 def test_cluster_nodes_keep_the_default_limit_because_moving_a_slot_sends_a_whole_stream(
     tmp_path: Path,
 ) -> None:
-    node = compose(REPO / "deploy" / "compose-cluster.yaml")["services"]["redis-1"]
+    node = compose_config(REPO / "deploy" / "compose-cluster.yaml")["services"]["redis-1"]
     assert node["command"][:2] == ["sh", "-c"]
     assert "proto-max-bulk-len" not in shlex.split(node["command"][2])
 
