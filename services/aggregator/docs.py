@@ -25,6 +25,7 @@ from shared.events.schema import (
     PATH_PATTERN,
     SCHEMA_VERSION,
     TRACE_ID_PATTERN,
+    TRACED_TYPES,
     UNMATCHED_PATH,
     Field,
 )
@@ -170,7 +171,7 @@ def metrics_markdown(prefix: str = DEFAULT_PREFIX) -> str:
         else:
             out.append(f"- driven by: {_driven_by(m)}")
         out.append("")
-    traced = [et.name for et in EVENT_TYPES if any(f.name == "trace_id" for f in et.fields)]
+    traced = [et.name for et in EVENT_TYPES if et.name in TRACED_TYPES]
     out += [
         "## Exemplars",
         "",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.events.codec import FAST_VALIDATORS, Batch, explain_invalid
-from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME, UNMATCHED_PATH
+from shared.events.schema import EVENT_TYPES, EVENT_TYPES_BY_NAME, TRACE_FIELD, TRACED_TYPES, UNMATCHED_PATH
 from shared.events.streams import StreamId, format_id, parse_id
 
 from .metrics import METRICS, METRICS_BY_NAME, OVERFLOW, Combine, Const, Drive, Kind, MetricDef
@@ -362,8 +362,6 @@ LIFECYCLE: Mapping[str, Handler] = {"source.started": _source_started, "source.s
 
 #: The event field that becomes a label only through the route table: (event type, field).
 ROUTE_FIELD = ("http.request", "path")
-#: The optional event field whose value becomes a histogram exemplar, never a label.
-TRACE_FIELD = "trace_id"
 
 
 def route_label(state: State, path: str) -> str:
@@ -426,7 +424,7 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
             "    h[-1] += v",
             f"    dirty[{m.name!r}].add(key)",
         ]
-        if any(f.name == TRACE_FIELD for f in EVENT_TYPES_BY_NAME[d.event].fields):
+        if d.event in TRACED_TYPES:
             # The event's trace id, if it carries one, becomes the exemplar of the bucket the value fell
             # in (the smallest le >= value) of the series it was counted in: one row per existing series.
             lines += [

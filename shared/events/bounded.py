@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -70,6 +71,17 @@ class _Error(str):
     """An error reply (``-ERR ...``), until it is turned into redis-py's exception for it."""
 
 
+@contextmanager
+def _socket_errors() -> Iterator[None]:
+    """Socket errors as redis-py's own: a timeout, or a lost connection."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise redis.TimeoutError("Timeout reading from socket") from exc
+    except OSError as exc:
+        raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
+
+
 class _Wire:
     """Parses RESP2 replies off a socket without ever holding a value longer than ``limit``."""
 
@@ -85,12 +97,8 @@ class _Wire:
     # ---- bytes off the socket -------------------------------------------------------------------
 
     def _recv(self, size: int) -> bytes:
-        try:
+        with _socket_errors():
             data = self.sock.recv(size)
-        except TimeoutError as exc:
-            raise redis.TimeoutError("Timeout reading from socket") from exc
-        except OSError as exc:
-            raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
         if not data:
             raise redis.ConnectionError("Connection closed by server.")
         return data
@@ -129,12 +137,8 @@ class _Wire:
         self.pos = 0
         scratch = memoryview(bytearray(min(n, _SKIP_CHUNK)))
         while n:
-            try:
+            with _socket_errors():
                 got = self.sock.recv_into(scratch, min(n, len(scratch)))
-            except TimeoutError as exc:
-                raise redis.TimeoutError("Timeout reading from socket") from exc
-            except OSError as exc:
-                raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
             if not got:
                 raise redis.ConnectionError("Connection closed by server.")
             n -= got

@@ -86,9 +86,13 @@ def _duration() -> Field:
     return Field("duration_s", "float", "Duration measured by the producer with a monotonic clock", "seconds")
 
 
+#: The optional field of the events that measure a duration: the trace id, kept as an exemplar.
+TRACE_FIELD = "trace_id"
+
+
 def _trace_id() -> Field:
     return Field(
-        "trace_id",
+        TRACE_FIELD,
         "trace_id",
         "W3C trace id of the request this operation served (becomes an exemplar, never a label); "
         "nil or absent outside a trace",
@@ -257,3 +261,5 @@ EVENT_TYPES: tuple[EventType, ...] = (
 )
 
 EVENT_TYPES_BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
+#: The event types that have a ``trace_id`` field.
+TRACED_TYPES = frozenset(t.name for t in EVENT_TYPES if any(f.name == TRACE_FIELD for f in t.fields))

@@ -20,15 +20,11 @@ import re
 from typing import Any, NamedTuple
 
 from .emit import Emit
-from .schema import EVENT_TYPES
+from .schema import TRACE_FIELD, TRACED_TYPES
 
 #: The trace id of the request being served in this context (None: no trace).
 TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("boilerhouse_trace_id", default=None)
 
-#: The event field that carries the trace id.
-TRACE_FIELD = "trace_id"
-#: The event types that have a ``trace_id`` field.
-TRACED_TYPES = frozenset(et.name for et in EVENT_TYPES if any(f.name == TRACE_FIELD for f in et.fields))
 
 #: ``version-trace_id-parent_id-flags`` (https://www.w3.org/TR/trace-context/#traceparent-header),
 #: lowercase hex only. Version 00 is exactly these 55 characters; a later version may append
