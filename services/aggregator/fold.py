@@ -417,10 +417,11 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
         lines += [
             f"  h = state.hists[{m.name!r}].get(key)",
             f"  v = {value}",
+            f"  i = _bisect(_b{n}, v)  # the bucket: counted below, and an exemplar's place",
             "  if h is None:",
             f"    key = _observe(state, {m.name!r}, key, v, _b{n})",
             "  else:",
-            f"    h[_bisect(_b{n}, v)] += 1",
+            "    h[i] += 1",
             "    h[-1] += v",
             f"    dirty[{m.name!r}].add(key)",
         ]
@@ -437,7 +438,7 @@ def _drive_lines(m: MetricDef, d: Drive, env: dict[str, Any], n: int) -> list[st
                 "    ts = ev['ts']",
                 "    if abs(ts - state.entry_s) > state.limits.clock_skew_s:",
                 "      ts = state.entry_s  # a skewed clock: Prometheus drops out-of-order exemplars",
-                f"    row[_bisect(_b{n}, v)] = (tid, v, ts)",
+                "    row[i] = (tid, v, ts)",
             ]
     else:
         lines += [
